@@ -7,8 +7,9 @@ of the batch is still served. Exceptions escape only for failures of the whole b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from rlaif.schema import GenerationParams, GenerationResult, Prompt
 
@@ -50,6 +51,42 @@ def context_problem(prompt_tokens: int, max_model_len: int) -> str | None:
     if prompt_tokens >= max_model_len:
         return f"prompt has {prompt_tokens} tokens; the model context is {max_model_len} tokens"
     return None
+
+
+@dataclass
+class TokenizedPrompt:
+    """A prompt that passed the per-record checks: its position in the batch and its token ids."""
+
+    index: int
+    token_ids: list[int]
+
+
+def tokenize_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
+    """Token ids as the model sees them: conversations through the chat template, strings as-is (raw mode)."""
+    if isinstance(prompt, str):  # raw-prompt mode: special tokens only as the tokenizer itself adds them
+        return tokenizer(prompt).input_ids
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def admit_prompts(
+    prompts: Sequence[Prompt], tokenize: Callable[[Prompt], list[int]], max_model_len: int
+) -> tuple[dict[int, GenerationResult], list[TokenizedPrompt]]:
+    """Split a batch into error results for prompts that cannot be served and tokenized prompts that can."""
+    rejected: dict[int, GenerationResult] = {}
+    admitted: list[TokenizedPrompt] = []
+    for index, prompt in enumerate(prompts):
+        problem = prompt_problem(prompt)
+        if problem:
+            rejected[index] = GenerationResult.failed(problem)
+            continue
+        token_ids = tokenize(prompt)
+        problem = context_problem(len(token_ids), max_model_len)
+        if problem:
+            rejected[index] = GenerationResult.failed(problem, prompt_tokens=len(token_ids))
+            continue
+        admitted.append(TokenizedPrompt(index, token_ids))
+    return rejected, admitted
 
 
 class BackendBase:

@@ -1,0 +1,105 @@
+"""The ``rlaif`` command line. Each command parses, delegates to the library, and prints; no logic lives here."""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="AI-feedback preference data and alignment.")
+models_app = typer.Typer(no_args_is_help=True, help="Builtin models: list them, convert them ahead of use.")
+app.add_typer(models_app, name="models")
+console = Console()
+
+
+class BackendName(enum.StrEnum):
+    vllm = "vllm"
+    hf = "hf"
+    openai = "openai"
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs.")) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def generate(
+    model: str = typer.Option(..., help="Hub id, local directory, or builtin:NAME."),
+    prompt: list[str] = typer.Option(..., help="A user message; repeat the option for a batch."),
+    n: int = typer.Option(1, help="Completions per prompt."),
+    temperature: float = typer.Option(0.7),
+    top_p: float = typer.Option(1.0),
+    max_tokens: int = typer.Option(128),
+    seed: int | None = typer.Option(None, help="Per-request seed, for reproducible samples."),
+    system: str | None = typer.Option(None, help="Optional system message."),
+    raw: bool = typer.Option(False, help="Send the prompt as-is, without the chat template."),
+    backend: BackendName = typer.Option(BackendName.vllm, help="Generation backend."),
+    base_url: str = typer.Option("http://127.0.0.1:8000/v1", help="openai backend: server URL."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="openai backend: env variable holding the API key."),
+) -> None:
+    """Generate completions for one or more prompts and print them."""
+    from rlaif.backends import load_backend
+    from rlaif.models import ModelNotFoundError
+    from rlaif.schema import GenerationParams
+
+    try:
+        params = GenerationParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    options = {"base_url": base_url, "api_key_env": api_key_env} if backend is BackendName.openai else {}
+    prompts = [p if raw else _conversation(p, system) for p in prompt]
+    try:
+        with load_backend(backend.value, model, **options) as engine:
+            results = engine.generate(prompts, params)
+    except ModelNotFoundError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    failed = 0
+    for text, result in zip(prompt, results, strict=True):
+        console.rule(f"[bold]{text[:80]}")
+        if not result.ok:
+            failed += 1
+            console.print(f"[red]error:[/red] {result.error}")
+        for i, completion in enumerate(result.completions):
+            console.print(f"[cyan][{i}][/cyan] ({completion.completion_tokens} tokens, {completion.finish_reason})")
+            console.print(completion.text, markup=False, highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _conversation(text: str, system: str | None) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": text}]
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Builtin models and whether they are converted."""
+    from rlaif.models import list_models
+
+    table = Table("model", "state", "path")
+    for row in list_models():
+        table.add_row(row["name"], row["state"], row["path"])
+    console.print(table)
+
+
+@models_app.command("pull")
+def models_pull(name: str = typer.Argument(..., help="builtin:NAME (or NAME)"), force: bool = False) -> None:
+    """Convert a builtin model into the cache (once; instant when already done)."""
+    from rlaif.models import BUILTIN_PREFIX, ModelNotFoundError, prepare_builtin
+
+    try:
+        path = prepare_builtin(name.removeprefix(BUILTIN_PREFIX), force=force)
+    except ModelNotFoundError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"{BUILTIN_PREFIX}{name.removeprefix(BUILTIN_PREFIX)} ready at {path}")
+
+
+if __name__ == "__main__":
+    app()

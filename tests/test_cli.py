@@ -1,0 +1,40 @@
+"""The ``rlaif`` command line, run in-process with typer's runner."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from rlaif.cli import app
+
+runner = CliRunner()
+
+
+def test_generate_prints_n_completions_per_prompt(tiny_model_dir):
+    args = ["generate", "--model", str(tiny_model_dir), "--backend", "hf", "--n", "2", "--max-tokens", "6",
+            "--seed", "3", "--prompt", "Hello there", "--prompt", "Second prompt"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("[0]") == 2 and result.output.count("[1]") == 2
+    assert "Hello there" in result.output and "Second prompt" in result.output
+    assert "tokens," in result.output
+
+
+def test_generate_with_a_bad_model_reference_exits_2_with_what_was_tried(tmp_path):
+    result = runner.invoke(app, ["generate", "--model", str(tmp_path / "missing"), "--prompt", "x", "--backend", "hf"])
+    assert result.exit_code == 2
+    assert "tried:" in result.output and "builtin:smollm2-135m-instruct" in result.output
+
+
+def test_generate_rejects_bad_sampling_parameters(tiny_model_dir):
+    result = runner.invoke(app, ["generate", "--model", str(tiny_model_dir), "--prompt", "x", "--n", "0"])
+    assert result.exit_code != 0
+    assert "n must be >= 1" in result.output
+
+
+def test_models_list_and_pull(builtin_model_path):
+    listed = runner.invoke(app, ["models", "list"])
+    assert listed.exit_code == 0 and "builtin:smollm2-135m-instruct" in listed.output and "ready" in listed.output
+    pulled = runner.invoke(app, ["models", "pull", "builtin:smollm2-135m-instruct"])
+    assert pulled.exit_code == 0 and "ready at" in pulled.output
+    unknown = runner.invoke(app, ["models", "pull", "builtin:nope"])
+    assert unknown.exit_code == 2 and "unknown builtin model" in unknown.output
