@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -99,6 +100,102 @@ def models_pull(name: str = typer.Argument(..., help="builtin:NAME (or NAME)"), 
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print(f"{BUILTIN_PREFIX}{name.removeprefix(BUILTIN_PREFIX)} ready at {path}")
+
+
+@app.command()
+def validate(files: list[Path] = typer.Argument(..., help="Pipeline YAML file(s).")) -> None:
+    """Check pipeline files without running anything: every problem, with file and line."""
+    from rlaif.pipeline.errors import ConfigError
+    from rlaif.pipeline.spec import load_pipeline
+
+    failed = False
+    for file in files:
+        try:
+            pipeline = load_pipeline(file)
+        except ConfigError as exc:
+            failed = True
+            console.print(f"[red]✗ {file}[/red] — {exc}", markup=True, highlight=False)
+            continue
+        console.print(f"[green]✓ {file}[/green] — {len(pipeline.steps)} steps, models: {list(pipeline.models)}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    file: Path = typer.Argument(..., help="Pipeline YAML file."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. steps.judge.temperature=0"),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore (and replace) the cache."),
+    dry_run: int | None = typer.Option(None, "--dry-run", help="Push the first N records through; cache nothing."),
+    run_dir: Path | None = typer.Option(None, help="Run directory (default runs/<name>)."),
+    progress: bool = typer.Option(True, help="Progress bars."),
+) -> None:
+    """Validate, then run a pipeline: cached, resumable, every record accounted for."""
+    from rlaif.pipeline.errors import ConfigError
+    from rlaif.pipeline.hub import PushError
+    from rlaif.pipeline.progress import Reporter
+    from rlaif.pipeline.run import run_pipeline
+    from rlaif.pipeline.spec import load_pipeline
+
+    try:
+        pipeline = load_pipeline(file, overrides or [])
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    try:
+        summary = run_pipeline(pipeline, run_dir=run_dir, fresh=fresh, dry_run=dry_run,
+                               reporter=Reporter(enabled=progress, console=console))
+    except PushError as exc:
+        console.print(f"[red]push failed:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    if dry_run is not None:
+        for name, records in summary.samples.items():
+            console.rule(f"{name}: first records of {summary.rows[name]}")
+            for record in records:
+                console.print_json(data=record, default=str)
+        return
+    for name, path in summary.datasets.items():
+        console.print(f"saved {name}: {summary.rows[name]} rows -> {path}")
+    if summary.pushed:
+        console.print(f"pushed: {summary.pushed}")
+
+
+@app.command()
+def show(file: Path = typer.Argument(..., help="Pipeline YAML file.")) -> None:
+    """Print the DAG as text and as a mermaid diagram."""
+    from rlaif.pipeline.errors import ConfigError
+    from rlaif.pipeline.spec import load_pipeline
+
+    try:
+        pipeline = load_pipeline(file)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    for name, spec in pipeline.steps.items():
+        columns = pipeline.columns.get(name)
+        source = f" <- {', '.join(spec.upstream)}" if spec.upstream else ""
+        console.print(f"{name} ({spec.type}){source}  columns: {sorted(columns) if columns else 'unknown'}",
+                      highlight=False, markup=False)
+    lines = ["flowchart TD"] + [f"    {n}[\"{n}: {s.type}\"]" for n, s in pipeline.steps.items()]
+    lines += [f"    {u} --> {n}" for n, s in pipeline.steps.items() for u in s.upstream]
+    console.print("\n```mermaid\n" + "\n".join(lines) + "\n```", highlight=False, markup=False)
+
+
+@app.command()
+def push(
+    run_dir: Path = typer.Argument(..., help="A run directory (its dataset/ is pushed) or a dataset directory."),
+    repo: str = typer.Option(..., help="Hub dataset repo id, e.g. my-org/my-prefs."),
+    private: bool = typer.Option(False, help="Create the repo private."),
+) -> None:
+    """Push a saved dataset (e.g. after a failed push). The token comes from HF_TOKEN or `hf auth login`."""
+    from rlaif.pipeline.hub import PushError, push_dataset
+
+    dataset_dir = run_dir / "dataset" if (run_dir / "dataset").is_dir() else run_dir
+    try:
+        console.print(f"pushed: {push_dataset(dataset_dir, repo, private=private, run_dir=run_dir)}")
+    except PushError as exc:
+        console.print(f"[red]push failed:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
 
 
 if __name__ == "__main__":

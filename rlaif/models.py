@@ -136,21 +136,13 @@ def resolve_model(ref: str) -> str:
     ``builtin:NAME`` is converted on first use. A local directory must hold a ``config.json``. Anything else that
     looks like ``org/name`` is passed through as a Hub id (loading reports network errors itself).
     """
+    problem = reference_problem(ref)
+    if problem:
+        raise ModelNotFoundError(problem)
     if ref.startswith(BUILTIN_PREFIX):
-        name = ref[len(BUILTIN_PREFIX) :]
-        if name not in BUILTIN_MODELS:
-            raise ModelNotFoundError(_not_found_message(ref, [f"builtin model {name!r}: not a builtin name"]))
-        return str(prepare_builtin(name))
+        return str(prepare_builtin(ref[len(BUILTIN_PREFIX) :]))
     path = Path(ref).expanduser()
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return str(path)
-        raise ModelNotFoundError(_not_found_message(ref, [f"local directory {path}: has no config.json"]))
-    if _looks_like_hub_id(ref) and not path.exists():
-        return ref
-    raise ModelNotFoundError(
-        _not_found_message(ref, [f"local path {path}: does not exist", f"Hub id {ref!r}: not of the form org/name"])
-    )
+    return str(path) if path.is_dir() else ref
 
 
 def _looks_like_hub_id(ref: str) -> bool:
@@ -173,3 +165,26 @@ def list_models() -> list[dict[str, str]]:
         state = "ready" if is_prepared(name) else ("convertible" if installed else f"needs {entry.pip_spec}")
         rows.append({"name": BUILTIN_PREFIX + name, "state": state, "path": str(builtin_path(name))})
     return rows
+
+
+def reference_problem(ref: str) -> str | None:
+    """Why ``ref`` cannot resolve, checked without converting or loading anything (for ``rlaif validate``)."""
+    if ref.startswith(BUILTIN_PREFIX):
+        name = ref[len(BUILTIN_PREFIX) :]
+        if name not in BUILTIN_MODELS:
+            return _not_found_message(ref, [f"builtin model {name!r}: not a builtin name"])
+        if is_prepared(name):
+            return None
+        try:
+            find_builtin_gguf(name)
+        except ModelNotFoundError as exc:
+            return str(exc)
+        return None
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return None
+        return _not_found_message(ref, [f"local directory {path}: has no config.json"])
+    if _looks_like_hub_id(ref) and not path.exists():
+        return None
+    return _not_found_message(ref, [f"local path {path}: does not exist", f"Hub id {ref!r}: not of the form org/name"])

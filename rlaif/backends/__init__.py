@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from rlaif.backends.base import Backend
+from rlaif.registry import resolve_component
 
 BACKENDS: dict[str, str] = {
     "vllm": "rlaif.backends.vllm_backend:VllmBackend",
@@ -16,14 +16,7 @@ BACKENDS: dict[str, str] = {
 
 def backend_class(name: str) -> type:
     """The class registered under ``name``, or a dotted ``pkg.module.Class`` path for user backends."""
-    target = BACKENDS.get(name)
-    if target is None:
-        if "." not in name:
-            raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(BACKENDS)}")
-        module_name, _, attr = name.rpartition(".")
-        target = f"{module_name}:{attr}"
-    module_name, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    return resolve_component(BACKENDS, name, "backend")
 
 
 def load_backend(name: str, model: str, **options: Any) -> Backend:

@@ -1,0 +1,1 @@
+"""The pipeline engine: YAML spec -> validated DAG -> batched, cached, resumable run."""

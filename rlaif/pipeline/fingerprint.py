@@ -1,0 +1,45 @@
+"""Content-addressed cache keys: a step's key covers everything that could change its output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from rlaif import __version__
+from rlaif.pipeline.spec import Pipeline, StepSpec
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def step_fingerprint(pipeline: Pipeline, spec: StepSpec, upstream: list[str]) -> str:
+    """Config, the bytes of the files it reads (data, templates, constitutions), the models it uses, upstream keys,
+    batch size (batch boundaries decide sampling seeds), the pipeline seed and the rlaif version."""
+    step = spec.step
+    files = {_portable(p, pipeline.file.parent): file_digest(p) for p in step.files() if p.is_file()}
+    payload = {
+        "type": f"{type(step).__module__}.{type(step).__qualname__}",
+        "params": step.params.model_dump(mode="json"),
+        "batch_size": spec.batch_size,
+        "files": files,
+        "models": {m: asdict(pipeline.models[m]) for m in step.model_names() if m in pipeline.models},
+        "upstream": upstream,
+        "seed": pipeline.seed,
+        "version": __version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _portable(path: Path, base: Path) -> str:
+    # Keys must not depend on where the checkout lives: relative paths where possible.
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return path.name

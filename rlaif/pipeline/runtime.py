@@ -1,0 +1,56 @@
+"""What the engine injects into steps: shared backends (one engine per distinct model) and sampling defaults."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+from typing import Any
+
+from rlaif.backends import Backend, load_backend
+from rlaif.pipeline.spec import ModelSpec
+from rlaif.schema import GenerationParams
+
+
+class EngineRuntime:
+    """Backends are built lazily, on the first batch that needs them, so a fully cached run loads no model.
+
+    Two model names with the same backend, model and options share one engine.
+    """
+
+    def __init__(self, models: dict[str, ModelSpec], pipeline_seed: int = 0) -> None:
+        self.models = models
+        self.pipeline_seed = pipeline_seed
+        self._batch = ("", 0)
+        self._backends: dict[str, Backend] = {}
+
+    def for_batch(self, step_name: str, batch_index: int) -> None:
+        self._batch = (step_name, batch_index)
+
+    def backend(self, model_name: str) -> Backend:
+        spec = self.models[model_name]
+        key = repr((spec.backend, spec.model, sorted(spec.options.items())))
+        if key not in self._backends:
+            self._backends[key] = load_backend(spec.backend, spec.model, **spec.options)
+        return self._backends[key]
+
+    def sampling(self, model_name: str, **overrides: Any) -> GenerationParams:
+        values = {**self.models[model_name].sampling, **overrides}
+        # Every batch samples with its own seed derived from (pipeline seed, model/step seed, step, batch): a batch
+        # redone after a kill samples exactly what the interrupted one would have, whatever ran before it.
+        step_name, batch_index = self._batch
+        key = f"{self.pipeline_seed}/{values.get('seed')}/{step_name}/{batch_index}"
+        values["seed"] = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
+        if "stop" in values:
+            values["stop"] = tuple(values["stop"] or ())
+        return GenerationParams(**values)
+
+    def model_reference(self, model_name: str) -> str:
+        return self.models[model_name].model
+
+    def describe(self, model_name: str) -> dict[str, Any]:
+        return asdict(self.models[model_name])
+
+    def close(self) -> None:
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()

@@ -1,0 +1,20 @@
+"""Step registry: type name -> "module:Class". Plain dict, no import side effects; user plugins by dotted path."""
+
+from __future__ import annotations
+
+from rlaif.registry import UnknownComponent, resolve_component
+from rlaif.steps.base import Step
+
+STEPS: dict[str, str] = {
+    "load": "rlaif.steps.sources:Load",
+    "inline": "rlaif.steps.sources:Inline",
+    "generate_responses": "rlaif.steps.generate:GenerateResponses",
+}
+
+
+def step_class(type_name: str) -> type[Step]:
+    """The class for a registry name, or for a dotted path ``my_pkg.module.MyStep`` (a user plugin)."""
+    cls = resolve_component(STEPS, type_name, "step type")
+    if not (isinstance(cls, type) and issubclass(cls, Step)):
+        raise UnknownComponent(f"{type_name!r} is not a Step subclass")
+    return cls

@@ -1,0 +1,76 @@
+"""User-plugin steps for the engine tests, loaded by dotted path (``type: plugins.Upper``) like a user's own."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from rlaif.steps.base import BatchResult, Record, Step, StepParams
+
+
+class UpperParams(StepParams):
+    column: str = "text"
+
+
+class Upper(Step):
+    """Inputs: ``text``. Outputs: ``upper``."""
+
+    Params = UpperParams
+    outputs = ("upper",)
+    params: UpperParams
+
+    def required_columns(self) -> set[str]:
+        return {self.params.column}
+
+    def process(self, records: list[Record]) -> BatchResult:
+        return BatchResult(records=[{**r, "upper": str(r[self.params.column]).upper()} for r in records])
+
+
+class DropOdd(Step):
+    """Inputs: ``id``. Drops odd ids with the reason "odd id"."""
+
+    inputs = ("id",)
+
+    def process(self, records: list[Record]) -> BatchResult:
+        result = BatchResult()
+        for r in records:
+            if r["id"] % 2:
+                result.dropped.append((r, "odd id"))
+            else:
+                result.records.append(r)
+        return result
+
+
+class SlowParams(StepParams):
+    seconds: float = 0.05
+    tag: str = "slow"
+
+
+class Slow(Step):
+    """Sleeps per batch so a test can kill the run mid-step. Outputs: ``tag``, ``pid`` (which process wrote it)."""
+
+    Params = SlowParams
+    outputs = ("tag", "pid")
+    params: SlowParams
+
+    def process(self, records: list[Record]) -> BatchResult:
+        time.sleep(self.params.seconds)
+        return BatchResult(records=[{**r, "tag": self.params.tag, "pid": os.getpid()} for r in records])
+
+
+class Flaky(Step):
+    """Raises on any batch holding a record whose text contains "boom": the engine must isolate that record."""
+
+    inputs = ("text",)
+
+    def process(self, records: list[Record]) -> BatchResult:
+        if any("boom" in r["text"] for r in records):
+            raise RuntimeError("exploded on boom")
+        return BatchResult(records=records)
+
+
+class Liar(Step):
+    """Loses a record silently: the accounting check must refuse it."""
+
+    def process(self, records: list[Record]) -> BatchResult:
+        return BatchResult(records=records[1:])

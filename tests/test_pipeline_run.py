@@ -1,0 +1,154 @@
+"""Running pipelines: fan-out and join, cache reuse and precise invalidation, kill -9 and resume, accounting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from rlaif.pipeline.run import run_pipeline
+from rlaif.pipeline.runner import AccountingError
+from rlaif.pipeline.spec import load_pipeline
+
+TESTS_DIR = Path(__file__).parent
+
+
+def write_pipeline(tmp_path: Path, steps: str, records: int = 40, extra: str = "") -> Path:
+    with (tmp_path / "data.jsonl").open("w") as handle:
+        for i in range(records):
+            handle.write(json.dumps({"id": i, "text": f"record {i}" + (" boom" if i == 7 else "")}) + "\n")
+    path = tmp_path / "pipe.yaml"
+    path.write_text(f"name: t\nsteps:\n{steps}{extra}")
+    return path
+
+
+def saved_rows(dataset_dir: Path) -> list[dict]:
+    files = sorted((dataset_dir / "data").glob("*.parquet"))
+    return [row for f in files for row in pq.read_table(f).to_pylist()]
+
+
+FAN = """\
+  - {name: src, type: load, path: data.jsonl, batch_size: 8}
+  - {name: upper, type: plugins.Upper, from: src, batch_size: 8}
+  - {name: even, type: plugins.DropOdd, from: src}
+  - {name: joined, type: plugins.Slow, from: [upper, even], seconds: 0}
+"""
+
+
+def test_fan_out_and_join_with_accounting(tmp_path):
+    pipeline = load_pipeline(write_pipeline(tmp_path, FAN))
+    summary = run_pipeline(pipeline, run_dir=tmp_path / "run")
+    stats = summary.stats
+    assert stats["src"]["records_out"] == 40
+    assert stats["even"] == {**stats["even"], "records_in": 40, "records_out": 20, "dropped": {"odd id": 20}}
+    # A join reads the union of its upstreams, in `from` order; it sees only the columns all of them share.
+    assert stats["joined"]["records_in"] == 60
+    rows = saved_rows(summary.datasets["joined"])
+    assert len(rows) == 60 and [r["id"] for r in rows[:3]] == [0, 1, 2] and rows[40]["id"] == 0
+    assert pipeline.columns["joined"] == {"id", "text", "tag", "pid"}
+    for name, s in stats.items():
+        assert s["records_in"] == s["records_out"] + sum(s["dropped"].values()) + sum(s["quarantined"].values())
+        assert json.loads((tmp_path / "run" / "steps" / name / "stats.json").read_text())["records_in"] == s[
+            "records_in"]
+
+
+def test_rerun_reuses_everything_and_a_change_recomputes_only_descendants(tmp_path):
+    path = write_pipeline(tmp_path, FAN)
+    first = run_pipeline(load_pipeline(path), run_dir=tmp_path / "run")
+    again = run_pipeline(load_pipeline(path), run_dir=tmp_path / "run")
+    assert all(s.get("cached") for s in again.stats.values())
+    assert saved_rows(again.datasets["joined"]) == saved_rows(first.datasets["joined"])
+
+    changed = run_pipeline(load_pipeline(path, ["steps.upper.column=id"]), run_dir=tmp_path / "run")
+    cached = {name for name, s in changed.stats.items() if s.get("cached")}
+    assert cached == {"src", "even"}  # upper changed, joined descends from it; the rest is reused
+    assert saved_rows(changed.datasets["joined"])[0]["upper"] == "0"
+
+    fresh = run_pipeline(load_pipeline(path), run_dir=tmp_path / "run", fresh=True)
+    assert not any(s.get("cached") for s in fresh.stats.values())
+
+
+def test_changing_a_data_file_invalidates_its_source(tmp_path):
+    path = write_pipeline(tmp_path, FAN)
+    run_pipeline(load_pipeline(path), run_dir=tmp_path / "run")
+    with (tmp_path / "data.jsonl").open("a") as handle:
+        handle.write(json.dumps({"id": 40, "text": "late"}) + "\n")
+    rerun = run_pipeline(load_pipeline(path), run_dir=tmp_path / "run")
+    assert not any(s.get("cached") for s in rerun.stats.values())
+    assert rerun.stats["src"]["records_out"] == 41
+
+
+def test_failures_are_quarantined_with_reasons_and_counted(tmp_path):
+    steps = """\
+  - {name: src, type: load, path: data.jsonl}
+  - {name: flaky, type: plugins.Flaky, from: src, batch_size: 10}
+"""
+    path = write_pipeline(tmp_path, steps)
+    with (tmp_path / "data.jsonl").open("a") as handle:
+        handle.write("{not json\n[1, 2]\n")
+    summary = run_pipeline(load_pipeline(path), run_dir=tmp_path / "run")
+    assert summary.stats["src"]["quarantined"] == {"invalid JSON": 1, "not a JSON object": 1}
+    assert summary.stats["src"]["records_in"] == 42
+    assert summary.stats["flaky"]["quarantined"] == {"step raised RuntimeError": 1}
+    assert summary.stats["flaky"]["records_out"] == 39
+    quarantine = [json.loads(line) for line in (tmp_path / "run" / "quarantine" / "flaky.jsonl").open()]
+    assert json.loads(quarantine[0]["record"])["id"] == 7 and quarantine[0]["detail"] == "exploded on boom"
+    bad_lines = [json.loads(line) for line in (tmp_path / "run" / "quarantine" / "src.jsonl").open()]
+    assert bad_lines[0]["detail"].startswith("data.jsonl:41:") and bad_lines[0]["raw_output"] == "{not json\n"
+
+
+def test_a_step_that_loses_records_is_an_error(tmp_path):
+    path = write_pipeline(tmp_path, "  - {name: src, type: load, path: data.jsonl}\n"
+                                    "  - {name: liar, type: plugins.Liar, from: src}\n")
+    with pytest.raises(AccountingError, match=r"40 records in, but 39 out \+ 0 dropped \+ 0 quarantined"):
+        run_pipeline(load_pipeline(path), run_dir=tmp_path / "run")
+
+
+def test_dry_run_caches_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    summary = run_pipeline(load_pipeline(write_pipeline(tmp_path, FAN)), dry_run=5)
+    assert summary.stats["src"]["records_out"] == 5
+    assert summary.rows["joined"] == 5 + 3  # 5 upper-cased + the even ids 0, 2, 4
+    assert summary.samples["joined"][0]["id"] == 0
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    steps = """\
+  - {name: src, type: load, path: data.jsonl}
+  - {name: slow, type: plugins.Slow, from: src, batch_size: 10, seconds: 0.3}
+  - {name: even, type: plugins.DropOdd, from: slow}
+"""
+    path = write_pipeline(tmp_path, steps, records=300)
+    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
+    command = [sys.executable, "-m", "rlaif.cli", "run", str(path), "--no-progress"]
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen([*command, "--run-dir", str(killed_dir)], env=env, start_new_session=True)
+    markers = killed_dir / "steps" / "slow"
+    deadline = time.monotonic() + 120
+    while len(list(markers.glob("batch-*.done"))) < 5:
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(markers.glob("batch-*.done")))
+    assert 5 <= done_before < 30 and not (markers / "COMPLETE").exists()
+
+    subprocess.run([*command, "--run-dir", str(killed_dir)], env=env, check=True, timeout=300)
+    subprocess.run([*command, "--run-dir", str(tmp_path / "clean")], env=env, check=True, timeout=300)
+    resumed = saved_rows(killed_dir / "dataset")
+    clean = saved_rows(tmp_path / "clean" / "dataset")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "pid"} for r in rows]  # noqa: E731
+    assert strip(resumed) == strip(clean) and len(clean) == 150
+    # The batches finished before the kill were reused, not redone: two processes wrote the resumed output.
+    assert len({r["pid"] for r in resumed}) == 2
+    stats = json.loads((killed_dir / "stats.json").read_text())
+    assert stats["slow"]["records_in"] == 300 and stats["even"]["dropped"] == {"odd id": 150}
