@@ -144,7 +144,7 @@ def run(
         raise typer.Exit(2) from exc
     try:
         summary = run_pipeline(pipeline, run_dir=run_dir, fresh=fresh, dry_run=dry_run,
-                               reporter=Reporter(enabled=progress, console=console))
+                               reporter=Reporter(console=console, bars=progress))
     except PushError as exc:
         console.print(f"[red]push failed:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from exc

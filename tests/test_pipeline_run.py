@@ -152,3 +152,50 @@ def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert len({r["pid"] for r in resumed}) == 2
     stats = json.loads((killed_dir / "stats.json").read_text())
     assert stats["slow"]["records_in"] == 300 and stats["even"]["dropped"] == {"odd id": 150}
+
+
+def test_inline_source_and_loading_a_saved_dataset_by_id(tmp_path):
+    """`inline` records, then a `load` with `dataset:` (the datasets-library path used for Hub ids) reading the
+    dataset the first run saved, with a column renamed."""
+    first = tmp_path / "first.yaml"
+    first.write_text(
+        "name: first\nsteps:\n"
+        "  - name: rows\n    type: inline\n    records:\n"
+        "      - {question: 'What is 2+2?', id: 1}\n      - {question: 'Name a colour.', id: 2}\n"
+        f"output: {{save: {tmp_path / 'saved'}}}\n"
+    )
+    run_pipeline(load_pipeline(first), run_dir=tmp_path / "run1")
+    second = tmp_path / "second.yaml"
+    second.write_text(
+        "name: second\nsteps:\n"
+        f"  - {{name: hub, type: load, dataset: {tmp_path / 'saved'}, columns: {{question: text}}}}\n"
+        "  - {name: up, type: plugins.Upper, from: hub}\n"
+    )
+    summary = run_pipeline(load_pipeline(second), run_dir=tmp_path / "run2")
+    rows = saved_rows(summary.datasets["up"])
+    assert [(r["id"], r["upper"]) for r in rows] == [(1, "WHAT IS 2+2?"), (2, "NAME A COLOUR.")]
+
+
+def test_cli_validate_show_run_and_push_failure(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from rlaif.cli import app
+
+    runner = CliRunner()
+    path = write_pipeline(tmp_path, FAN)
+    assert runner.invoke(app, ["validate", str(path)]).exit_code == 0
+    shown = runner.invoke(app, ["show", str(path)])
+    assert "flowchart TD" in shown.output and "upper --> joined" in shown.output and "even --> joined" in shown.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: b\nsteps:\n  - {name: s, type: lod}\n")
+    failed = runner.invoke(app, ["validate", str(path), str(bad)])
+    assert failed.exit_code == 1 and f"{bad}:3:" in failed.output
+    ran = runner.invoke(app, ["run", str(path), "steps.even.batch_size=4", "--run-dir", str(tmp_path / "r"),
+                              "--no-progress"])
+    assert ran.exit_code == 0, ran.output
+    assert "saved joined: 60 rows" in ran.output and "run summary" in ran.output
+    # No Hub here: the push fails, the data stays on disk, and the retry command is printed.
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 30)
+    pushed = runner.invoke(app, ["push", str(tmp_path / "r"), "--repo", "me/data"])
+    assert pushed.exit_code == 1
+    assert "rlaif push" in pushed.output and "--repo me/data" in pushed.output and "x" * 30 not in pushed.output

@@ -12,13 +12,16 @@ from rich.table import Table
 
 
 class Reporter:
-    def __init__(self, enabled: bool = True, console: Console | None = None) -> None:
+    """``enabled=False`` is silent (library use); ``bars=False`` keeps the summary but drops the live bars."""
+
+    def __init__(self, enabled: bool = True, console: Console | None = None, bars: bool = True) -> None:
         self.enabled = enabled
+        self.bars = bars
         self.console = console or Console(stderr=True)
 
     @contextmanager
     def step(self, name: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        if not self.enabled:
+        if not (self.enabled and self.bars):
             yield lambda _count: None
             return
         columns = [TextColumn(f"[bold]{name:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

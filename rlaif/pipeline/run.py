@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from rlaif import __version__
+from rlaif.backends import Backend
 from rlaif.pipeline.fingerprint import file_digest
 from rlaif.pipeline.hub import DatasetCardInfo, PushError, push_dataset, write_dataset
 from rlaif.pipeline.progress import Reporter
 from rlaif.pipeline.runner import RunResult, run_steps
+from rlaif.pipeline.runtime import EngineRuntime
 from rlaif.pipeline.spec import Pipeline
 
 
@@ -39,13 +41,16 @@ def run_pipeline(
     fresh: bool = False,
     dry_run: int | None = None,
     reporter: Reporter | None = None,
+    backends: dict[str, Backend] | None = None,
 ) -> RunSummary:
     """Run with caching in ``run_dir`` (default ``runs/<name>``). A dry run uses a throwaway directory: the first
-    ``dry_run`` records of each source through every step, nothing cached, nothing saved or pushed."""
+    ``dry_run`` records of each source through every step, nothing cached, nothing saved or pushed.
+    ``backends`` (by model name) are used instead of building engines, and left open."""
     reporter = reporter or Reporter(enabled=False)
     if dry_run is not None:
         with tempfile.TemporaryDirectory(prefix="rlaif-dry-run-") as tmp:
-            result = run_steps(pipeline, Path(tmp), limit=dry_run, reporter=reporter)
+            runtime = EngineRuntime(pipeline.models, pipeline.seed, backends)
+            result = run_steps(pipeline, Path(tmp), limit=dry_run, reporter=reporter, runtime=runtime)
             reporter.summary(result.stats)
             samples = {name: _first(result, name, 3) for name in output_steps(pipeline)}
             rows = {name: sum(len(b) for b in result.stores[name].records()) for name in samples}
@@ -55,7 +60,8 @@ def run_pipeline(
         shutil.rmtree(run_dir / "steps")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "pipeline.yaml").write_text(pipeline.text)
-    result = run_steps(pipeline, run_dir, reporter=reporter)
+    runtime = EngineRuntime(pipeline.models, pipeline.seed, backends)
+    result = run_steps(pipeline, run_dir, reporter=reporter, runtime=runtime)
     (run_dir / "stats.json").write_text(json.dumps(result.stats, indent=2))
     _save_quarantine(result)
     datasets, rows = save_outputs(pipeline, result)

@@ -14,19 +14,25 @@ from rlaif.schema import GenerationParams
 class EngineRuntime:
     """Backends are built lazily, on the first batch that needs them, so a fully cached run loads no model.
 
-    Two model names with the same backend, model and options share one engine.
+    Two model names with the same backend, model and options share one engine. ``provided`` backends (by model
+    name) are used as they are and left open: their owner (a test session, the loop) closes them.
     """
 
-    def __init__(self, models: dict[str, ModelSpec], pipeline_seed: int = 0) -> None:
+    def __init__(
+        self, models: dict[str, ModelSpec], pipeline_seed: int = 0, provided: dict[str, Backend] | None = None
+    ) -> None:
         self.models = models
         self.pipeline_seed = pipeline_seed
         self._batch = ("", 0)
+        self._provided = dict(provided or {})
         self._backends: dict[str, Backend] = {}
 
     def for_batch(self, step_name: str, batch_index: int) -> None:
         self._batch = (step_name, batch_index)
 
     def backend(self, model_name: str) -> Backend:
+        if model_name in self._provided:
+            return self._provided[model_name]
         spec = self.models[model_name]
         key = repr((spec.backend, spec.model, sorted(spec.options.items())))
         if key not in self._backends:

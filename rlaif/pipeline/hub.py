@@ -1,0 +1,394 @@
+"""Save a pipeline's output as a Hub-layout dataset folder, and push that folder to the Hugging Face Hub.
+
+    out_dir/README.md                               dataset card: YAML front matter (configs, tags) + provenance
+    out_dir/data/<split>-00000-of-00002.parquet     shards of at most max_rows_per_shard rows
+    out_dir/<split>.jsonl                           optional local copy (never pushed)
+
+Records arrive as batches of dicts and are streamed, never held together in memory. A column can be None in the
+first batch and text in a later one, yet every shard of a split must carry one schema, which is only known after the
+last batch: so batches are first spooled to Arrow IPC files while their schemas are unified, then read back
+(memory-mapped), cast to the unified schema and written as Parquet. The folder is built beside out_dir and renamed
+into place, so an interrupted write never leaves a half dataset that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+from huggingface_hub import DatasetCard, DatasetCardData, HfApi
+
+from rlaif import __version__
+
+REDACTED = "[REDACTED]"
+# Shorter values are left alone: scrubbing every "1" or "true" would garble the card, and real secrets are long.
+_MIN_SECRET_LEN = 8
+_SECRET_ENV_SUFFIXES = ("TOKEN", "KEY", "SECRET")
+_HF_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{20,}")
+# The Hub only recognises split names made of word characters in data file names (data/<split>-*.parquet).
+_SPLIT_RE = re.compile(r"^\w+(\.\w+)*$")
+# Small row groups keep the Hub's dataset viewer and streaming reads cheap even when rows are long conversations.
+_ROW_GROUP_ROWS = 10_000
+# Only the Hub layout is pushed: the optional JSONL files are a local convenience copy of the same rows.
+_PUSHED = ["README.md", "data/*"]
+_STEP_COLUMNS = ("name", "type", "records_in", "records_out", "dropped", "quarantined",
+                 "tokens_in", "tokens_out", "wall_s")  # fmt: skip
+
+
+class SchemaConflictError(ValueError):
+    """A column whose types in two batches of one split cannot be unified (e.g. numbers in one, text in another)."""
+
+
+class PushError(RuntimeError):
+    """A push that failed; the message says where the data is safe on disk and how to retry, never the token."""
+
+
+@dataclass
+class DatasetCardInfo:
+    """Everything the dataset card reports. ``splits`` and ``columns`` are filled in by :func:`write_dataset`."""
+
+    pipeline_name: str
+    pipeline_yaml: str
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    models: dict[str, str] = field(default_factory=dict)
+    file_hashes: dict[str, str] = field(default_factory=dict)
+    rlaif_version: str = __version__
+    splits: dict[str, int] = field(default_factory=dict)
+    columns: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=lambda: ["rlaif", "synthetic", "preference"])
+    repo_id: str | None = None
+    dataset_info: dict[str, Any] | None = None  # the Hub's `dataset_info` front matter (features, split sizes)
+
+
+def scrub_secrets(text: str, extra: Iterable[str | None] = ()) -> str:
+    """Replace values of env vars named *TOKEN, *KEY or *SECRET, the ``extra`` values and ``hf_...`` tokens."""
+    secrets = [value for name, value in os.environ.items() if name.upper().endswith(_SECRET_ENV_SUFFIXES)]
+    secrets += [value for value in extra if value]
+    # Longest first, so a secret that contains another one is removed whole.
+    for secret in sorted({s for s in secrets if len(s) >= _MIN_SECRET_LEN}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return _HF_TOKEN_RE.sub(REDACTED, text)
+
+
+def render_dataset_card(info: DatasetCardInfo) -> str:
+    """The README.md of the dataset: Hub front matter, then summary, usage, pipeline YAML, stats and provenance."""
+    data_files = [{"split": split, "path": f"data/{split}-*.parquet"} for split in info.splits]
+    configs = [{"config_name": "default", "data_files": data_files}] if data_files else None
+    metadata = DatasetCardData(
+        pretty_name=info.pipeline_name, tags=list(info.tags), configs=configs, dataset_info=info.dataset_info
+    )
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", info.pipeline_yaml)), default=0))
+    sections = [
+        f"# {info.pipeline_name}",
+        _summary(info),
+        "## Usage\n\n```python\nfrom datasets import load_dataset\n\n"
+        f'ds = load_dataset("{info.repo_id or "path/to/this/folder"}")\n```',
+        f"## Pipeline\n\n{fence}yaml\n{info.pipeline_yaml.rstrip()}\n{fence}",
+        "## Steps\n\n" + _steps_table(info.steps),
+        "## Models\n\n" + (_bullets(info.models) or "None."),
+        "## File hashes (sha256)\n\n" + (_bullets(info.file_hashes) or "None."),
+        f"## Version\n\nGenerated with rlaif {info.rlaif_version}.",
+    ]
+    # DatasetCard parses the front matter, so a card the Hub would reject fails here, before any upload.
+    card = DatasetCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
+    return scrub_secrets(str(card))
+
+
+def _summary(info: DatasetCardInfo) -> str:
+    rows = ", ".join(f"{split}: {n} row{'' if n == 1 else 's'}" for split, n in info.splits.items()) or "no rows"
+    columns = ", ".join(f"`{c}`" for c in info.columns) or "none"
+    return f"Preference data generated with rlaif by the pipeline `{info.pipeline_name}` ({rows}). Columns: {columns}."
+
+
+def _bullets(mapping: dict[str, str]) -> str:
+    return "\n".join(f"- `{key}`: `{value}`" for key, value in mapping.items())
+
+
+def _steps_table(steps: list[dict[str, Any]]) -> str:
+    if not steps:
+        return "No step statistics recorded."
+    lines = [
+        "| step | type | in | out | dropped | quarantined | tokens in | tokens out | wall s |",
+        "| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: |",
+    ]
+    for step in steps:
+        lines.append("| " + " | ".join(_cell(step.get(key)) for key in _STEP_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict):  # reason -> count: the total, then the reasons that make it up
+        text = f"{sum(value.values())} ({', '.join(f'{k}: {v}' for k, v in value.items())})" if value else "0"
+    elif isinstance(value, float):
+        text = f"{value:.2f}"
+    else:
+        text = "—" if value is None else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_dataset(
+    records_by_split: dict[str, Iterable[list[dict[str, Any]]]],
+    out_dir: Path,
+    info: DatasetCardInfo,
+    jsonl: bool = False,
+    max_rows_per_shard: int = 100_000,
+) -> dict[str, int]:
+    """Write every split as Parquet shards in Hub layout plus the card; return split -> rows.
+
+    Atomic: the folder is built beside ``out_dir`` and replaces it only once complete. A split with no rows gets no
+    files and no entry in the card's configs. Raises :class:`SchemaConflictError` naming the column when two batches
+    of a split cannot share a schema.
+    """
+    if max_rows_per_shard < 1:
+        raise ValueError(f"max_rows_per_shard must be at least 1, got {max_rows_per_shard}")
+    bad = [split for split in records_by_split if not _SPLIT_RE.match(split)]
+    if bad:
+        raise ValueError(f"split names must be letters, digits, _ or dots (Hub data file naming); got {bad}")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Beside the target, so the final rename is atomic (same filesystem).
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        counts: dict[str, int] = {}
+        written: dict[str, tuple[pa.Schema, int]] = {}  # split -> (schema, Arrow bytes)
+        for split, batches in records_by_split.items():
+            spool = _Spool(tmp / ".spool" / split)
+            with spool:
+                spool.consume(batches, split)
+            counts[split] = spool.rows
+            if spool.schema is not None and spool.rows:
+                written[split] = (spool.schema, _write_split(spool, tmp, split, max_rows_per_shard, jsonl))
+            shutil.rmtree(spool.root)
+        schema = _unify_splits([split_schema for split_schema, _ in written.values()])
+        card = replace(
+            info,
+            splits={split: counts[split] for split in written},
+            columns=info.columns or (schema.names if schema else []),
+            dataset_info=_dataset_info(schema, {s: (counts[s], n) for s, (_, n) in written.items()}, tmp / "data"),
+        )
+        (tmp / "README.md").write_text(render_dataset_card(card), encoding="utf-8")
+        shutil.rmtree(tmp / ".spool", ignore_errors=True)
+        _swap_into_place(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale(out_dir)
+    return counts
+
+
+class _Spool:
+    """Arrow IPC files holding one split's batches; a new file starts whenever the inferred schema changes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files: list[Path] = []
+        self.schema: pa.Schema | None = None  # the unified schema of every batch seen so far
+        self.rows = 0
+        self._stack = ExitStack()
+        self._writer: ipc.RecordBatchFileWriter | None = None
+        self._writer_schema: pa.Schema | None = None
+
+    def __enter__(self) -> _Spool:
+        self.root.mkdir(parents=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()  # closes the open writer even when the batch iterator raised
+
+    def consume(self, batches: Iterable[list[dict[str, Any]]], split: str) -> None:
+        for index, batch in enumerate(batches):
+            if not batch:
+                continue
+            table = _batch_to_table(batch, split, index)
+            self.schema = table.schema if self.schema is None else _unify(self.schema, table.schema, split, index)
+            if self._writer is None or not table.schema.equals(self._writer_schema):
+                self._stack.close()
+                path = self.root / f"{len(self.files):06d}.arrow"
+                sink = self._stack.enter_context(pa.OSFile(str(path), "wb"))
+                self._writer = self._stack.enter_context(ipc.new_file(sink, table.schema))
+                self._writer_schema = table.schema
+                self.files.append(path)
+            self._writer.write_table(table)
+            self.rows += table.num_rows
+        self._stack.close()
+
+    def tables(self) -> Iterator[pa.Table]:
+        # Memory-mapped reads are zero-copy: a spool file's rows stay on disk until a slice of them is cast.
+        for path in self.files:
+            with pa.memory_map(str(path)) as source:
+                yield ipc.open_file(source).read_all()
+
+
+def _batch_to_table(batch: list[dict[str, Any]], split: str, index: int) -> pa.Table:
+    # Column by column, so a type clash names its column; keys are the union over rows, since pyarrow's from_pylist
+    # would silently drop keys that the first row lacks.
+    names = list(dict.fromkeys(key for row in batch for key in row))
+    columns = {}
+    for name in names:
+        try:
+            columns[name] = pa.array([row.get(name) for row in batch])
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            raise SchemaConflictError(f"split {split!r}, batch {index}: column {name!r} mixes types: {err}") from err
+    return pa.table(columns)
+
+
+def _unify(schema: pa.Schema, new: pa.Schema, split: str, index: int) -> pa.Schema:
+    try:
+        # "permissive" promotes null to any type, int to float, and merges struct fields (messages with extra keys).
+        return pa.unify_schemas([schema, new], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        # pyarrow's message names the top-level column ("Field score has incompatible types: int64 vs string").
+        raise SchemaConflictError(f"split {split!r}: batch {index} does not fit the earlier batches: {err}") from err
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The table with the unified schema's columns, in its order; columns a batch lacked become nulls."""
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _write_split(spool: _Spool, root: Path, split: str, max_rows: int, jsonl: bool) -> int:
+    """Write the spooled split as shards (and JSONL); return its size in Arrow bytes."""
+    assert spool.schema is not None
+    # The spool already counted the rows, so the shard count is known and shards get their final names directly.
+    n_shards = math.ceil(spool.rows / max_rows)
+    (root / "data").mkdir(exist_ok=True)
+    shard, in_shard, writer, nbytes = 0, 0, None, 0
+    with ExitStack() as stack:
+        lines = stack.enter_context(open(root / f"{split}.jsonl", "w", encoding="utf-8")) if jsonl else None
+        for table in spool.tables():
+            while table.num_rows:
+                if writer is None:
+                    path = root / "data" / f"{split}-{shard:05d}-of-{n_shards:05d}.parquet"
+                    writer = stack.enter_context(pq.ParquetWriter(str(path), spool.schema))
+                take = min(max_rows - in_shard, table.num_rows)
+                part = _conform(table.slice(0, take), spool.schema)
+                writer.write_table(part, row_group_size=_ROW_GROUP_ROWS)
+                nbytes += part.nbytes
+                if lines is not None:
+                    _write_jsonl(lines, part)
+                table, in_shard = table.slice(take), in_shard + take
+                if in_shard == max_rows:
+                    writer.close()
+                    shard, in_shard, writer = shard + 1, 0, None
+    return nbytes
+
+
+def _unify_splits(schemas: list[pa.Schema]) -> pa.Schema | None:
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive") if schemas else None
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:  # splits of one config must share their features
+        raise SchemaConflictError(f"the splits disagree on a column type: {err}") from err
+
+
+def _dataset_info(schema: pa.Schema | None, sizes: dict[str, tuple[int, int]], data_dir: Path) -> dict | None:
+    """The card's `dataset_info` (what `datasets.push_to_hub` writes), rendered by `datasets` itself.
+
+    Besides documenting features and sizes, it keys `datasets`' cache: for a local folder whose card has `configs:`,
+    datasets 5.2 hashes only the card's configs and dataset_info, not the data files, so without it a second folder
+    of the same name (runs/round1/dataset, runs/round2/dataset) silently loads the first one's cached rows.
+    """
+    if schema is None:
+        return None
+    import datasets  # heavy import, needed only here
+    from datasets.info import DatasetInfosDict
+
+    splits = datasets.SplitDict()
+    for split, (rows, nbytes) in sizes.items():
+        splits.add(datasets.SplitInfo(name=split, num_bytes=nbytes, num_examples=rows))
+    info = datasets.DatasetInfo(
+        features=datasets.Features.from_arrow_schema(schema),
+        splits=splits,
+        download_size=sum(path.stat().st_size for path in data_dir.glob("*.parquet")),
+        dataset_size=sum(nbytes for _, nbytes in sizes.values()),
+    )
+    card_data = DatasetCardData()
+    DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
+    return card_data["dataset_info"]
+
+
+def _write_jsonl(out: Any, table: pa.Table) -> None:
+    # Small record batches bound the Python objects alive at once.
+    for batch in table.to_batches(max_chunksize=1_000):
+        out.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in batch.to_pylist())
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    # A directory cannot be renamed onto a non-empty one: move the old dataset aside first, delete it last, so a
+    # crash in between leaves the old dataset in `.<name>.old-*`, never a mix of the two.
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale(out_dir: Path) -> None:
+    # Leftovers of writes killed earlier (SIGKILL skips `finally`): never loadable as out_dir, only wasted disk.
+    for pattern in (f".{out_dir.name}.partial-*", f".{out_dir.name}.old-*"):
+        for stale in out_dir.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def push_dataset(
+    dataset_dir: Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    endpoint: str | None = None,
+    commit_message: str = "Upload dataset with rlaif",
+    run_dir: Path | None = None,
+) -> str:
+    """Create the dataset repo if needed and upload the card and shards in one commit; return the commit URL.
+
+    The token is ``token`` or huggingface_hub's own resolution (``HF_TOKEN``, then ``hf auth login``). Remote
+    ``data/*`` files that this upload does not contain are deleted, so a re-push with fewer shards leaves no stale
+    shard for ``data/<split>-*`` to pick up. Raises :class:`PushError` with the retry command on any failure.
+    """
+    dataset_dir = Path(dataset_dir)
+    if not (dataset_dir / "README.md").is_file() or not any((dataset_dir / "data").glob("*.parquet")):
+        raise PushError(
+            f"{dataset_dir} holds no dataset written by rlaif (README.md + data/*.parquet); nothing pushed"
+        )
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        commit = api.upload_folder(
+            folder_path=dataset_dir,
+            repo_id=repo_id,
+            repo_type="dataset",
+            commit_message=commit_message,
+            allow_patterns=_PUSHED,
+            delete_patterns=["data/*"],
+        )
+    except Exception as err:  # any failure (HTTP, network, validation) gets the same recovery advice
+        raise PushError(_push_failure(err, dataset_dir, repo_id, run_dir, token)) from err
+    return str(commit.commit_url)
+
+
+def _push_failure(err: Exception, dataset_dir: Path, repo_id: str, run_dir: Path | None, token: str | None) -> str:
+    reason = scrub_secrets(f"{type(err).__name__}: {err}", extra=[token])[:800]
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    hint = " Check HF_TOKEN or run `hf auth login`; the token needs write access." if status in (401, 403) else ""
+    return (
+        f"push of {dataset_dir} to the dataset repo {repo_id} failed: {reason}\n"
+        f"The data is safe on disk at {dataset_dir}.{hint}\n"
+        f"Retry with: rlaif push {run_dir or dataset_dir} --repo {repo_id}"
+    )
