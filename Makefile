@@ -26,15 +26,22 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The main job, on the builtin model: one generation, then a pipeline run (seed prompts -> 2 responses each ->
+# a Hub-layout dataset in runs/generate_responses/dataset). A second `make demo` reuses the cached pipeline.
 demo: setup
-	$(VENV)/bin/rlaif generate --model builtin:smollm2-135m-instruct --n 2 --temperature 0.7 \
+	$(VENV)/bin/rlaif generate --model builtin:smollm2-135m-instruct --n 2 --temperature 0.7 --max-tokens 96 \
 		--prompt "Give me three tips for writing a clear bug report."
+	$(VENV)/bin/rlaif run pipelines/generate_responses.yaml
+	head -c 600 runs/generate_responses/dataset/train.jsonl; echo
 
 lint: setup
 	$(VENV)/bin/ruff check rlaif tests bench
 
 bench: setup
+	$(PIP) install --quiet -c constraints.txt -e ".[cpu,dev,bench]"
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec
 	$(PY) bench/generation.py
+	$(PY) bench/engine.py
 
 clean-venv:
 	rm -rf $(VENV)

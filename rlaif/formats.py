@@ -1,0 +1,51 @@
+"""TRL's dataset row forms, so a saved dataset trains with no column mapping (TRL ``data_utils`` conventions).
+
+- preference (conversational): ``prompt`` = list of messages, ``chosen`` / ``rejected`` = [one assistant message]
+- SFT: ``messages`` = the whole conversation
+- prompt-only (PPO/GRPO/online DPO): ``prompt`` = list of messages
+Provenance columns (models, judge, principle, scores) ride along beside them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Messages = list[dict[str, str]]
+
+
+def as_messages(prompt: str | Messages) -> Messages:
+    """A prompt column value as a conversation: a string is one user message."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [dict(m) for m in prompt]
+
+
+def prompt_text(prompt: str | Messages) -> str:
+    """The last user message of a prompt (what judges and filters read)."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
+def assistant(text: str) -> Messages:
+    return [{"role": "assistant", "content": text}]
+
+
+def preference_row(prompt: str | Messages, chosen: str, rejected: str, **provenance: Any) -> dict[str, Any]:
+    return {"prompt": as_messages(prompt), "chosen": assistant(chosen), "rejected": assistant(rejected), **provenance}
+
+
+def sft_row(prompt: str | Messages, completion: str, **provenance: Any) -> dict[str, Any]:
+    return {"messages": as_messages(prompt) + assistant(completion), **provenance}
+
+
+def prompt_only_row(prompt: str | Messages, **provenance: Any) -> dict[str, Any]:
+    return {"prompt": as_messages(prompt), **provenance}
+
+
+def completion_text(value: str | Messages) -> str:
+    """A chosen/rejected value as text: TRL allows a plain string or a list ending in the assistant message."""
+    if isinstance(value, str):
+        return value
+    return value[-1]["content"] if value else ""
