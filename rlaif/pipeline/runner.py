@@ -137,6 +137,7 @@ def _process(step: Step, batch: list[Record]) -> BatchResult:
         except Exception as exc:  # noqa: BLE001
             merged.quarantined.append(Quarantined(record, f"step raised {type(exc).__name__}", str(exc)))
             continue
+        merged.inputs_emitted = (merged.inputs_emitted or 0) + one.emitted
         merged.records += one.records
         merged.dropped += one.dropped
         merged.quarantined += one.quarantined
@@ -146,13 +147,14 @@ def _process(step: Step, batch: list[Record]) -> BatchResult:
 
 
 def _count(outcome: BatchResult) -> int:
-    return len(outcome.records) + len(outcome.dropped) + len(outcome.quarantined)
+    return outcome.emitted + len(outcome.dropped) + len(outcome.quarantined)
 
 
 def _batch_stats(records_in: int, outcome: BatchResult, seconds: float) -> dict[str, Any]:
     return {
         "records_in": records_in,
         "records_out": len(outcome.records),
+        "inputs_emitted": outcome.emitted,
         "dropped": dict(Counter(reason for _, reason in outcome.dropped)),
         "quarantined": dict(Counter(q.reason for q in outcome.quarantined)),
         "tokens_in": outcome.tokens_in,
@@ -163,11 +165,11 @@ def _batch_stats(records_in: int, outcome: BatchResult, seconds: float) -> dict[
 
 def _step_stats(spec: StepSpec, batches: Any, wall_s: float) -> dict[str, Any]:
     totals: dict[str, Any] = {"name": spec.name, "type": spec.type, "records_in": 0, "records_out": 0,
-                              "tokens_in": 0, "tokens_out": 0}
+                              "inputs_emitted": 0, "tokens_in": 0, "tokens_out": 0}
     dropped: Counter[str] = Counter()
     quarantined: Counter[str] = Counter()
     for stats in batches:
-        for key in ("records_in", "records_out", "tokens_in", "tokens_out"):
+        for key in ("records_in", "records_out", "inputs_emitted", "tokens_in", "tokens_out"):
             totals[key] += stats[key]
         dropped.update(stats["dropped"])
         quarantined.update(stats["quarantined"])
@@ -177,9 +179,11 @@ def _step_stats(spec: StepSpec, batches: Any, wall_s: float) -> dict[str, Any]:
 
 
 def _check_accounting(step_name: str, scope: str, stats: dict[str, Any]) -> None:
-    accounted = stats["records_out"] + sum(stats["dropped"].values()) + sum(stats["quarantined"].values())
+    emitted = stats["inputs_emitted"]
+    accounted = emitted + sum(stats["dropped"].values()) + sum(stats["quarantined"].values())
     if accounted != stats["records_in"]:
+        out = f"{stats['records_out']} out" + (f" (from {emitted} inputs)" if emitted != stats["records_out"] else "")
         raise AccountingError(
-            f"step {step_name!r} ({scope}): {stats['records_in']} records in, but {stats['records_out']} out + "
+            f"step {step_name!r} ({scope}): {stats['records_in']} records in, but {out} + "
             f"{sum(stats['dropped'].values())} dropped + {sum(stats['quarantined'].values())} quarantined"
         )

@@ -42,11 +42,20 @@ class Quarantined:
 
 @dataclass
 class BatchResult:
+    """What became of a batch. 1:1 steps leave ``inputs_emitted`` as None. Steps that turn one input into several
+    rows (all pairs, best-of-n) or several inputs into one set it to the number of inputs that produced output, so
+    the engine can still check: inputs = inputs_emitted + dropped + quarantined."""
+
     records: list[Record] = field(default_factory=list)
     dropped: list[tuple[Record, str]] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
     tokens_in: int = 0
     tokens_out: int = 0
+    inputs_emitted: int | None = None
+
+    @property
+    def emitted(self) -> int:
+        return len(self.records) if self.inputs_emitted is None else self.inputs_emitted
 
 
 class Runtime(Protocol):
