@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 from pathlib import Path
 
 import typer
@@ -26,6 +27,9 @@ class BackendName(enum.StrEnum):
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs.")) -> None:
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # vLLM logs every engine step at INFO; its own variable is read when vllm is first imported (later).
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
 @app.command()
