@@ -199,3 +199,14 @@ def test_cli_validate_show_run_and_push_failure(tmp_path, monkeypatch):
     pushed = runner.invoke(app, ["push", str(tmp_path / "r"), "--repo", "me/data"])
     assert pushed.exit_code == 1
     assert "rlaif push" in pushed.output and "--repo me/data" in pushed.output and "x" * 30 not in pushed.output
+
+
+def test_store_keeps_keys_missing_from_the_first_record(tmp_path):
+    from rlaif.pipeline.store import StepStore
+    from rlaif.steps.base import BatchResult
+
+    store = StepStore(tmp_path / "s", "key")
+    rows = [{"id": 1}, {"id": 2, "note": "only here"}]
+    store.write_batch(0, BatchResult(records=rows), {"records_in": 2})
+    assert [r for batch in store.records() for r in batch] == [{"id": 1, "note": None}, rows[1]]
+    assert StepStore(tmp_path / "s", "other key").done_batches() == {}  # another key: nothing is reused

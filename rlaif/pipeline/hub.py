@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
 from rlaif import __version__
+from rlaif.pipeline.arrow import SchemaConflictError, records_to_table
 
 REDACTED = "[REDACTED]"
 # Shorter values are left alone: scrubbing every "1" or "true" would garble the card, and real secrets are long.
@@ -45,10 +46,6 @@ _ROW_GROUP_ROWS = 10_000
 _PUSHED = ["README.md", "data/*"]
 _STEP_COLUMNS = ("name", "type", "records_in", "records_out", "dropped", "quarantined",
                  "tokens_in", "tokens_out", "wall_s")  # fmt: skip
-
-
-class SchemaConflictError(ValueError):
-    """A column whose types in two batches of one split cannot be unified (e.g. numbers in one, text in another)."""
 
 
 class PushError(RuntimeError):
@@ -139,7 +136,7 @@ def _cell(value: Any) -> str:
 
 
 def write_dataset(
-    records_by_split: dict[str, Iterable[list[dict[str, Any]]]],
+    records_by_split: dict[str, Iterable[list[dict[str, Any]] | pa.Table]],
     out_dir: Path,
     info: DatasetCardInfo,
     jsonl: bool = False,
@@ -206,11 +203,12 @@ class _Spool:
     def __exit__(self, *exc: object) -> None:
         self._stack.close()  # closes the open writer even when the batch iterator raised
 
-    def consume(self, batches: Iterable[list[dict[str, Any]]], split: str) -> None:
+    def consume(self, batches: Iterable[list[dict[str, Any]] | pa.Table], split: str) -> None:
         for index, batch in enumerate(batches):
-            if not batch:
+            if len(batch) == 0:
                 continue
-            table = _batch_to_table(batch, split, index)
+            where = f"split {split!r}, batch {index}"
+            table = batch if isinstance(batch, pa.Table) else records_to_table(batch, where)
             self.schema = table.schema if self.schema is None else _unify(self.schema, table.schema, split, index)
             if self._writer is None or not table.schema.equals(self._writer_schema):
                 self._stack.close()
@@ -228,19 +226,6 @@ class _Spool:
         for path in self.files:
             with pa.memory_map(str(path)) as source:
                 yield ipc.open_file(source).read_all()
-
-
-def _batch_to_table(batch: list[dict[str, Any]], split: str, index: int) -> pa.Table:
-    # Column by column, so a type clash names its column; keys are the union over rows, since pyarrow's from_pylist
-    # would silently drop keys that the first row lacks.
-    names = list(dict.fromkeys(key for row in batch for key in row))
-    columns = {}
-    for name in names:
-        try:
-            columns[name] = pa.array([row.get(name) for row in batch])
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-            raise SchemaConflictError(f"split {split!r}, batch {index}: column {name!r} mixes types: {err}") from err
-    return pa.table(columns)
 
 
 def _unify(schema: pa.Schema, new: pa.Schema, split: str, index: int) -> pa.Schema:

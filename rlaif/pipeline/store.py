@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rlaif.pipeline.arrow import records_to_table
 from rlaif.steps.base import BatchResult, Record
 
 MARKER = "COMPLETE"
@@ -77,16 +78,20 @@ class StepStore:
                 for batch in pq.ParquetFile(shard).iter_batches(batch_size=1000):
                     yield batch.to_pylist()
 
+    def tables(self) -> Iterator[pa.Table]:
+        """The same output as Arrow tables, one per batch: saving needs no round trip through Python dicts."""
+        for index in sorted(self.done_batches()):
+            shard = self.root / f"batch-{index:06d}.parquet"
+            if shard.is_file():
+                yield pq.read_table(shard)
+
     def quarantined(self) -> Iterator[dict[str, Any]]:
         for shard in sorted(self.root.glob("batch-*.quarantine.parquet")):
             yield from pq.read_table(shard).to_pylist()
 
 
 def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
-    try:
-        table = pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise ValueError(f"cannot store records as Parquet (mixed types in one column?): {exc}") from exc
+    table = records_to_table(rows, str(path.relative_to(path.parent.parent)))
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
