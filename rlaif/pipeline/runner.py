@@ -116,8 +116,10 @@ def _batches(
 def _limited(batches: Iterator[BatchResult], limit: int | None) -> Iterator[BatchResult]:
     seen = 0
     for batch in batches:
-        if limit is not None:
+        if limit is not None and len(batch.records) > limit - seen:
+            # A dry run cuts the source short: count only what it lets through.
             batch.records = batch.records[: max(0, limit - seen)]
+            batch.inputs_emitted = None
         seen += len(batch.records)
         yield batch
         if limit is not None and seen >= limit:

@@ -9,6 +9,8 @@ STEPS: dict[str, str] = {
     "load": "rlaif.steps.sources:Load",
     "inline": "rlaif.steps.sources:Inline",
     "generate_responses": "rlaif.steps.generate:GenerateResponses",
+    "human_preferences": "rlaif.steps.human:HumanPreferences",
+    "mix": "rlaif.steps.human:Mix",
 }
 
 
