@@ -1,4 +1,4 @@
-"""A small, safe predicate language for the ``expression`` filter: parsed here, never by ``eval``/``exec``/``ast``.
+"""The ``expression`` filter step and its small, safe predicate language, parsed here: never ``eval``/``exec``/``ast``.
 
 Grammar (Python's precedence; comparisons chain like Python's ``0 < x < 5``)::
 
@@ -24,7 +24,12 @@ import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from pydantic import Field, field_validator
+
+from rlaif.steps.base import BatchResult, Quarantined, Record, Step, StepParams
 
 Node = tuple[Any, ...]
 
@@ -64,7 +69,7 @@ class Token:
 
 
 @dataclass(frozen=True)
-class Expression:
+class Predicate:
     """A parsed predicate: ``columns`` are the record columns it reads (the step's required columns)."""
 
     text: str
@@ -95,14 +100,17 @@ def tokenize(text: str) -> list[Token]:
     return tokens
 
 
-def parse(text: str) -> Expression:
+def parse(text: str) -> Predicate:
     """Parse ``text`` or raise ExpressionError naming the position of the first problem."""
     if not text.strip():
         raise ExpressionError("syntax error at position 1: the expression is empty")
     parser = _Parser(tokenize(text))
-    tree = parser.expr()
+    try:
+        tree = parser.expr()
+    except RecursionError:
+        raise ExpressionError("syntax error at position 1: the expression is nested too deeply") from None
     parser.expect_end()
-    return Expression(text, tree, frozenset(parser.columns))
+    return Predicate(text, tree, frozenset(parser.columns))
 
 
 class _Parser:
@@ -291,3 +299,49 @@ NODES: dict[str, Callable[[Node, dict[str, Any]], Any]] = {
 
 def evaluate(node: Node, record: dict[str, Any]) -> Any:
     return NODES[node[0]](node, record)
+
+
+# -- expression ------------------------------------------------------------------------------------------------
+class ExpressionParams(StepParams):
+    where: str = Field(description="keep records where this holds, e.g. \"len(chosen) > 10 and score >= 4\"")
+
+    @field_validator("where")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        parse(value)  # a syntax error names its position; the engine adds the file and line
+        return value
+
+
+class Expression(Step):
+    """Keep records where ``where`` holds; drop the others with the reason "expression false".
+
+    Inputs: the columns the expression names. Outputs: kept records, unchanged. Quarantined: "expression error"
+    when it cannot be evaluated on a record (comparing text with a number, len of a number, a missing column); the
+    detail says why. The language: comparisons (== != < <= > >= in, not in), and/or/not, parentheses, literals
+    (numbers, strings, True/False/None, lists), column names and len(...): the grammar above.
+    """
+
+    Params = ExpressionParams
+    params: ExpressionParams
+
+    def __init__(self, name: str, params: StepParams, base_dir: Path) -> None:
+        super().__init__(name, params, base_dir)
+        self.predicate: Predicate = parse(self.params.where)
+
+    def required_columns(self) -> set[str]:
+        return set(self.predicate.columns)
+
+    def process(self, records: list[Record]) -> BatchResult:
+        result = BatchResult()
+        for record in records:
+            try:
+                keep = self.predicate(record)
+            except (TypeError, ExpressionError) as exc:
+                detail = f"{self.params.where!r}: {type(exc).__name__}: {exc}"
+                result.quarantined.append(Quarantined(record, "expression error", detail))
+                continue
+            if keep:
+                result.records.append(record)
+            else:
+                result.dropped.append((record, "expression false"))
+        return result

@@ -11,6 +11,12 @@ STEPS: dict[str, str] = {
     "generate_responses": "rlaif.steps.generate:GenerateResponses",
     "human_preferences": "rlaif.steps.human:HumanPreferences",
     "mix": "rlaif.steps.human:Mix",
+    "self_instruct": "rlaif.steps.instructions:SelfInstruct",
+    "evol_instruct": "rlaif.steps.instructions:EvolInstruct",
+    "magpie": "rlaif.steps.generate:Magpie",
+    "reward_model_score": "rlaif.steps.rewards:RewardModelScore",
+    "best_of_n": "rlaif.steps.rewards:BestOfN",
+    "make_pairs": "rlaif.steps.pairs:MakePairs",
 }
 
 

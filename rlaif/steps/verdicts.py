@@ -15,6 +15,8 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 
+from rlaif.schema import Completion, TokenLogprob
+
 Verdict = str  # "A" | "B" | "tie", always in terms of the order the judge was shown
 VERDICTS: tuple[str, ...] = ("A", "B", "tie")
 FLIP: dict[str, str] = {"A": "B", "B": "A", "tie": "tie"}
@@ -101,30 +103,52 @@ def option_logprob(top: Mapping[str, float], option: str) -> float | None:
 def option_probabilities(top: Mapping[str, float], options: Sequence[str]) -> dict[str, float] | None:
     """Probabilities of ``options`` renormalized among themselves, or None when none of them is in the top-k.
 
-    An option missing from the top-k is given the smallest top-k log-probability: its true value is at most that,
-    so the estimate stays below 1 instead of claiming certainty from a truncated list (a conservative bound).
+    An option missing from the top-k counts as probability 0: it is below every listed token, and with the usual
+    k = 20 that mass is negligible next to a listed option's (this is the softmax over answer tokens of Lee et al.).
     """
-    found = {o: option_logprob(top, o) for o in options}
-    present = [lp for lp in found.values() if lp is not None and lp > -math.inf]
+    logps = {o: option_logprob(top, o) for o in options}
+    present = [lp for lp in logps.values() if lp is not None and lp > -math.inf]
     if not present:
         return None
-    floor = min(top.values())
-    logps = {o: (lp if lp is not None else floor) for o, lp in found.items()}
-    peak = max(logps.values())
-    weights = {o: math.exp(lp - peak) for o, lp in logps.items()}
+    peak = max(present)
+    weights = {o: (math.exp(lp - peak) if lp is not None else 0.0) for o, lp in logps.items()}
     total = sum(weights.values())
     return {o: w / total for o, w in weights.items()}
 
 
 def p_first(lp_a: float, lp_b: float) -> float:
-    """exp(lpA) / (exp(lpA) + exp(lpB)), computed without overflow."""
-    return 1.0 / (1.0 + math.exp(lp_b - lp_a))
+    """exp(lpA) / (exp(lpA) + exp(lpB)), computed without overflow whichever side is larger."""
+    if lp_a >= lp_b:
+        return 1.0 / (1.0 + math.exp(lp_b - lp_a))
+    ratio = math.exp(lp_a - lp_b)
+    return ratio / (1.0 + ratio)
 
 
 def debiased_p_a(p_ab: float, p_ba: float) -> float:
     """P(original A) from both orders: p_AB is P("A") with A shown first, p_BA is P("A") with B shown first (so
     ``1 - p_BA`` is the probability it gave to the original A in that order)."""
     return (p_ab + (1.0 - p_ba)) / 2.0
+
+
+def answer_token(tokens: Sequence[TokenLogprob]) -> TokenLogprob | None:
+    """The answer position: the first generated token that is more than punctuation. Unconstrained, the builtin
+    model starts "(A" as "(" then "A", and the letter's own position holds the decision."""
+    return next((t for t in tokens if normalize_token(t.token)), tokens[0] if tokens else None)
+
+
+def answer_p_a(completion: Completion) -> float | None:
+    """P("A") against "B" at the answer token, or None when neither letter is among its top-k."""
+    token = answer_token(completion.logprobs or [])
+    dist = option_probabilities(top_alternatives(token), ("A", "B")) if token else None
+    return None if dist is None else dist["A"]
+
+
+def soft_label(orders: Sequence[tuple[float, float]]) -> tuple[float, bool]:
+    """(P(A), consistent) from (p_AB, p_BA) per principle: each pair debiased, then averaged over principles.
+    Consistent: every principle's two orders favour the same original response."""
+    p_a = sum(debiased_p_a(p_ab, p_ba) for p_ab, p_ba in orders) / len(orders)
+    consistent = all(soft_preference(p_ab, 0.0) == FLIP[soft_preference(p_ba, 0.0)] for p_ab, p_ba in orders)
+    return p_a, consistent
 
 
 def soft_preference(p_a: float, tie_margin: float) -> Verdict:
@@ -163,3 +187,33 @@ def combine_orders(
     if math.isclose(p_a, p_b, abs_tol=1e-9) or p_tie >= max(p_a, p_b):
         return "tie", max(p_tie, p_a), False
     return ("A", p_a, False) if p_a > p_b else ("B", p_b, False)
+
+
+_BRACKET_TAIL = re.compile(r"\[\[\s*(A|B|C|tie)$", re.IGNORECASE)
+
+
+def bracket_verdict_index(tokens: Sequence[str]) -> int | None:
+    """Index of the last generated token that completes "[[A" / "[[B" / "[[C" (where a cot verdict's letter sits)."""
+    text = ""
+    found = None
+    for index, token in enumerate(tokens):
+        text += token
+        if _BRACKET_TAIL.search(text):
+            found = index
+    return found
+
+
+def top_alternatives(token: TokenLogprob) -> dict[str, float]:
+    # The sampled token belongs to the distribution even when a backend leaves it out of the top-k.
+    return {token.token: token.logprob, **token.top}
+
+
+def verdict_probabilities(completion: Completion, cot: bool) -> dict[str, float] | None:
+    """P(A), P(B), P(tie) at the verdict token: the first token, or with cot the letter after "[[" ."""
+    tokens = completion.logprobs or []
+    if cot:
+        index = bracket_verdict_index([t.token for t in tokens])
+        dist = None if index is None else option_probabilities(top_alternatives(tokens[index]), ("A", "B", "C"))
+        return None if dist is None else {"A": dist["A"], "B": dist["B"], "tie": dist["C"]}
+    token = answer_token(tokens)
+    return option_probabilities(top_alternatives(token), VERDICTS) if token else None
