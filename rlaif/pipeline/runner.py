@@ -79,6 +79,10 @@ def _run_step(
     step = spec.step
     step.setup(runtime)
     done = store.done_batches()
+    if done and step.stateful:
+        log.info("step %s keeps state across batches: redoing it from its first batch", spec.name)
+        store.reset()
+        done = {}
     started = time.perf_counter()
     with reporter.step(spec.name, total) as advance:
         for stats in done.values():

@@ -3,6 +3,7 @@
     steps/<step>/fingerprint           the cache key the contents belong to (another key: the directory is reset)
     steps/<step>/batch-000007.parquet  the batch's output records
     steps/<step>/batch-000007.quarantine.parquet   records that failed, with reason and raw output
+    steps/<step>/batch-000007.dropped.parquet      records a filter dropped, with the reason (and its annotations)
     steps/<step>/batch-000007.done     the batch's stats (JSON) — written last, so it proves the files above
     steps/<step>/stats.json, COMPLETE  the step's totals, once every batch is done
 
@@ -64,7 +65,15 @@ class StepStore:
                 for q in result.quarantined
             ]
             _write_parquet(self.root / f"{stem}.quarantine.parquet", rows)
+        if result.dropped:
+            rows = [{"reason": reason, "record": json.dumps(record, default=str)} for record, reason in result.dropped]
+            _write_parquet(self.root / f"{stem}.dropped.parquet", rows)
         _write_atomic(self.root / f"{stem}.done", json.dumps(stats))
+
+    def reset(self) -> None:
+        """Forget every batch (kept: the fingerprint), for a stateful step that must start over."""
+        for path in self.root.glob("batch-*"):
+            path.unlink()
 
     def finish(self, stats: dict[str, Any]) -> None:
         _write_atomic(self.root / "stats.json", json.dumps(stats, indent=2))

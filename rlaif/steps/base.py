@@ -76,6 +76,9 @@ class Step:
     outputs: ClassVar[tuple[str, ...]] = ()
     is_source: ClassVar[bool] = False
     default_batch_size: ClassVar[int] = 1000
+    # A stateful step's output for a batch depends on the batches before it (dedup's index of kept records), so
+    # a run resumed after a kill redoes such a step from its first batch instead of continuing mid-way.
+    stateful: ClassVar[bool] = False
 
     def __init__(self, name: str, params: StepParams, base_dir: Path) -> None:
         self.name = name

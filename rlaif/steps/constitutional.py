@@ -173,11 +173,10 @@ class ConstitutionalJudge(Step):
                 result.records.append({**record, **outcome, "judge_model": judge_model})
         return result
 
-    def _principles(self, record: Record) -> list[Any]:
+    def _principles(self, record: Record) -> list[Principle]:
         key = prompt_text(record[self.params.prompt_column])
-        principles = self.constitution.principles
-        return sample_principles(principles, self.params.k_principles, _seed_key(self.runtime), self.params.seed,
-                                 self.name, key)
+        return sample_principles(self.constitution.principles, self.params.k_principles, _seed_key(self.runtime),
+                                 self.params.seed, self.name, key)
 
     def _prompt(self, record: Record, principle: Principle, swap: bool, part: str) -> list[dict[str, str]]:
         a, b = record["responses"][:2]
@@ -206,6 +205,8 @@ class ConstitutionalJudge(Step):
             p.model, n=1, temperature=p.temperature, max_tokens=2, logprobs=p.top_logprobs,
             choice=("A", "B") if p.structured else None))
         count_tokens(result, answers)
+        if p.cot:  # a failed reasoning call fails its job, whatever the answer call made of the empty reasoning
+            answers = [a if r.ok else r for r, a in zip(reasoning, answers, strict=True)]
         texts = [f"{why}\n\nAnswer: {first_text(g)}" if p.cot else first_text(g)
                  for why, g in zip(rationales, answers, strict=True)]
         return texts, answers

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +20,6 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from rlaif.steps.base import BatchResult, Quarantined, Record, Runtime, Step, StepParams
-
-log = logging.getLogger(__name__)
 
 _PUNCT = re.compile(r"[^\w\s]+")
 _ASCII_PUNCT = {c: " " for c in range(128) if _PUNCT.match(chr(c))}
@@ -72,15 +69,7 @@ class WordHasher:
         return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
 
 
-def process_word_hashes(words: list[str]) -> np.ndarray:
-    """Python's own string hash: ~3x faster than WordHasher but salted per process, so only for hashes that never
-    leave the process (decontamination builds its benchmark index and checks records in the same run)."""
-    return np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
-
-
-def ngram_hashes(
-    hasher: Callable[[list[str]], np.ndarray], docs: list[list[str]], n: int, whole_short: bool
-) -> tuple[np.ndarray, ...]:
+def ngram_hashes(hasher: WordHasher, docs: list[list[str]], n: int, whole_short: bool) -> tuple[np.ndarray, ...]:
     """Hashes of every word n-gram of every doc, all docs at once: (hashes, doc index of each, start word of each).
 
     An n-gram hash is sum_k word_hash[i+k] * C_k (mod 2^64) over the concatenated docs, keeping only the windows
@@ -281,7 +270,7 @@ class DatasketchIndex:
 
 
 NEAR_BACKENDS: dict[str, Callable[..., NearIndex]] = {"numpy": NumpyIndex, "datasketch": DatasketchIndex}
-# bench/filters.py (20k records, 10% planted): numpy ~3x the records/s of datasketch, recall 0.96 vs 0.93.
+# bench/filters.py (20k records, 10% planted): numpy 3-4x the records/s of datasketch, recall 0.96 vs 0.93.
 AUTO_BACKEND = "numpy"
 
 
@@ -327,16 +316,15 @@ class Dedup(Step):
     ``_duplicate_of`` (the kept record's ``id_column`` value, or its 0-based position in this step's input) and
     ``_similarity``. Quarantined: "not text" (the column holds neither a string nor messages).
 
-    State spans batches (the engine calls ``process`` in order on one instance; ``setup`` resets it). Limitation: a
-    run resumed after a kill skips the batches already done, so records kept in them are not in the index, and
-    positions restart from the first new batch: a duplicate of a record from before the kill is kept. Re-run with
-    ``--fresh`` (dedup is cheap) when exactness across a resume matters. Memory: ~(num_perm*4 + 200) bytes per
-    kept record for the near-duplicate index, ~100 bytes for the exact one.
+    State spans batches (the engine calls ``process`` in order on one instance; ``setup`` resets it). The step is
+    ``stateful``: a run resumed after a kill redoes it from its first batch, so the index is always complete.
+    Memory: ~(num_perm*4 + 200) bytes per kept record for the near-duplicate index, ~100 bytes for the exact one.
     """
 
     Params = DedupParams
     params: DedupParams
     default_batch_size = 2000  # larger blocks amortize the numpy work; memory stays small
+    stateful = True
 
     def __init__(self, name: str, params: StepParams, base_dir: Path) -> None:
         super().__init__(name, params, base_dir)

@@ -301,7 +301,7 @@ def evaluate(node: Node, record: dict[str, Any]) -> Any:
     return NODES[node[0]](node, record)
 
 
-# -- expression ------------------------------------------------------------------------------------------------
+# -- the step ------------------------------------------------------------------------------------------------
 class ExpressionParams(StepParams):
     where: str = Field(description="keep records where this holds, e.g. \"len(chosen) > 10 and score >= 4\"")
 

@@ -22,7 +22,7 @@ from pydantic import Field, field_validator, model_validator
 
 from rlaif.models import reference_problem
 from rlaif.steps.base import BatchResult, Quarantined, Record, Runtime, Step, StepParams
-from rlaif.steps.dedup import column_text, ngram_hashes, normalize_text, process_word_hashes, read_texts, tokens
+from rlaif.steps.dedup import WordHasher, column_text, ngram_hashes, normalize_text, read_texts, tokens
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,9 @@ class Length(Step):
 
     def setup(self, runtime: Runtime) -> None:
         super().setup(runtime)
+        self._load_tokenizer()
+
+    def _load_tokenizer(self) -> None:
         if self.params.tokenizer is not None and self._tokenizer is None:
             from transformers import AutoTokenizer
 
@@ -116,6 +119,7 @@ class Length(Step):
             self._tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.params.tokenizer))
 
     def process(self, records: list[Record]) -> BatchResult:
+        self._load_tokenizer()  # a no-op after setup(); lets the step run outside the engine too
         result, columns = BatchResult(), self._text_columns()
         readable: list[tuple[Record, list[str]]] = []
         for record in records:
@@ -269,7 +273,14 @@ class JudgeFilter(Step):
 # -- decontaminate ---------------------------------------------------------------------------------------------
 def _jsonl_items(path: Path) -> Iterator[dict[str, Any]]:
     with path.open() as handle:
-        yield from (json.loads(line) for line in handle if line.strip())
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: invalid JSON ({exc})") from None
+            yield item if isinstance(item, dict) else {"text": item}
 
 
 def _parquet_items(path: Path) -> Iterator[dict[str, Any]]:
@@ -335,7 +346,7 @@ class Decontaminate(Step):
 
     def __init__(self, name: str, params: StepParams, base_dir: Path) -> None:
         super().__init__(name, params, base_dir)
-        self._hasher = process_word_hashes
+        self._hasher = WordHasher()  # deterministic, so an index built in one process is valid in another
         self._grams: np.ndarray | None = None  # sorted distinct benchmark n-gram hashes, built in setup()
         self._sources = np.zeros((0, 2), dtype=np.int64)  # (file, item) of each, for the report
         self._maybe = np.zeros(0, dtype=bool)
@@ -350,12 +361,22 @@ class Decontaminate(Step):
     def files(self) -> list[Path]:
         return [self.resolve(p) for p in self.params.benchmarks]
 
+    def output_columns(self, available: set[str] | None) -> set[str] | None:
+        # Planning hook, so `rlaif validate` reports a misspelt benchmark field (checked on each file's first item).
+        for path in self.files():
+            first = next(BENCHMARK_READERS[path.suffix.lower()](path), None) if path.is_file() else None
+            if first is not None and (missing := set(self.params.benchmark_columns or ()) - set(first)):
+                raise ValueError(f"{path.name}: the first item has no field(s) {sorted(missing)}; it has "
+                                 f"{sorted(first)}")
+        return super().output_columns(available)
+
     def setup(self, runtime: Runtime) -> None:
         super().setup(runtime)
+        self.contaminated.clear()
         self._build_index()
 
     def _build_index(self) -> None:
-        hashes, sources = [np.zeros(0, dtype=np.uint64)], [self._sources]
+        hashes, sources = [np.zeros(0, dtype=np.uint64)], [np.zeros((0, 2), dtype=np.int64)]
         for number, path in enumerate(self.files()):
             docs, items = self._read_benchmark(path)
             grams, doc, _ = ngram_hashes(self._hasher, docs, self.params.ngram, whole_short=False)

@@ -17,6 +17,11 @@ STEPS: dict[str, str] = {
     "reward_model_score": "rlaif.steps.rewards:RewardModelScore",
     "best_of_n": "rlaif.steps.rewards:BestOfN",
     "make_pairs": "rlaif.steps.pairs:MakePairs",
+    "dedup": "rlaif.steps.dedup:Dedup",
+    "length": "rlaif.steps.filters:Length",
+    "judge_filter": "rlaif.steps.filters:JudgeFilter",
+    "decontaminate": "rlaif.steps.filters:Decontaminate",
+    "expression": "rlaif.steps.expression:Expression",
 }
 
 
