@@ -42,6 +42,9 @@ bench: setup
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec
 	$(PY) bench/generation.py
 	$(PY) bench/engine.py
+	$(PY) bench/rerun.py
+	$(PY) bench/filters.py
+	$(PY) bench/judge.py --data tests/fixtures/judge_prefs.jsonl --method both
 
 clean-venv:
 	rm -rf $(VENV)

@@ -61,6 +61,8 @@ class BatchResult:
 class Runtime(Protocol):
     """What the engine injects into steps at run time (never at planning time)."""
 
+    pipeline_seed: int
+
     def backend(self, model_name: str) -> Backend: ...
 
     def sampling(self, model_name: str, **overrides: Any) -> GenerationParams: ...
