@@ -178,18 +178,18 @@ def test_length_parameter_errors(tmp_path):
 
 # -- judge_filter ----------------------------------------------------------------------------------------------
 JUDGED = [
-    pref("good answer", "bad answer", preference="A", confidence=0.9, consistent=True, score_chosen=8,
-         score_rejected=3),
-    pref("good answer", "bad answer", preference="A", confidence=0.9, consistent=False, score_chosen=8,
-         score_rejected=3),
-    pref("good answer", "bad answer", preference="tie", confidence=0.9, consistent=True, score_chosen=8,
-         score_rejected=3),
-    pref("good answer", "bad answer", preference="A", confidence=0.4, consistent=True, score_chosen=8,
-         score_rejected=3),
-    pref("good answer", "bad answer", preference="A", confidence=0.9, consistent=True, score_chosen=5,
-         score_rejected=4.5),
-    pref("Same  answer!", "same answer", preference="A", confidence=0.9, consistent=True, score_chosen=8,
-         score_rejected=3),
+    pref("good answer", "bad answer", preference="A", confidence=0.9, consistent=True, chosen_score=8,
+         rejected_score=3),
+    pref("good answer", "bad answer", preference="A", confidence=0.9, consistent=False, chosen_score=8,
+         rejected_score=3),
+    pref("good answer", "bad answer", preference="tie", confidence=0.9, consistent=True, chosen_score=8,
+         rejected_score=3),
+    pref("good answer", "bad answer", preference="A", confidence=0.4, consistent=True, chosen_score=8,
+         rejected_score=3),
+    pref("good answer", "bad answer", preference="A", confidence=0.9, consistent=True, chosen_score=5,
+         rejected_score=4.5),
+    pref("Same  answer!", "same answer", preference="A", confidence=0.9, consistent=True, chosen_score=8,
+         rejected_score=3),
 ]
 
 
@@ -212,7 +212,7 @@ def test_judge_filter_requires_only_the_columns_of_enabled_checks():
 
     assert needs(min_confidence=0.5) == {"confidence"}
     assert needs(min_confidence=0.5, confidence="judge_conf") == {"judge_conf"}
-    assert needs(min_margin=1, drop_identical=True) == {"score_chosen", "score_rejected", "chosen", "rejected"}
+    assert needs(min_margin=1, drop_identical=True) == {"chosen_score", "rejected_score", "chosen", "rejected"}
     with pytest.raises(ValueError, match="enable at least one check"):
         JudgeFilter.Params()
 

@@ -220,8 +220,8 @@ class JudgeFilterParams(StepParams):
     consistent: str = "consistent"
     chosen: str = "chosen"
     rejected: str = "rejected"
-    score_chosen: str = "score_chosen"
-    score_rejected: str = "score_rejected"
+    score_chosen: str = "chosen_score"
+    score_rejected: str = "rejected_score"
 
     @model_validator(mode="after")
     def _some_check(self) -> JudgeFilterParams:
