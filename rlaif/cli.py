@@ -14,6 +14,11 @@ from rich.table import Table
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="AI-feedback preference data and alignment.")
 models_app = typer.Typer(no_args_is_help=True, help="Builtin models: list them, convert them ahead of use.")
 app.add_typer(models_app, name="models")
+# --- training sub-app (rlaif/train/cli.py; its module imports only typer, so --help stays fast) ---
+from rlaif.train.cli import train_app  # noqa: E402
+
+app.add_typer(train_app, name="train")
+# --- end training sub-app ---
 console = Console()
 
 
