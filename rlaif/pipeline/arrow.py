@@ -12,6 +12,13 @@ class SchemaConflictError(ValueError):
 
 
 def records_to_table(rows: list[dict[str, Any]], where: str) -> pa.Table:
+    # Fast path (pyarrow's C++ conversion) when every row has the first row's keys: the usual case.
+    first = rows[0].keys() if rows else {}.keys()
+    if all(row.keys() == first for row in rows):
+        try:
+            return pa.Table.from_pylist(rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass  # fall through to the per-column path, which names the clashing column
     # Column by column, so a type clash names its column; keys are the union over rows, since pyarrow's from_pylist
     # would silently drop keys that the first row lacks.
     names = list(dict.fromkeys(key for row in rows for key in row))
