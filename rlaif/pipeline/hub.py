@@ -32,12 +32,9 @@ from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
 from rlaif import __version__
 from rlaif.pipeline.arrow import SchemaConflictError, records_to_table
+from rlaif.secrets import scrub_secrets
 
-REDACTED = "[REDACTED]"
 # Shorter values are left alone: scrubbing every "1" or "true" would garble the card, and real secrets are long.
-_MIN_SECRET_LEN = 8
-_SECRET_ENV_SUFFIXES = ("TOKEN", "KEY", "SECRET")
-_HF_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{20,}")
 # The Hub only recognises split names made of word characters in data file names (data/<split>-*.parquet).
 _SPLIT_RE = re.compile(r"^\w+(\.\w+)*$")
 # Small row groups keep the Hub's dataset viewer and streaming reads cheap even when rows are long conversations.
@@ -67,16 +64,6 @@ class DatasetCardInfo:
     tags: list[str] = field(default_factory=lambda: ["rlaif", "synthetic", "preference"])
     repo_id: str | None = None
     dataset_info: dict[str, Any] | None = None  # the Hub's `dataset_info` front matter (features, split sizes)
-
-
-def scrub_secrets(text: str, extra: Iterable[str | None] = ()) -> str:
-    """Replace values of env vars named *TOKEN, *KEY or *SECRET, the ``extra`` values and ``hf_...`` tokens."""
-    secrets = [value for name, value in os.environ.items() if name.upper().endswith(_SECRET_ENV_SUFFIXES)]
-    secrets += [value for value in extra if value]
-    # Longest first, so a secret that contains another one is removed whole.
-    for secret in sorted({s for s in secrets if len(s) >= _MIN_SECRET_LEN}, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return _HF_TOKEN_RE.sub(REDACTED, text)
 
 
 def render_dataset_card(info: DatasetCardInfo) -> str:

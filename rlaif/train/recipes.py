@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import platform
 import re
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import yaml
 from transformers import TrainerCallback
 
 from rlaif import __version__
+from rlaif.secrets import scrub_secrets
 from rlaif.train.config import (
     PREFERENCE_LOSSES,
     ConfigError,
@@ -249,11 +249,8 @@ def _push(folder: Path, repo_id: str) -> None:
 
 # -- model card -------------------------------------------------------------------------------------------------
 def scrub(text: str) -> str:
-    """Remove the values of *TOKEN / *KEY / *SECRET environment variables and anything shaped like a Hub token."""
-    for name, value in os.environ.items():
-        if name.upper().endswith(("TOKEN", "KEY", "SECRET")) and len(value) >= 8:
-            text = text.replace(value, "[REDACTED]")
-    return re.sub(r"hf_[A-Za-z0-9]{20,}", "[REDACTED]", text)
+    """Model cards never carry a secret: see rlaif.secrets."""
+    return scrub_secrets(text)
 
 
 def model_card(cfg: RecipeConfig, built: BuiltModel, data: TrainingData, metrics: dict[str, float],
