@@ -74,3 +74,37 @@ class Liar(Step):
 
     def process(self, records: list[Record]) -> BatchResult:
         return BatchResult(records=records[1:])
+
+
+class AlphabeticalJudge:
+    """A judge backend, loaded by dotted path (``backend: plugins.AlphabeticalJudge``): for a pairwise judge prompt
+    it prefers the answer that sorts first, so its verdict is consistent across both orders and never a tie unless
+    the answers are equal. Anything else it is asked gets "A"."""
+
+    name = "alphabetical-judge"
+
+    def __init__(self, model: str, **options: object) -> None:
+        self.model = model
+
+    def generate(self, prompts, params):
+        import re
+
+        from rlaif.schema import Completion, GenerationResult
+
+        results = []
+        for prompt in prompts:
+            text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+            answers = re.findall(r"Start of Assistant [AB]'s Answer\]\n(.*?)\n\[The End", text, flags=re.S)
+            verdict = "A" if len(answers) < 2 or answers[0] < answers[1] else "B" if answers[0] > answers[1] else "tie"
+            completions = [Completion(text=verdict, completion_tokens=1, finish_reason="stop")] * params.n
+            results.append(GenerationResult(completions=completions, prompt_tokens=len(text.split())))
+        return results
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -68,6 +68,12 @@ class VllmBackend(BackendBase):
         on_cpu = not torch.cuda.is_available()
         if on_cpu and kv_cache_gib is None and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             kv_cache_gib = CPU_KV_CACHE_GIB
+        if on_cpu and enable_sleep_mode:
+            # vllm-cpu 0.32 rejects sleep mode ("not supported on current platform"); the loop closes the engine
+            # instead, so a GPU config still runs here.
+            log.info("sleep mode is not supported by vLLM on CPU: ignoring enable_sleep_mode")
+            enable_sleep_mode = False
+        self.can_sleep = enable_sleep_mode
         if kv_cache_gib is not None:
             # Read by the engine core process at start; the environment is how vllm-cpu takes it.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
@@ -111,7 +117,8 @@ class VllmBackend(BackendBase):
         self._start()
 
     def sleep(self, level: int = 1) -> None:
-        """Release accelerator memory (weights offloaded at level 1) while a trainer runs; needs enable_sleep_mode."""
+        """Release accelerator memory (weights offloaded at level 1) while a trainer runs; needs ``can_sleep``
+        (enable_sleep_mode, on a GPU)."""
         self._llm.sleep(level=level)
 
     def wake_up(self) -> None:

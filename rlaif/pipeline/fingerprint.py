@@ -19,6 +19,16 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def adapter_digest(path: str | Path) -> str:
+    """Content hash of a PEFT adapter directory (its config and weight files at the top level)."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).expanduser().iterdir()):
+        if file.is_file() and (file.name.startswith("adapter_") or file.suffix == ".safetensors"):
+            digest.update(file.name.encode())
+            digest.update(file_digest(file).encode())
+    return digest.hexdigest()
+
+
 def step_fingerprint(pipeline: Pipeline, spec: StepSpec, upstream: list[str]) -> str:
     """Config, the bytes of the files it reads (data, templates, constitutions), the models it uses, upstream keys,
     batch size (batch boundaries decide sampling seeds), the pipeline seed and the rlaif version."""
@@ -29,12 +39,20 @@ def step_fingerprint(pipeline: Pipeline, spec: StepSpec, upstream: list[str]) ->
         "params": step.params.model_dump(mode="json"),
         "batch_size": spec.batch_size,
         "files": files,
-        "models": {m: asdict(pipeline.models[m]) for m in step.model_names() if m in pipeline.models},
+        "models": {m: _model_key(pipeline, m) for m in step.model_names() if m in pipeline.models},
         "upstream": upstream,
         "seed": pipeline.seed,
         "version": __version__,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _model_key(pipeline: Pipeline, name: str) -> dict:
+    key = asdict(pipeline.models[name])
+    if adapter := key["sampling"].get("lora"):
+        # The adapter's content, not its path: a retrained adapter in the same place invalidates, a moved one not.
+        key["sampling"]["lora"] = adapter_digest(adapter)
+    return key
 
 
 def _portable(path: Path, base: Path) -> str:

@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 
 from rlaif import __version__
 from rlaif.backends import Backend
-from rlaif.pipeline.fingerprint import file_digest
+from rlaif.pipeline.fingerprint import adapter_digest, file_digest
 from rlaif.pipeline.hub import DatasetCardInfo, PushError, push_dataset, write_dataset
 from rlaif.pipeline.progress import Reporter
 from rlaif.pipeline.runner import RunResult, run_steps
 from rlaif.pipeline.runtime import EngineRuntime
-from rlaif.pipeline.spec import Pipeline
+from rlaif.pipeline.spec import ModelSpec, Pipeline
 
 
 @dataclass
@@ -117,12 +117,18 @@ def card_info(pipeline: Pipeline, result: RunResult, step_name: str) -> DatasetC
         pipeline_name=pipeline.name,
         pipeline_yaml=pipeline.text,
         steps=list(result.stats.values()),
-        models={name: spec.model for name, spec in pipeline.models.items()},
+        models={name: _model_label(spec) for name, spec in pipeline.models.items()},
         file_hashes=hashes,
         rlaif_version=__version__,
         splits={},
         columns=sorted(columns) if columns else [],
     )
+
+
+def _model_label(spec: ModelSpec) -> str:
+    # A LoRA adapter is named by its content hash: the card must not carry this machine's paths.
+    adapter = spec.sampling.get("lora")
+    return f"{spec.model} + LoRA adapter sha256:{adapter_digest(adapter)[:16]}" if adapter else spec.model
 
 
 def _save_quarantine(result: RunResult) -> None:

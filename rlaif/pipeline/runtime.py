@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from rlaif.backends import Backend, load_backend
+from rlaif.pipeline.fingerprint import adapter_digest
 from rlaif.pipeline.spec import ModelSpec
-from rlaif.schema import GenerationParams
+from rlaif.schema import GenerationParams, LoraAdapter
+
+
+def lora_adapter(path: str) -> LoraAdapter:
+    """The adapter at ``path``, named by its content: a retrained adapter is never served from an engine's cache."""
+    resolved = Path(path).expanduser().resolve()
+    return LoraAdapter(name=f"lora-{adapter_digest(resolved)[:12]}", path=str(resolved))
 
 
 class EngineRuntime:
@@ -48,6 +56,8 @@ class EngineRuntime:
         values["seed"] = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
         if "stop" in values:
             values["stop"] = tuple(values["stop"] or ())
+        if values.get("lora"):
+            values["lora"] = lora_adapter(values["lora"])
         return GenerationParams(**values)
 
     def model_reference(self, model_name: str) -> str:

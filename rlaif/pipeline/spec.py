@@ -24,7 +24,9 @@ from rlaif.steps.registry import step_class
 
 TOP_KEYS = ("name", "description", "seed", "models", "steps", "output")
 STEP_KEYS = ("name", "type", "from", "batch_size")
-SAMPLING_KEYS = ("n", "temperature", "top_p", "max_tokens", "seed", "stop", "logprobs")
+# Per-request settings of a model. `lora` is a PEFT adapter directory applied to every request of this model name
+# (vLLM serves it as a LoRA request on the shared engine: two names, one with and one without, share one engine).
+SAMPLING_KEYS = ("n", "temperature", "top_p", "max_tokens", "seed", "stop", "logprobs", "lora")
 OUTPUT_KEYS = ("save", "steps", "jsonl", "push_to_hub")
 PUSH_KEYS = ("repo_id", "private", "split")
 
@@ -142,7 +144,19 @@ class _Validator:
         if backend != "openai" and (problem := reference_problem(cfg["model"])):
             self.add((*where, "model"), problem.replace("\n", " "))
         sampling = {k: cfg[k] for k in SAMPLING_KEYS if k in cfg}
+        if sampling.get("lora") is None:
+            sampling.pop("lora", None)
+        else:
+            self._lora(where, backend, sampling["lora"], options)
         return ModelSpec(name, backend, cfg["model"], sampling, options)
+
+    def _lora(self, where: tuple, backend: str, adapter: Any, options: dict[str, Any]) -> None:
+        # Resolved from the working directory, like model references (from_pretrained semantics).
+        if not isinstance(adapter, str) or not (Path(adapter).expanduser() / "adapter_config.json").is_file():
+            self.add((*where, "lora"), f"lora: {adapter!r} is not a PEFT adapter directory (no adapter_config.json)")
+        elif backend == "vllm" and not options.get("enable_lora"):
+            self.add((*where, "lora"), "a LoRA adapter on the vllm backend needs `enable_lora: true` (and "
+                                       "`max_lora_rank:` at least the adapter's r) on this model")
 
     # -- steps ------------------------------------------------------------------------------------------------
     def _steps(self, raw: Any, models: dict[str, ModelSpec]) -> dict[str, StepSpec]:

@@ -39,7 +39,8 @@ class GenerateResponses(Step):
     """n samples per prompt from each named model.
 
     Inputs: ``prompt`` (a string, used as the user message, or a list of ``{role, content}`` messages).
-    Outputs: ``responses`` (list of strings), ``response_models`` (the model reference of each response),
+    Outputs: ``responses`` (list of strings), ``response_models`` (the model reference of each response; with a
+    LoRA adapter, "+lora-<content hash>"),
     ``response_finish_reasons``, ``generation_params`` (the sampling parameters used, as a JSON-able dict).
     A prompt the backend cannot serve is quarantined with the backend's reason.
     """
@@ -64,6 +65,10 @@ class GenerateResponses(Step):
             params = self.runtime.sampling(model_name, **self._overrides())
             used[model_name] = {k: v for k, v in vars(params).items() if v not in (None, ())}
             reference = self.runtime.model_reference(model_name)
+            if params.lora is not None:
+                # The adapter by its content-derived name, never its path (records must not carry machine paths).
+                used[model_name]["lora"] = params.lora.name
+                reference = f"{reference}+{params.lora.name}"
             prompts = [self._prompt(r) for r in records]
             for i, generated in enumerate(self.runtime.backend(model_name).generate(prompts, params)):
                 result.tokens_in += generated.prompt_tokens

@@ -1,0 +1,144 @@
+"""A loop file (``pipelines/loop_*.yaml``): which pipeline makes the data, which training config trains on it, how
+many rounds, and which prompts each round sees. Validated as a whole — the loop file, the pipeline files and the
+training config — before any model loads, with ``file:line`` errors.
+
+    name: loop_quickstart
+    rounds: 2
+    prompts: {path: data/loop_prompts.jsonl, held_out: 8, per_round: 16}
+    pipeline: {file: loop/preferences.yaml, policy: policy, prompts_step: prompts}
+    train: {file: train/dpo.yaml, overrides: [train.max_steps=8]}
+    eval: {file: loop/eval.yaml}
+
+Paths inside the file are relative to it (like a pipeline's data paths).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from rlaif.pipeline.errors import ConfigError, Problem
+from rlaif.pipeline.yamlio import Located, apply_overrides, load_yaml
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PromptsConfig(_Strict):
+    """The prompt pool: the first ``held_out`` prompts never train (they measure the win rate); each round trains on
+    the next ``per_round`` of the rest (cycling through the pool), or on all of the rest when ``per_round`` is null."""
+
+    path: str
+    column: str = "prompt"
+    held_out: int = Field(8, ge=1)
+    per_round: int | None = Field(None, ge=1)
+
+
+class PipelineRef(_Strict):
+    file: str
+    policy: str = "policy"  # the model whose `lora` the loop points at the previous round's adapter
+    prompts_step: str = "prompts"  # the source step whose `path` the loop points at the round's prompts
+    overrides: list[str] = Field(default_factory=list)
+
+
+class TrainRef(_Strict):
+    file: str
+    recipe: str = "dpo"
+    overrides: list[str] = Field(default_factory=list)
+
+
+class EvalRef(_Strict):
+    """A pipeline that compares two policies on the held-out prompts: models ``candidate`` (policy k) and
+    ``baseline`` (policy k-1), a source step ``prompts_step``, and a pairwise judge step whose ``preference``
+    column says A (candidate) / B (baseline) / tie."""
+
+    file: str
+    prompts_step: str = "prompts"
+    judge_step: str = "judged"
+    overrides: list[str] = Field(default_factory=list)
+
+
+class LoopConfig(_Strict):
+    name: str
+    rounds: int = Field(ge=1)
+    prompts: PromptsConfig
+    pipeline: PipelineRef
+    train: TrainRef
+    eval: EvalRef | None = None
+    output_dir: str | None = None  # default runs/<name>
+    seed: int = 0
+    _base_dir: Path = PrivateAttr(default_factory=lambda: Path("."))
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    def resolve(self, path: str) -> Path:
+        return (self._base_dir / path).resolve()
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+
+
+def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> LoopConfig:
+    """Read, override and validate a loop file, then check the files it names exist and make sense together."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([Problem(str(path), None, "loop file not found")])
+    located = load_yaml(path)
+    apply_overrides(located, overrides or [])
+    if not isinstance(located.data, dict):
+        raise ConfigError([located.problem((), "expected a mapping with name, rounds, prompts, pipeline, train")])
+    try:
+        cfg = LoopConfig.model_validate(located.data)
+    except ValidationError as exc:
+        raise ConfigError([_problem(located, error) for error in exc.errors()]) from None
+    cfg._base_dir = path.parent.resolve()
+    problems = _check_files(cfg, located)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _problem(located: Located, error: Any) -> Problem:
+    loc = tuple(error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    return located.problem(loc, f"{'.'.join(map(str, loc)) or '(top level)'}: {message}")
+
+
+def _check_files(cfg: LoopConfig, located: Located) -> list[Problem]:
+    problems = []
+    named = [(("prompts", "path"), cfg.prompts.path), (("pipeline", "file"), cfg.pipeline.file),
+             (("train", "file"), cfg.train.file)]
+    if cfg.eval:
+        named.append((("eval", "file"), cfg.eval.file))
+    for where, rel in named:
+        if not cfg.resolve(rel).is_file():
+            problems.append(located.problem(where, f"file not found: {cfg.resolve(rel)}"))
+    prompts = cfg.resolve(cfg.prompts.path)
+    if prompts.is_file():
+        count = len(read_prompts(prompts, cfg.prompts.column))
+        if count <= cfg.prompts.held_out:
+            problems.append(located.problem(("prompts", "held_out"), f"{prompts.name} has {count} prompts: "
+                                            f"held_out {cfg.prompts.held_out} leaves none to train on"))
+    return problems
+
+
+def read_prompts(path: Path, column: str) -> list[dict[str, Any]]:
+    """The prompt pool as records (jsonl); a bad line is a config error with its line number."""
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise ConfigError([Problem(str(path), number, f"not JSON: {exc}")]) from None
+        if not isinstance(record, dict) or column not in record:
+            raise ConfigError([Problem(str(path), number, f"expected an object with a {column!r} field")])
+        records.append(record)
+    return records

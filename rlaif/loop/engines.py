@@ -1,0 +1,103 @@
+"""The loop's generation engines: built once, shared by every round's pipelines, and handed off around training.
+
+Hand-off: the generation engine and the trainer never hold the accelerator (on CPU, the bulk of memory) at the same
+time. Before training, an engine that can sleep (vLLM with ``enable_sleep_mode`` on a GPU: weights offloaded, KV
+cache freed) sleeps; any other engine is closed (for vLLM: its engine-core process exits). After training, the
+engines come back: woken, or started again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from rlaif.backends import Backend, load_backend
+from rlaif.pipeline.spec import ModelSpec
+from rlaif.schema import GenerationParams, GenerationResult, Prompt
+
+log = logging.getLogger(__name__)
+
+
+class SharedEngine:
+    """One backend, started on first use (a fully cached round starts nothing). Implements the Backend protocol."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.name = spec.backend
+        self.model = spec.model
+        self._backend: Backend | None = None
+        self._asleep = False
+
+    @property
+    def started(self) -> bool:
+        return self._backend is not None
+
+    def backend(self) -> Backend:
+        if self._backend is None:
+            log.info("starting %s engine for %s", self.spec.backend, self.spec.model)
+            self._backend = load_backend(self.spec.backend, self.spec.model, **self.spec.options)
+        if self._asleep:
+            self._backend.wake_up()  # type: ignore[attr-defined]
+            self._asleep = False
+        return self._backend
+
+    def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[GenerationResult]:
+        return self.backend().generate(prompts, params)
+
+    def release(self) -> str | None:
+        """Free the accelerator for training: sleep when the engine can, else close. What was done, or None."""
+        if self._backend is None or self._asleep:
+            return None
+        if getattr(self._backend, "can_sleep", False):
+            self._backend.sleep(level=1)  # type: ignore[attr-defined]
+            self._asleep = True
+            return "sleep"
+        self._backend.close()
+        self._backend = None
+        return "close"
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+        self._asleep = False
+
+    def __enter__(self) -> SharedEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EnginePool:
+    """Engines keyed like the pipeline runtime keys them (backend, model, options): the data pipeline's policy and
+    judge and the eval pipeline's candidate, baseline and judge all share one engine when they name one model."""
+
+    def __init__(self, provided: dict[str, Backend] | None = None) -> None:
+        self.provided = dict(provided or {})  # the caller's backends, by model name: used, never released
+        self._engines: dict[str, SharedEngine] = {}
+
+    def backends_for(self, models: dict[str, ModelSpec]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, spec in models.items():
+            if name in self.provided:
+                out[name] = self.provided[name]
+                continue
+            key = repr((spec.backend, spec.model, sorted(spec.options.items())))
+            out[name] = self._engines.setdefault(key, SharedEngine(spec))
+        return out
+
+    def release(self) -> list[str]:
+        """Hand the accelerator to the trainer; returns which engines were released and how."""
+        return [f"{engine.spec.model}: {how}" for engine in self._engines.values() if (how := engine.release())]
+
+    def reacquire(self, released: list[str]) -> None:
+        """Bring back the engines released before training, so the next phase finds them ready."""
+        if released:
+            for engine in self._engines.values():
+                engine.backend()
+
+    def close(self) -> None:
+        for engine in self._engines.values():
+            engine.close()

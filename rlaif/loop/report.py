@@ -1,0 +1,112 @@
+"""What a round reports: records made, kept and dropped by reason; train loss and margins; the held-out win rate;
+wall time per phase — as one JSON row per round and a table."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from rich.table import Table
+
+from rlaif.pipeline.run import RunSummary
+
+# The phase a pipeline step belongs to, by step type; any other step (sources, dedup, decontamination, length and
+# judge filters, pairing, expressions, mixing) is bookkeeping on records: "filter".
+PHASE_OF_STEP = {
+    "generate_responses": "generate", "self_instruct": "generate", "evol_instruct": "generate", "magpie": "generate",
+    "best_of_n": "generate",
+    "pairwise_judge": "label", "rating_judge": "label", "constitutional_judge": "label", "critique_revise": "label",
+    "reward_model_score": "label",
+}
+# Training metrics worth a column, as TRL logs them (DPO and its family, RM, SFT, KTO, PPO).
+TRAIN_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "accuracy", "kl", "objective/kl", "reward")
+
+
+def phase_times(stats: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Seconds per phase spent in this run of the pipeline (cached steps cost nothing)."""
+    times: Counter[str] = Counter({"generate": 0.0, "label": 0.0, "filter": 0.0})
+    for step in stats.values():
+        if not step.get("cached"):
+            times[PHASE_OF_STEP.get(step["type"], "filter")] += step["wall_s"]
+    return dict(times)
+
+
+def data_summary(stats: dict[str, dict[str, Any]], kept: int) -> dict[str, Any]:
+    """Records made (by the generation steps), kept (rows saved) and dropped or quarantined, by step and reason."""
+    made = sum(s["records_out"] for s in stats.values() if PHASE_OF_STEP.get(s["type"]) == "generate")
+    dropped = {f"{name}: {reason}": n for name, s in stats.items() for reason, n in s["dropped"].items()}
+    quarantined = {f"{name}: {reason}": n for name, s in stats.items() for reason, n in s["quarantined"].items()}
+    first = next(iter(stats.values()), None)
+    return {"prompts": first["records_out"] if first else 0, "made": made, "kept": kept, "dropped": dropped,
+            "quarantined": quarantined}
+
+
+def train_summary(output_dir: Path) -> dict[str, Any]:
+    """Mean of each headline training metric over the logged steps of the round (metrics.jsonl), plus eval.json."""
+    sums: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    steps = 0
+    metrics_file = output_dir / "metrics.jsonl"
+    lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
+    for line in lines:
+        row = json.loads(line)
+        steps = max(steps, int(row.get("step") or 0))
+        for key in TRAIN_KEYS:
+            if isinstance(row.get(key), int | float):
+                sums[key] += row[key]
+                counts[key] += 1
+    summary: dict[str, Any] = {key: sums[key] / counts[key] for key in counts}
+    summary["steps"] = steps
+    eval_file = output_dir / "eval.json"
+    if eval_file.is_file():
+        summary["eval"] = json.loads(eval_file.read_text())
+    return summary
+
+
+def win_rate(result: RunSummary, judge_step: str) -> dict[str, Any]:
+    """Policy k (answer A, "candidate") against policy k-1 (B): wins + ties/2 over the judged held-out prompts."""
+    preferences = pq.read_table(result.datasets[judge_step] / "data", columns=["preference"]).column(0).to_pylist()
+    counts = Counter(preferences)
+    judged = len(preferences)
+    rate = (counts["A"] + 0.5 * counts["tie"]) / judged if judged else None
+    return {"win_rate": rate, "wins": counts["A"], "losses": counts["B"], "ties": counts["tie"], "judged": judged,
+            "not_judged": sum(s["quarantined"].get("judge parse failure", 0) for s in result.stats.values())}
+
+
+def round_row(k: int, data: RunSummary, kept: int, adapter: Path | None, train: dict[str, Any],
+              wins: dict[str, Any] | None, times: dict[str, float], released: list[str]) -> dict[str, Any]:
+    phases = {**phase_times(data.stats), **times}
+    return {
+        "round": k,
+        **data_summary(data.stats, kept),
+        "train": train,
+        "eval": wins,
+        "seconds": {name: round(value, 2) for name, value in phases.items()},
+        "hand_off": released,
+        "adapter": str(adapter) if adapter else None,
+        "dataset": str(next(iter(data.datasets.values()))),
+    }
+
+
+def rounds_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table("round", "prompts", "made", "kept", "dropped", "train loss", "margin", "win rate vs k-1",
+                  "generate s", "label s", "filter s", "train s", "hand-off s", "eval s", "total s",
+                  title="rlaif loop")
+    for row in rows:
+        train, seconds, wins = row["train"], row["seconds"], row.get("eval") or {}
+        table.add_row(
+            str(row["round"]), str(row["prompts"]), str(row["made"]), str(row["kept"]),
+            str(sum(row["dropped"].values()) + sum(row["quarantined"].values())),
+            _num(train.get("loss")), _num(train.get("rewards/margins")),
+            _num(wins.get("win_rate")) + (f" ({wins['judged']})" if wins else ""),
+            *(f"{seconds.get(p, 0.0):.1f}" for p in ("generate", "label", "filter", "train", "hand_off", "eval",
+                                                    "total")),
+        )
+    return table
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"

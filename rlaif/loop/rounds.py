@@ -1,0 +1,240 @@
+"""``rlaif loop``: round after round, generate with the current policy, label, filter, pair, train the next policy.
+
+Round k (1-based) generates with policy k-1 — the base model for k = 1, else the base plus round k-1's LoRA adapter,
+served by the shared engine as a LoRA request (no merge) — runs the data pipeline on the round's prompts, hands the
+accelerator to the trainer, trains adapter k (continuing adapter k-1), takes the engine back, and measures the win
+rate of policy k against policy k-1 on held-out prompts with the eval pipeline. Layout of the run directory::
+
+    prompts/held_out.jsonl, prompts/round-K.jsonl    the prompt pool, split once
+    round-K/data/      the data pipeline's run (cache, stats, dataset)
+    round-K/train/     the trainer's output (checkpoints, adapter/, metrics.jsonl)
+    round-K/eval/      the eval pipeline's run
+    round-K/stats.json the round's summary, written last: a round with it is finished and never repeated
+    summary.json       every finished round
+
+Killed anywhere, a re-run continues: finished rounds are read back, the pipelines resume from their cache, the
+trainer from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlaif.backends import Backend
+from rlaif.loop.config import LoopConfig, read_prompts
+from rlaif.loop.engines import EnginePool
+from rlaif.loop.report import round_row, train_summary, win_rate
+from rlaif.pipeline.errors import ConfigError, Problem
+from rlaif.pipeline.progress import Reporter
+from rlaif.pipeline.run import output_steps, run_pipeline
+from rlaif.pipeline.spec import Pipeline, load_pipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundPaths:
+    root: Path
+    prompts: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def stats(self) -> Path:
+        return self.root / "stats.json"
+
+    @property
+    def adapter(self) -> Path:
+        return self.train / "adapter"
+
+
+def round_paths(run_dir: Path, k: int) -> RoundPaths:
+    return RoundPaths(run_dir / f"round-{k}", run_dir / "prompts" / f"round-{k}.jsonl")
+
+
+def run_loop(cfg: LoopConfig, *, backends: dict[str, Backend] | None = None, reporter: Reporter | None = None,
+             on_round: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    """Run (or continue) every round; returns the rows of summary.json. ``backends`` (by model name) are the
+    caller's: used as they are, never released or closed. ``on_round`` gets the rows after each finished round."""
+    run_dir = cfg.run_dir()
+    held_out = write_prompts(cfg, run_dir)
+    validate(cfg, run_dir, held_out)
+    pool = EnginePool(backends)
+    rows: list[dict[str, Any]] = []
+    try:
+        previous: Path | None = None
+        for k in range(1, cfg.rounds + 1):
+            paths = round_paths(run_dir, k)
+            if paths.stats.is_file():
+                row = json.loads(paths.stats.read_text())
+                log.info("round %d finished earlier: skipped", k)
+            else:
+                row = run_round(cfg, k, paths, pool, previous, held_out, reporter)
+            previous = Path(row["adapter"]) if row.get("adapter") else previous
+            rows.append(row)
+            (run_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+            if on_round:
+                on_round(rows)
+    finally:
+        pool.close()
+    return rows
+
+
+def write_prompts(cfg: LoopConfig, run_dir: Path) -> Path:
+    """Split the pool once: held-out prompts, then each round's share (cycling when the pool runs out)."""
+    pool = read_prompts(cfg.resolve(cfg.prompts.path), cfg.prompts.column)
+    held, rest = pool[: cfg.prompts.held_out], pool[cfg.prompts.held_out:]
+    out = run_dir / "prompts"
+    out.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(out / "held_out.jsonl", held)
+    size = cfg.prompts.per_round or len(rest)
+    for k in range(1, cfg.rounds + 1):
+        start = (k - 1) * size
+        share = [rest[(start + i) % len(rest)] for i in range(size)]
+        _write_jsonl(round_paths(run_dir, k).prompts, share)
+    return out / "held_out.jsonl"
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if not path.is_file() or path.read_text() != text:  # unchanged bytes keep the pipeline caches valid
+        path.write_text(text)
+
+
+def validate(cfg: LoopConfig, run_dir: Path, held_out: Path) -> None:
+    """Load round 1's pipelines and training config (every file:line problem at once) before any model loads."""
+    from rlaif.train.cli import load_config
+
+    paths = round_paths(run_dir, 1)
+    data = data_pipeline(cfg, paths, None)
+    problems = _lora_problems(data, [cfg.pipeline.policy], cfg.pipeline.file)
+    if cfg.eval:
+        evaluation = eval_pipeline(cfg, paths, held_out, None, None)
+        problems += _lora_problems(evaluation, ["candidate", "baseline"], cfg.eval.file)
+        if cfg.eval.judge_step not in output_steps(evaluation):
+            problems.append(Problem(str(evaluation.file), None, f"eval.judge_step {cfg.eval.judge_step!r} is not an "
+                                                                f"output step; outputs: {output_steps(evaluation)}"))
+    if problems:
+        raise ConfigError(problems)
+    load_config(cfg.resolve(cfg.train.file), cfg.train.recipe, train_overrides(cfg, paths, None), cpu=_cpu())
+
+
+def _lora_problems(pipeline: Pipeline, names: list[str], file: str) -> list[Problem]:
+    problems = []
+    for name in names:
+        spec = pipeline.models.get(name)
+        if spec is None:
+            problems.append(Problem(file, None, f"the loop needs a model named {name!r}; models: "
+                                                f"{list(pipeline.models)}"))
+        elif spec.backend == "vllm" and not spec.options.get("enable_lora"):
+            problems.append(Problem(file, None, f"model {name!r} serves LoRA adapters from round 2 on: set "
+                                                "`enable_lora: true` and `max_lora_rank:` (>= the LoRA r)"))
+    return problems
+
+
+def data_pipeline(cfg: LoopConfig, paths: RoundPaths, policy: Path | None) -> Pipeline:
+    overrides = [*cfg.pipeline.overrides, f"steps.{cfg.pipeline.prompts_step}.path={paths.prompts.resolve()}"]
+    if policy is not None:
+        overrides.append(f"models.{cfg.pipeline.policy}.lora={policy.resolve()}")
+    return load_pipeline(cfg.resolve(cfg.pipeline.file), overrides)
+
+
+def eval_pipeline(cfg: LoopConfig, paths: RoundPaths, held_out: Path, candidate: Path | None,
+                  baseline: Path | None) -> Pipeline:
+    assert cfg.eval is not None
+    overrides = [*cfg.eval.overrides, f"steps.{cfg.eval.prompts_step}.path={held_out.resolve()}"]
+    for name, adapter in (("candidate", candidate), ("baseline", baseline)):
+        if adapter is not None:
+            overrides.append(f"models.{name}.lora={adapter.resolve()}")
+    return load_pipeline(cfg.resolve(cfg.eval.file), overrides)
+
+
+def train_overrides(cfg: LoopConfig, paths: RoundPaths, policy: Path | None, dataset: Path | None = None
+                    ) -> list[str]:
+    overrides = [*cfg.train.overrides, f"data.path={(dataset or paths.data / 'dataset').resolve()}",
+                 f"train.output_dir={paths.train.resolve()}"]
+    if policy is not None:
+        overrides.append(f"model.adapter={policy.resolve()}")
+    return overrides
+
+
+def _cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()  # the loop trains where it generates: the CPU profile without a GPU
+
+
+def run_round(cfg: LoopConfig, k: int, paths: RoundPaths, pool: EnginePool, previous: Path | None,
+              held_out: Path, reporter: Reporter | None = None) -> dict[str, Any]:
+    """One round, phases timed: data (generate, label, filter), hand-off, train, hand-off, eval."""
+    started = time.perf_counter()
+    pipeline = data_pipeline(cfg, paths, previous)
+    data = run_pipeline(pipeline, run_dir=paths.data, backends=pool.backends_for(pipeline.models), reporter=reporter)
+    [dataset] = data.datasets.values()
+    kept = sum(data.rows.values())
+
+    clock = time.perf_counter()
+    released = pool.release()
+    hand_off = time.perf_counter() - clock
+    clock = time.perf_counter()
+    adapter, train = train_round(cfg, paths, previous, dataset, kept)
+    train_s = time.perf_counter() - clock
+    clock = time.perf_counter()
+    pool.reacquire(released)
+    hand_off += time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    wins = None
+    if cfg.eval:
+        evaluation = eval_pipeline(cfg, paths, held_out, adapter, previous)
+        result = run_pipeline(evaluation, run_dir=paths.eval, backends=pool.backends_for(evaluation.models),
+                              reporter=reporter)
+        wins = win_rate(result, cfg.eval.judge_step)
+    eval_s = time.perf_counter() - clock
+    times = {"train": train_s, "hand_off": hand_off, "eval": eval_s, "total": time.perf_counter() - started}
+    row = round_row(k, data, kept, adapter, train, wins, times, released)
+    paths.stats.write_text(json.dumps(row, indent=2) + "\n")  # last: the round's completion marker
+    return row
+
+
+def train_round(cfg: LoopConfig, paths: RoundPaths, previous: Path | None, dataset: Path, kept: int
+                ) -> tuple[Path | None, dict[str, Any]]:
+    """Train adapter k on the round's dataset (continuing adapter k-1); resumes from the last checkpoint. With no
+    rows to train on, policy k is policy k-1."""
+    from rlaif.train.cli import load_config
+    from rlaif.train.recipes import run_recipe
+
+    if kept == 0:
+        log.warning("%s: the pipeline kept no rows: no training this round", paths.root.name)
+        return previous, {"skipped": "no rows kept"}
+    if not (paths.adapter / "README.md").is_file():  # the model card is the trainer's last write
+        train_cfg = load_config(cfg.resolve(cfg.train.file), cfg.train.recipe,
+                                train_overrides(cfg, paths, previous, dataset), cpu=_cpu())
+        run_recipe(train_cfg, resume=paths.train.exists())  # a killed round continues from its checkpoint
+        gc.collect()  # the trainer's model and optimizer go before the engine comes back
+        _empty_accelerator_cache()
+    return paths.adapter, train_summary(paths.train)
+
+
+def _empty_accelerator_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,225 @@
+"""`rlaif loop`: rounds of generate -> label -> filter -> train, resumable, with a held-out win rate per round.
+
+Fast loops run a tiny random-init Llama as the policy on the hf backend (real generation with the previous round's
+LoRA adapter, real QLoRA DPO) and a judge plugin backend (tests/plugins.py AlphabeticalJudge) that prefers the answer
+sorting first. The integration test runs the shipped loop_quickstart.yaml on the builtin model and the real vLLM
+engine, with the real hand-off (the engine closed for training, started again after).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from rlaif.loop.config import load_loop_config
+from rlaif.pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINES = ROOT / "pipelines"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    import torch  # tiny models: intra-op threads only add spin-waiting on a shared 2-core machine
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _pipeline(tmp_path: Path, name: str, models: dict, steps: list) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "seed": 0, "models": models, "steps": steps,
+                                    "output": {"jsonl": True}}, sort_keys=False))
+    return path
+
+
+def _tiny_loop(tmp_path: Path, tiny_model_dir: Path, rounds: int = 2) -> Path:
+    """A loop file whose policy is the tiny model on the hf backend and whose judge is the alphabetical plugin."""
+    policy = {"backend": "hf", "model": str(tiny_model_dir), "temperature": 1.0, "max_tokens": 8}
+    judge = {"backend": "plugins.AlphabeticalJudge", "model": "builtin:smollm2-135m-instruct"}
+    prompts = [{"name": "prompts", "type": "load", "path": str(PIPELINES / "data" / "loop_prompts.jsonl")}]
+    data = _pipeline(tmp_path, "prefs", {"policy": policy, "judge": judge}, prompts + [
+        {"name": "responses", "type": "generate_responses", "from": "prompts", "model": "policy", "n": 2},
+        {"name": "judged", "type": "pairwise_judge", "from": "responses", "model": "judge"},
+        {"name": "kept", "type": "judge_filter", "from": "judged", "drop_ties": True},
+        {"name": "pairs", "type": "make_pairs", "from": "kept"},
+    ])
+    evaluation = _pipeline(tmp_path, "eval", {"candidate": {**policy, "temperature": 0.0},
+                                              "baseline": {**policy, "temperature": 0.0}, "judge": judge}, prompts + [
+        {"name": "responses", "type": "generate_responses", "from": "prompts", "model": ["candidate", "baseline"]},
+        {"name": "judged", "type": "pairwise_judge", "from": "responses", "model": "judge"},
+    ])
+    loop = {
+        "name": "tiny_loop", "rounds": rounds, "output_dir": str(tmp_path / "run"),
+        "prompts": {"path": str(PIPELINES / "data" / "loop_prompts.jsonl"), "held_out": 4, "per_round": 6},
+        "pipeline": {"file": str(data)},
+        "train": {"file": str(PIPELINES / "train" / "dpo.yaml"), "overrides": [
+            f"model.name={tiny_model_dir}", "data.test_size=0", "train.max_steps=2", "train.save_steps=1",
+            "train.learning_rate=1.0e-3", "train.max_length=64"]},
+        "eval": {"file": str(evaluation)},
+    }
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump(loop, sort_keys=False))
+    return path
+
+
+def test_two_rounds_train_on_the_previous_policy_and_report_every_round(tiny_model_dir, tmp_path):
+    from rlaif.loop.rounds import run_loop
+
+    cfg = load_loop_config(_tiny_loop(tmp_path, tiny_model_dir))
+    seen: list[int] = []
+    rows = run_loop(cfg, on_round=lambda rows: seen.append(len(rows)))
+    run = tmp_path / "run"
+    assert seen == [1, 2] and [r["round"] for r in rows] == [1, 2]
+    assert json.loads((run / "summary.json").read_text()) == rows
+    for k, row in enumerate(rows, 1):
+        # accounting: every generated pair was kept or dropped/quarantined with a reason
+        assert row["prompts"] == 6 and row["made"] == 6
+        assert row["kept"] + sum(row["dropped"].values()) + sum(row["quarantined"].values()) >= row["made"]
+        assert row["kept"] > 0
+        assert Path(row["adapter"]) == run / f"round-{k}" / "train" / "adapter"
+        assert (Path(row["adapter"]) / "adapter_model.safetensors").is_file()
+        assert row["train"]["steps"] == 2 and row["train"]["loss"] > 0
+        assert row["eval"]["judged"] == 4 and 0.0 <= row["eval"]["win_rate"] <= 1.0
+        assert row["eval"]["wins"] + row["eval"]["losses"] + row["eval"]["ties"] == 4
+        assert set(row["seconds"]) >= {"generate", "label", "filter", "train", "hand_off", "eval", "total"}
+        assert row["hand_off"], "the hf engine must be released before training"
+    # the held-out prompts never reach a round; rounds take consecutive shares of the rest
+    held = (run / "prompts" / "held_out.jsonl").read_text().splitlines()
+    round_prompts = [(run / "prompts" / f"round-{k}.jsonl").read_text().splitlines() for k in (1, 2)]
+    assert not set(held) & (set(round_prompts[0]) | set(round_prompts[1]))
+    assert not set(round_prompts[0]) & set(round_prompts[1])
+    # round 2 generated with policy 1 (adapter of round 1, by content hash) and trained on from it
+    card = (run / "round-2" / "data" / "dataset" / "README.md").read_text()
+    assert "LoRA adapter sha256:" in card and "round-1" not in card  # by content, no machine path
+    adapter_config = json.loads((run / "round-2" / "train" / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(tiny_model_dir)
+    eval_card = (run / "round-2" / "eval" / "dataset" / "README.md").read_text()
+    assert eval_card.count("LoRA adapter sha256:") == 2  # candidate = policy 2, baseline = policy 1
+    round1_weights = _lora_weights(run / "round-1" / "train" / "adapter")
+    round2_weights = _lora_weights(run / "round-2" / "train" / "adapter")
+    assert round1_weights.keys() == round2_weights.keys()
+    assert any((round1_weights[k] != round2_weights[k]).any() for k in round1_weights)
+
+
+def _lora_weights(adapter: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(adapter / "adapter_model.safetensors"))
+
+
+def test_a_finished_loop_repeats_nothing_and_more_rounds_continue_it(tiny_model_dir, tmp_path):
+    from rlaif.loop.rounds import run_loop
+
+    loop_file = _tiny_loop(tmp_path, tiny_model_dir, rounds=1)
+    first = run_loop(load_loop_config(loop_file))
+    stats = tmp_path / "run" / "round-1" / "stats.json"
+    stamp = stats.stat().st_mtime_ns
+    again = run_loop(load_loop_config(loop_file, ["rounds=2"]))
+    assert again[0] == first[0] and stats.stat().st_mtime_ns == stamp
+    assert again[1]["round"] == 2 and (tmp_path / "run" / "round-2" / "stats.json").is_file()
+
+
+def test_loop_killed_with_sigkill_resumes_without_repeating_finished_work(tiny_model_dir, tmp_path):
+    loop_file = _tiny_loop(tmp_path, tiny_model_dir)
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "rlaif.cli", "loop", str(loop_file), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    # kill in round 2's training, after its first checkpoint: round 1 is finished, round 2 half-way
+    while not list((run / "round-2" / "train").glob("checkpoint-*/trainer_state.json")):
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "round 2 wrote no checkpoint within 300 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "round-2" / "stats.json").exists(), "the loop finished before it was killed"
+    round1 = (run / "round-1" / "stats.json").stat().st_mtime_ns
+    data_markers = {p: p.stat().st_mtime_ns for p in (run / "round-2" / "data" / "steps").rglob("*.done")}
+    assert data_markers, "round 2's data pipeline had finished batches"
+
+    from rlaif.cli import app
+
+    result = CliRunner().invoke(app, ["loop", str(loop_file), "--no-progress"], env={"PYTHONPATH": env["PYTHONPATH"]})
+    assert result.exit_code == 0, result.output
+    assert (run / "round-1" / "stats.json").stat().st_mtime_ns == round1  # round 1 not repeated
+    assert {p: p.stat().st_mtime_ns for p in data_markers} == data_markers  # round 2's data came from the cache
+    starts = [json.loads(line) for line in (run / "round-2" / "train" / "metrics.jsonl").read_text().splitlines()]
+    starts = [row["step"] for row in starts if row.get("event") == "train_begin"]
+    assert starts[0] == 0 and starts[-1] >= 1  # the trainer continued from its checkpoint
+    rows = json.loads((run / "summary.json").read_text())
+    assert [r["round"] for r in rows] == [1, 2] and rows[1]["train"]["steps"] == 2
+    assert "rlaif loop" in result.output and "summary.json" in result.output
+
+
+def test_loop_file_problems_are_reported_with_file_and_line(tmp_path):
+    bad = tmp_path / "loop.yaml"
+    bad.write_text("name: x\nrounds: 0\nprompts: {path: nowhere.jsonl}\npipeline: {file: nope.yaml}\n"
+                   "train: {file: ../train.yaml}\nbogus: 1\n")
+    with pytest.raises(ConfigError) as error:
+        load_loop_config(bad)
+    text = str(error.value)
+    assert f"{bad}:2: rounds: Input should be greater than or equal to 1" in text
+    assert f"{bad}:6: bogus: Extra inputs are not permitted" in text
+
+
+def test_loop_needs_lora_on_the_vllm_policy_before_any_model_loads(tmp_path):
+    from rlaif.loop.rounds import run_loop
+
+    text = (PIPELINES / "loop" / "preferences.yaml").read_text()
+    data = tmp_path / "prefs.yaml"
+    data.write_text(text.replace("enable_lora: true, max_lora_rank: 16}", "}", 1).replace(
+        "../data/", str(PIPELINES / "data") + "/"))
+    loop = yaml.safe_load((PIPELINES / "loop_quickstart.yaml").read_text())
+    loop.update(output_dir=str(tmp_path / "run"), eval=None)
+    loop["pipeline"]["file"] = str(data)
+    loop["prompts"]["path"] = str(PIPELINES / "data" / "loop_prompts.jsonl")
+    loop["train"]["file"] = str(PIPELINES / "train" / "dpo.yaml")
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump(loop))
+    with pytest.raises(ConfigError, match="model 'policy' serves LoRA adapters from round 2 on: set `enable_lora"):
+        run_loop(load_loop_config(tmp_path / "loop.yaml"))
+
+
+def test_shipped_loop_files_validate():
+    cfg = load_loop_config(PIPELINES / "loop_quickstart.yaml")
+    assert cfg.rounds == 2 and cfg.train.recipe == "dpo"
+    from rlaif.pipeline.spec import load_pipeline
+
+    for name in ("preferences", "eval"):
+        pipeline = load_pipeline(PIPELINES / "loop" / f"{name}.yaml")
+        assert all(m.options.get("enable_lora") for m in pipeline.models.values())
+
+
+def test_builtin_loop_quickstart_two_rounds_on_vllm_with_engine_hand_off(tmp_path):
+    """The shipped demo loop, smaller: 2 rounds of 6 prompts on the builtin model, real vLLM engine (closed for
+    training and started again: the CPU hand-off), real QLoRA DPO continuing the previous adapter."""
+    from rlaif.cli import app
+
+    result = CliRunner().invoke(app, [
+        "loop", str(PIPELINES / "loop_quickstart.yaml"), f"output_dir={tmp_path / 'run'}", "prompts.per_round=6",
+        "prompts.held_out=3", "train.overrides=[data.test_size=0, train.max_steps=2, train.save_steps=1000]",
+        "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [r["round"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["made"] == 6 and row["eval"]["judged"] + row["eval"]["not_judged"] == 3
+        assert row["hand_off"] and all(h.endswith("close") for h in row["hand_off"])
+        assert row["seconds"]["hand_off"] > 0 and row["seconds"]["train"] > 0
+    if rows[0]["kept"]:
+        assert rows[1]["train"].get("steps") == 2
+        card = (tmp_path / "run" / "round-2" / "data" / "dataset" / "README.md").read_text()
+        assert "LoRA adapter sha256:" in card
+    assert "win rate vs k-1" in result.output
