@@ -26,13 +26,12 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The main job, on the builtin model: one generation, then a pipeline run (seed prompts -> 2 responses each ->
-# a Hub-layout dataset in runs/generate_responses/dataset). A second `make demo` reuses the cached pipeline.
+# The main job, on the builtin model: the full loop, 2 rounds (pipelines/loop_quickstart.yaml). Each round generates
+# with the current policy (vLLM, the previous round's adapter as a LoRA request), judges, filters, pairs, trains the
+# next adapter with QLoRA DPO, and measures its held-out win rate. Prints the round table; outputs in
+# runs/loop_quickstart/. Killed, `make demo` continues where it stopped; finished, it repeats nothing.
 demo: setup
-	$(VENV)/bin/rlaif generate --model builtin:smollm2-135m-instruct --n 2 --temperature 0.7 --max-tokens 96 \
-		--prompt "Give me three tips for writing a clear bug report."
-	$(VENV)/bin/rlaif run pipelines/generate_responses.yaml
-	head -c 600 runs/generate_responses/dataset/train.jsonl; echo
+	$(VENV)/bin/rlaif loop pipelines/loop_quickstart.yaml
 
 lint: setup
 	$(VENV)/bin/ruff check rlaif tests bench
@@ -45,6 +44,8 @@ bench: setup
 	$(PY) bench/rerun.py
 	$(PY) bench/filters.py
 	$(PY) bench/judge.py --data tests/fixtures/judge_prefs.jsonl --method both
+	$(PY) bench/train.py
+	$(PY) bench/loop.py
 
 clean-venv:
 	rm -rf $(VENV)

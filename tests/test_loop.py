@@ -223,3 +223,40 @@ def test_builtin_loop_quickstart_two_rounds_on_vllm_with_engine_hand_off(tmp_pat
         card = (tmp_path / "run" / "round-2" / "data" / "dataset" / "README.md").read_text()
         assert "LoRA adapter sha256:" in card
     assert "win rate vs k-1" in result.output
+
+
+# -- `lora:` on a pipeline model --------------------------------------------------------------------------------
+def _adapter(path: Path, weights: bytes) -> Path:
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text('{"r": 8}')
+    (path / "adapter_model.safetensors").write_bytes(weights)
+    return path
+
+
+def test_a_model_lora_is_checked_and_keys_the_cache_by_content(tmp_path):
+    from rlaif.pipeline.fingerprint import step_fingerprint
+    from rlaif.pipeline.runtime import EngineRuntime
+    from rlaif.pipeline.spec import load_pipeline
+
+    text = (PIPELINES / "generate_responses.yaml").read_text()
+    pipeline_file = tmp_path / "gen.yaml"
+    pipeline_file.write_text(text.replace("data/seed_prompts", str(PIPELINES / "data" / "seed_prompts")))
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(pipeline_file, [f"models.policy.lora={tmp_path / 'nowhere'}"])
+    assert f"{pipeline_file}:8: lora: " in str(error.value)  # an override: the line of its model and "not a PEFT adapter directory" in str(error.value)
+    adapter = _adapter(tmp_path / "adapter", b"one")
+    with pytest.raises(ConfigError, match="needs `enable_lora: true`"):
+        load_pipeline(pipeline_file, [f"models.policy.lora={adapter}"])
+
+    def key(weights: bytes, where: str) -> tuple[str, str]:
+        moved = _adapter(tmp_path / where, weights)
+        pipeline = load_pipeline(pipeline_file, [f"models.policy.lora={moved}", "models.policy.enable_lora=true"])
+        runtime = EngineRuntime(pipeline.models, 0)
+        params = runtime.sampling("policy")
+        return step_fingerprint(pipeline, pipeline.steps["responses"], ["up"]), params.lora.name
+
+    same_a, name_a = key(b"one", "a")
+    same_b, name_b = key(b"one", "b")  # the same adapter somewhere else: same key, same served name
+    other, name_other = key(b"two", "c")  # retrained: the cache and the engine's adapter cache both miss
+    assert same_a == same_b and name_a == name_b
+    assert other != same_a and name_other != name_a
