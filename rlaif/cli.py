@@ -207,5 +207,77 @@ def push(
         raise typer.Exit(1) from exc
 
 
+class PlanStage(enum.StrEnum):
+    sft = "sft"
+    rm = "rm"
+    dpo = "dpo"
+    ppo = "ppo"
+    all = "all"
+
+
+class QuantizeName(enum.StrEnum):
+    nf4 = "nf4"
+    int8 = "int8"
+    none = "none"
+
+
+@app.command()
+def plan(
+    model: str = typer.Argument(..., help="Hub id, local directory, or builtin:NAME (only config.json is read)."),
+    stage: PlanStage = typer.Option(PlanStage.all, help="Training stage, or all for a table of every stage."),
+    gpu_mem: float = typer.Option(24.0, "--gpu-mem", help="GPU memory in GiB."),
+    quantize: QuantizeName = typer.Option(QuantizeName.nf4, help="Base weights: bitsandbytes NF4, int8, or bf16."),
+    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank (all linear layers)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Per-device batch (pairs for rm/dpo, rollouts for ppo)."),
+    seq_len: int = typer.Option(1024, "--seq-len", help="Tokens per sequence (prompt + completion)."),
+    gradient_checkpointing: bool = typer.Option(True, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    params: str | None = typer.Option(None, "--params", help="Size class 1B|3B|8B: plan offline with a built-in "
+                                      "architecture instead of reading config.json."),
+) -> None:
+    """Estimate GPU memory per training stage (weights, adapters, optimizer, activations, KV cache) and the vLLM
+    generation phase, by arithmetic on config.json: no model loads, no torch."""
+    from rlaif.plan import STAGES, PlanError, Settings, render_plan, resolve_arch
+
+    try:
+        settings = Settings(quantize.value, lora_r, batch_size, seq_len, gradient_checkpointing, gpu_mem)
+        arch, source = resolve_arch(model, params)
+    except PlanError as exc:
+        console.print("[red]error:[/red] ", end="")
+        console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+    stages = STAGES if stage is PlanStage.all else (stage.value,)
+    typer.echo(render_plan(model, arch, source, stages, settings))  # plain text: a markdown table, no wrapping
+
+
 if __name__ == "__main__":
     app()
+
+
+@app.command()
+def loop(
+    file: Path = typer.Argument(..., help="Loop YAML file, e.g. pipelines/loop_quickstart.yaml."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. rounds=3 prompts.per_round=32"),
+    progress: bool = typer.Option(True, help="Progress bars of the pipelines."),
+) -> None:
+    """Generate with the current policy, label, filter, train the next one; repeat. Resumable: re-run to continue."""
+    from rlaif.loop.config import load_loop_config
+    from rlaif.loop.report import rounds_table
+    from rlaif.loop.rounds import run_loop
+    from rlaif.pipeline.errors import ConfigError
+    from rlaif.pipeline.progress import Reporter
+    from rlaif.train.config import ConfigError as TrainConfigError
+    from rlaif.train.data import DataFormatError
+
+    try:
+        cfg = load_loop_config(file, overrides or [])
+        rows = run_loop(cfg, reporter=Reporter(console=console, bars=progress),
+                        on_round=lambda rows: console.print(rounds_table(rows)))
+    except (ConfigError, TrainConfigError, DataFormatError) as exc:
+        console.print("[red]error:[/red] ", end="")
+        console.print(str(exc), highlight=False, markup=False)
+        raise typer.Exit(2) from exc
+    run_dir = cfg.run_dir()
+    console.print(f"rounds: {len(rows)}; per-round stats: {run_dir}/round-K/stats.json; all rounds: "
+                  f"{run_dir / 'summary.json'}", highlight=False, soft_wrap=True)
+    if rows and rows[-1].get("adapter"):
+        console.print(f"latest policy adapter: {rows[-1]['adapter']}", highlight=False, soft_wrap=True)
