@@ -249,10 +249,6 @@ def plan(
     typer.echo(render_plan(model, arch, source, stages, settings))  # plain text: a markdown table, no wrapping
 
 
-if __name__ == "__main__":
-    app()
-
-
 @app.command()
 def loop(
     file: Path = typer.Argument(..., help="Loop YAML file, e.g. pipelines/loop_quickstart.yaml."),
@@ -281,3 +277,7 @@ def loop(
                   f"{run_dir / 'summary.json'}", highlight=False, soft_wrap=True)
     if rows and rows[-1].get("adapter"):
         console.print(f"latest policy adapter: {rows[-1]['adapter']}", highlight=False, soft_wrap=True)
+
+
+if __name__ == "__main__":
+    app()

@@ -164,6 +164,39 @@ def test_loop_killed_with_sigkill_resumes_without_repeating_finished_work(tiny_m
     assert "rlaif loop" in result.output and "summary.json" in result.output
 
 
+def test_rlhf_stages_sft_then_reward_model_then_ppo_against_it_in_one_round(tiny_model_dir, tmp_path):
+    """pipelines/rlhf_ppo.yaml's shape on the tiny model: SFT on the chosen answers (policy), a reward model on the
+    pairs (not a policy: fresh on the base), PPO starting from the SFT adapter with the RM adapter as its reward."""
+    from rlaif.loop.rounds import run_loop
+
+    loop_file = _tiny_loop(tmp_path, tiny_model_dir, rounds=1)
+    loop = yaml.safe_load(loop_file.read_text())
+    tiny = [f"model.name={tiny_model_dir}", "data.test_size=0", "train.max_steps=2", "train.save_steps=1000"]
+    train = PIPELINES / "train"
+    loop["train"] = [
+        {"name": "sft", "file": str(train / "sft.yaml"), "recipe": "sft", "policy": True,
+         "overrides": [*tiny, "data.rename={chosen: completion}", "train.max_length=64"]},
+        {"name": "rm", "file": str(train / "rm.yaml"), "recipe": "rm", "policy": False,
+         "overrides": [*tiny, "train.max_length=64"]},
+        {"name": "ppo", "file": str(train / "ppo.yaml"), "recipe": "ppo", "policy": True,
+         "overrides": [*tiny, "reward={adapter: '{rm}'}", "train.response_length=8", "train.num_ppo_epochs=1",
+                       "train.learning_rate=1.0e-3"]},
+    ]
+    loop_file.write_text(yaml.safe_dump(loop, sort_keys=False))
+    [row] = run_loop(load_loop_config(loop_file))
+    stages = tmp_path / "run" / "round-1" / "train"
+    assert Path(row["adapter"]) == stages / "ppo" / "adapter"  # the last policy stage makes the round's policy
+    assert set(row["train"]["stages"]) == {"sft", "rm", "ppo"}
+    assert all(row["train"]["stages"][name]["steps"] == 2 for name in ("sft", "rm", "ppo"))
+    card = (stages / "ppo" / "adapter" / "README.md").read_text()
+    assert str((stages / "rm" / "adapter").resolve()) in card or "reward" in card.lower()
+    # the RM stage trained fresh on the base; PPO's policy started from the SFT adapter
+    assert "adapter" not in json.loads((stages / "rm" / "adapter" / "adapter_config.json").read_text()).get(
+        "base_model_name_or_path", "")
+    sft, ppo = _lora_weights(stages / "sft" / "adapter"), _lora_weights(stages / "ppo" / "adapter")
+    assert sft.keys() == ppo.keys() and any((sft[k] != ppo[k]).any() for k in sft)
+
+
 def test_loop_file_problems_are_reported_with_file_and_line(tmp_path):
     bad = tmp_path / "loop.yaml"
     bad.write_text("name: x\nrounds: 0\nprompts: {path: nowhere.jsonl}\npipeline: {file: nope.yaml}\n"
@@ -192,9 +225,25 @@ def test_loop_needs_lora_on_the_vllm_policy_before_any_model_loads(tmp_path):
         run_loop(load_loop_config(tmp_path / "loop.yaml"))
 
 
-def test_shipped_loop_files_validate():
-    cfg = load_loop_config(PIPELINES / "loop_quickstart.yaml")
-    assert cfg.rounds == 2 and cfg.train.recipe == "dpo"
+LOOP_FILES = sorted(p for p in PIPELINES.glob("*.yaml") if "rounds" in yaml.safe_load(p.read_text()))
+
+
+@pytest.mark.parametrize("path", LOOP_FILES, ids=[p.name for p in LOOP_FILES])
+def test_every_shipped_loop_file_validates_with_its_pipelines_and_training_configs(path, tmp_path):
+    from rlaif.loop.rounds import validate, write_prompts
+
+    cfg = load_loop_config(path, [f"output_dir={tmp_path / 'run'}"])
+    validate(cfg, cfg.run_dir(), write_prompts(cfg, cfg.run_dir()))  # loads every stage's training config too
+    assert cfg.rounds >= 1 and any(stage.policy for stage in cfg.train)
+
+
+def test_shipped_loop_layouts():
+    assert {p.name for p in LOOP_FILES} >= {"loop_quickstart.yaml", "rlhf_ppo.yaml", "rlaif_direct.yaml"}
+    quickstart = load_loop_config(PIPELINES / "loop_quickstart.yaml")
+    assert quickstart.rounds == 2 and [s.recipe for s in quickstart.train] == ["dpo"]
+    rlhf = load_loop_config(PIPELINES / "rlhf_ppo.yaml")
+    assert [(s.name, s.recipe, s.policy) for s in rlhf.train] == [("sft", "sft", True), ("rm", "rm", False),
+                                                                   ("ppo", "ppo", True)]
     from rlaif.pipeline.spec import load_pipeline
 
     for name in ("preferences", "eval"):

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from rlaif.pipeline.errors import ConfigError, Problem
 from rlaif.pipeline.yamlio import Located, apply_overrides, load_yaml
@@ -40,14 +40,22 @@ class PromptsConfig(_Strict):
 
 class PipelineRef(_Strict):
     file: str
-    policy: str = "policy"  # the model whose `lora` the loop points at the previous round's adapter
+    # The model whose `lora` the loop points at the previous round's adapter; null when the pipeline generates
+    # nothing (direct RLAIF: PPO samples its own responses).
+    policy: str | None = "policy"
     prompts_step: str = "prompts"  # the source step whose `path` the loop points at the round's prompts
     overrides: list[str] = Field(default_factory=list)
 
 
 class TrainRef(_Strict):
+    """One training stage. A ``policy`` stage starts from the latest policy adapter (``model.adapter``) and its
+    adapter becomes the policy; other stages (a reward model) train fresh on the base. In ``overrides``, ``{NAME}``
+    stands for the adapter directory of an earlier stage NAME of the same round (``reward.adapter={rm}``)."""
+
+    name: str = "train"
     file: str
     recipe: str = "dpo"
+    policy: bool = True
     overrides: list[str] = Field(default_factory=list)
 
 
@@ -67,11 +75,25 @@ class LoopConfig(_Strict):
     rounds: int = Field(ge=1)
     prompts: PromptsConfig
     pipeline: PipelineRef
-    train: TrainRef
+    train: list[TrainRef]  # one stage (a mapping) or several, in order: e.g. sft -> rm -> ppo
     eval: EvalRef | None = None
     output_dir: str | None = None  # default runs/<name>
     seed: int = 0
     _base_dir: Path = PrivateAttr(default_factory=lambda: Path("."))
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _stages(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _stage_names(self) -> LoopConfig:
+        names = [stage.name for stage in self.train]
+        if len(set(names)) != len(names):
+            raise ValueError(f"train stages need distinct names; got {names}")
+        if not any(stage.policy for stage in self.train):
+            raise ValueError("no train stage has policy: true, so no round would make a new policy")
+        return self
 
     @property
     def base_dir(self) -> Path:
@@ -112,8 +134,9 @@ def _problem(located: Located, error: Any) -> Problem:
 
 def _check_files(cfg: LoopConfig, located: Located) -> list[Problem]:
     problems = []
-    named = [(("prompts", "path"), cfg.prompts.path), (("pipeline", "file"), cfg.pipeline.file),
-             (("train", "file"), cfg.train.file)]
+    named = [(("prompts", "path"), cfg.prompts.path), (("pipeline", "file"), cfg.pipeline.file)]
+    named += [(("train", i, "file") if isinstance(located.data.get("train"), list) else ("train", "file"), stage.file)
+              for i, stage in enumerate(cfg.train)]
     if cfg.eval:
         named.append((("eval", "file"), cfg.eval.file))
     for where, rel in named:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.backends import Backend
-from rlaif.loop.config import LoopConfig, read_prompts
+from rlaif.loop.config import LoopConfig, TrainRef, read_prompts
 from rlaif.loop.engines import EnginePool
 from rlaif.loop.report import round_row, train_summary, win_rate
 from rlaif.pipeline.errors import ConfigError, Problem
@@ -59,10 +59,6 @@ class RoundPaths:
     @property
     def stats(self) -> Path:
         return self.root / "stats.json"
-
-    @property
-    def adapter(self) -> Path:
-        return self.train / "adapter"
 
 
 def round_paths(run_dir: Path, k: int) -> RoundPaths:
@@ -124,7 +120,7 @@ def validate(cfg: LoopConfig, run_dir: Path, held_out: Path) -> None:
 
     paths = round_paths(run_dir, 1)
     data = data_pipeline(cfg, paths, None)
-    problems = _lora_problems(data, [cfg.pipeline.policy], cfg.pipeline.file)
+    problems = _lora_problems(data, [cfg.pipeline.policy] if cfg.pipeline.policy else [], cfg.pipeline.file)
     if cfg.eval:
         evaluation = eval_pipeline(cfg, paths, held_out, None, None)
         problems += _lora_problems(evaluation, ["candidate", "baseline"], cfg.eval.file)
@@ -133,7 +129,8 @@ def validate(cfg: LoopConfig, run_dir: Path, held_out: Path) -> None:
                                                                 f"output step; outputs: {output_steps(evaluation)}"))
     if problems:
         raise ConfigError(problems)
-    load_config(cfg.resolve(cfg.train.file), cfg.train.recipe, train_overrides(cfg, paths, None), cpu=_cpu())
+    for stage in cfg.train:
+        load_config(cfg.resolve(stage.file), stage.recipe, stage_overrides(cfg, stage, paths, None, {}), cpu=_cpu())
 
 
 def _lora_problems(pipeline: Pipeline, names: list[str], file: str) -> list[Problem]:
@@ -151,7 +148,7 @@ def _lora_problems(pipeline: Pipeline, names: list[str], file: str) -> list[Prob
 
 def data_pipeline(cfg: LoopConfig, paths: RoundPaths, policy: Path | None) -> Pipeline:
     overrides = [*cfg.pipeline.overrides, f"steps.{cfg.pipeline.prompts_step}.path={paths.prompts.resolve()}"]
-    if policy is not None:
+    if policy is not None and cfg.pipeline.policy:
         overrides.append(f"models.{cfg.pipeline.policy}.lora={policy.resolve()}")
     return load_pipeline(cfg.resolve(cfg.pipeline.file), overrides)
 
@@ -166,11 +163,24 @@ def eval_pipeline(cfg: LoopConfig, paths: RoundPaths, held_out: Path, candidate:
     return load_pipeline(cfg.resolve(cfg.eval.file), overrides)
 
 
-def train_overrides(cfg: LoopConfig, paths: RoundPaths, policy: Path | None, dataset: Path | None = None
-                    ) -> list[str]:
-    overrides = [*cfg.train.overrides, f"data.path={(dataset or paths.data / 'dataset').resolve()}",
-                 f"train.output_dir={paths.train.resolve()}"]
-    if policy is not None:
+def stage_dir(cfg: LoopConfig, paths: RoundPaths, stage: TrainRef) -> Path:
+    # One stage trains in round-K/train/; several each in round-K/train/<name>/.
+    return paths.train if len(cfg.train) == 1 else paths.train / stage.name
+
+
+def stage_overrides(cfg: LoopConfig, stage: TrainRef, paths: RoundPaths, policy: Path | None,
+                    adapters: dict[str, Path], dataset: Path | None = None) -> list[str]:
+    """The stage's own overrides with ``{NAME}`` filled in, then the round's data, output and starting adapter."""
+    overrides = []
+    for override in stage.overrides:
+        for other in cfg.train:
+            # Before an earlier stage has run (validation), a placeholder path stands in for its adapter.
+            adapter = adapters.get(other.name, stage_dir(cfg, paths, other) / "adapter")
+            override = override.replace("{" + other.name + "}", str(adapter.resolve()))
+        overrides.append(override)
+    overrides += [f"data.path={(dataset or paths.data / 'dataset').resolve()}",
+                  f"train.output_dir={stage_dir(cfg, paths, stage).resolve()}"]
+    if stage.policy and policy is not None:
         overrides.append(f"model.adapter={policy.resolve()}")
     return overrides
 
@@ -216,21 +226,29 @@ def run_round(cfg: LoopConfig, k: int, paths: RoundPaths, pool: EnginePool, prev
 
 def train_round(cfg: LoopConfig, paths: RoundPaths, previous: Path | None, dataset: Path, kept: int
                 ) -> tuple[Path | None, dict[str, Any]]:
-    """Train adapter k on the round's dataset (continuing adapter k-1); resumes from the last checkpoint. With no
-    rows to train on, policy k is policy k-1."""
+    """Run the round's stages in order on its dataset; a policy stage continues the latest policy adapter. Each
+    resumes from its last checkpoint. With no rows to train on, policy k is policy k-1."""
     from rlaif.train.cli import load_config
     from rlaif.train.recipes import run_recipe
 
     if kept == 0:
         log.warning("%s: the pipeline kept no rows: no training this round", paths.root.name)
         return previous, {"skipped": "no rows kept"}
-    if not (paths.adapter / "README.md").is_file():  # the model card is the trainer's last write
-        train_cfg = load_config(cfg.resolve(cfg.train.file), cfg.train.recipe,
-                                train_overrides(cfg, paths, previous, dataset), cpu=_cpu())
-        run_recipe(train_cfg, resume=paths.train.exists())  # a killed round continues from its checkpoint
-        gc.collect()  # the trainer's model and optimizer go before the engine comes back
-        _empty_accelerator_cache()
-    return paths.adapter, train_summary(paths.train)
+    policy, adapters, summaries = previous, {}, {}
+    for stage in cfg.train:
+        output = stage_dir(cfg, paths, stage)
+        if not (output / "adapter" / "README.md").is_file():  # the model card is the trainer's last write
+            overrides = stage_overrides(cfg, stage, paths, policy, adapters, dataset)
+            run_recipe(load_config(cfg.resolve(stage.file), stage.recipe, overrides, cpu=_cpu()),
+                       resume=output.exists())  # a killed stage continues from its checkpoint
+            gc.collect()  # the trainer's model and optimizer go before the next stage or the engine
+            _empty_accelerator_cache()
+        adapters[stage.name] = output / "adapter"
+        policy = output / "adapter" if stage.policy else policy
+        summaries[stage.name] = train_summary(output)
+    last_policy = [stage.name for stage in cfg.train if stage.policy][-1]
+    # The table shows the stage that made the policy; stats.json keeps every stage.
+    return policy, {**summaries[last_policy], "stages": summaries} if len(cfg.train) > 1 else summaries[last_policy]
 
 
 def _empty_accelerator_cache() -> None:
