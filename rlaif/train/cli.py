@@ -1,4 +1,4 @@
-"""``rlaif train sft|rm|dpo|kto CONFIG.yaml [k=v ...] [--cpu] [--resume]``, and reading those config files.
+"""``rlaif train sft|rm|dpo|kto|ppo CONFIG.yaml [k=v ...] [--cpu] [--resume]``, and reading those config files.
 
 Module import stays light (typer, yaml): ``rlaif --help`` builds this sub-app; pydantic configs load when a file is
 read, torch/transformers when a recipe runs.
@@ -15,7 +15,7 @@ import yaml
 if TYPE_CHECKING:
     from rlaif.train.config import RecipeConfig
 
-train_app = typer.Typer(no_args_is_help=True, help="QLoRA training on TRL: sft, rm (reward), dpo (+ variants), kto.")
+train_app = typer.Typer(no_args_is_help=True, help="QLoRA training: sft, rm, dpo (+ variants), kto on TRL; ppo.")
 
 ConfigArg = Annotated[Path, typer.Argument(help="Training YAML, e.g. pipelines/train/dpo.yaml.")]
 OverridesArg = Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. train.max_steps=10.")]
@@ -66,6 +66,12 @@ def rm(config: ConfigArg, overrides: OverridesArg = None, cpu: CpuOpt = False, r
 def dpo(config: ConfigArg, overrides: OverridesArg = None, cpu: CpuOpt = False, resume: ResumeOpt = False) -> None:
     """DPO and its loss family (ipo, robust, ..., orpo, simpo) on preference pairs; reports reward margins."""
     _run("dpo", config, overrides, cpu, resume)
+
+
+@train_app.command()
+def ppo(config: ConfigArg, overrides: OverridesArg = None, cpu: CpuOpt = False, resume: ResumeOpt = False) -> None:
+    """PPO on prompts with a rule, RM-adapter, reward-model or LLM-judge reward; one shared quantized base."""
+    _run("ppo", config, overrides, cpu, resume)
 
 
 @train_app.command()

@@ -36,6 +36,8 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "dpo": ("preference", "implicit preference"),
     # paired rows are split into one good and one bad row each (TRL unpair_preference_dataset)
     "kto": ("unpaired preference", "preference", "implicit preference"),
+    # online RL samples its own responses: only the prompt column is read, so any row form with one will do
+    "ppo": ("prompt-only", "preference", "prompt-completion", "unpaired preference"),
 }
 _DATA_FILES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -60,8 +62,11 @@ def detect(columns: list[str]) -> str | None:
 
 
 def load_training_data(cfg: DataConfig, recipe: str) -> TrainingData:
-    """Load, convert, check and split the rows for ``recipe`` (sft, rm, dpo, kto)."""
+    """Load, convert, check and split the rows for ``recipe`` (sft, rm, dpo, kto, ppo)."""
     dataset, eval_set, provenance = _load(cfg)
+    if cfg.rename:
+        dataset, eval_set = _rename(dataset, cfg.rename, provenance["source"]), _rename(eval_set, cfg.rename, "")
+        provenance["renamed"] = dict(cfg.rename)
     if cfg.format:
         dataset, quarantined = _adapt(dataset, cfg.format, cfg.format_options)
         eval_set = _adapt(eval_set, cfg.format, cfg.format_options)[0] if eval_set is not None else None
@@ -90,6 +95,19 @@ def load_training_data(cfg: DataConfig, recipe: str) -> TrainingData:
     first = dataset[0]
     conversational = any(isinstance(first.get(c), list) for c in ("messages", "prompt", "chosen", "completion"))
     return TrainingData(dataset, eval_set, form, conversational, provenance)
+
+
+def _rename(dataset: Any, rename: dict[str, str], where: str) -> Any:
+    if dataset is None:
+        return None
+    if missing := sorted(set(rename) - set(dataset.column_names)):
+        raise DataFormatError(f"{where}: data.rename names missing column(s) {missing}; columns: "
+                              f"{', '.join(dataset.column_names)}")
+    dataset = dataset.rename_columns(rename)
+    # A renamed pair (chosen -> completion) keeps its other answer: drop what now only confuses format detection.
+    columns = dataset.column_names
+    leftovers = [c for c in ("chosen", "rejected") if c in columns] if "completion" in columns else []
+    return dataset.remove_columns(leftovers) if leftovers else dataset
 
 
 def check_format(dataset: Any, recipe: str, where: str) -> str:

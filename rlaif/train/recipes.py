@@ -33,6 +33,7 @@ from rlaif.train.config import (
     ConfigError,
     DPORecipe,
     KTORecipe,
+    PPORecipe,
     RecipeConfig,
     RMRecipe,
     SFTRecipe,
@@ -49,6 +50,8 @@ HEADLINE = {
     "rm": {"eval_accuracy": "pairwise accuracy", "eval_margin": "reward margin"},
     "dpo": {"eval_rewards/margins": "reward margin", "eval_rewards/accuracies": "reward accuracy"},
     "kto": {"eval_rewards/margins": "reward margin", "eval_kl": "KL"},
+    "ppo": {"eval_score": "mean reward (policy)", "eval_score_reference": "mean reward (reference)",
+            "eval_kl": "KL to the reference"},
 }
 
 
@@ -118,7 +121,14 @@ def kto(cfg: KTORecipe, resume: bool = False) -> TrainResult:
     return train_and_save(trainer, cfg, built, data, checkpoint)
 
 
-RECIPES: dict[str, Callable[..., TrainResult]] = {"sft": sft, "rm": rm, "dpo": dpo, "kto": kto}
+def ppo(cfg: PPORecipe, resume: bool = False) -> TrainResult:
+    """PPO with a shared quantized base (rlaif's own loop: TRL 1.x has none); see rlaif.train.ppo."""
+    from rlaif.train.ppo import ppo as run_ppo  # its own module: the loop is not a TRL trainer
+
+    return run_ppo(cfg, resume=resume)
+
+
+RECIPES: dict[str, Callable[..., TrainResult]] = {"sft": sft, "rm": rm, "dpo": dpo, "kto": kto, "ppo": ppo}
 
 
 def run_recipe(cfg: RecipeConfig, resume: bool = False) -> TrainResult:

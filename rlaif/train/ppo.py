@@ -1,0 +1,362 @@
+"""PPO for RLHF/RLAIF on one GPU (TRL 1.x has no PPOTrainer): the recipe of Ouyang et al. 2022 with the
+implementation details of Huang et al. 2024 (arXiv:2403.17031), memory-lean.
+
+ONE quantized base carries the policy (LoRA adapter ``policy``), the value function (adapter ``value`` + an fp32 head),
+the reference (the base with adapters disabled) and, optionally, the reward (an RM adapter, or the base itself as an
+LLM judge). Each step reads top to bottom:
+
+1. rollout: sample responses to a batch of prompts (HF generate, or vLLM with the policy adapter as a LoRA request);
+   responses end at the first EOS;
+2. score: reward source -> scores (minus ``missing_eos_penalty`` for responses that never emit EOS); policy,
+   reference and value passes -> per-token KL penalty ``-kl_coef * KL`` plus the score on the last token; GAE;
+   whitened advantages;
+3. update: ``num_ppo_epochs`` passes over the batch in ``num_mini_batches`` minibatches: clipped policy loss and
+   clipped value loss (times ``vf_coef``), one optimizer over both adapters and the head;
+4. log one metrics.jsonl line; checkpoint every ``save_steps``.
+
+Output: ``adapter/`` (policy adapter, tokenizer, model card), ``value/`` (value adapter + value_head.safetensors),
+``metrics.jsonl``, ``eval.json`` (reward of policy vs reference samples on held-out prompts), ``checkpoint-N/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlaif.train import ppo_core as core
+from rlaif.train import ppo_state as state
+from rlaif.train.config import ConfigError, PPORecipe
+from rlaif.train.data import DataFormatError, load_training_data
+from rlaif.train.model import BuiltModel, build_model
+from rlaif.train.ppo_model import REFERENCE, SharedBase, hidden_size, load_value_head, new_value_head
+from rlaif.train.rewards import RewardSource, build_reward, reward_problem
+from rlaif.train.rollout import HFSampler, Rollout, Sampler, VllmSampler, prompt_ids, stop_token_ids, vllm_engine
+
+log = logging.getLogger(__name__)
+TRAINED = ("policy", "value")
+
+
+@dataclass
+class Run:
+    """Everything one PPO run holds."""
+
+    cfg: PPORecipe
+    built: BuiltModel
+    shared: SharedBase
+    reward: RewardSource
+    sampler: Sampler
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    prompts: list[Any]
+    rows: list[dict[str, Any]]
+    eval_prompts: list[Any]
+    steps: int
+    step: int = 0
+
+
+def ppo(cfg: PPORecipe, resume: bool = False, backend: Any = None) -> Any:
+    """Train the policy adapter with PPO. ``backend``: an rlaif VllmBackend (built with ``enable_lora``) to roll out
+    on instead of one built here when ``train.rollout: vllm``; it is not closed or put to sleep."""
+    from rlaif.train.recipes import resume_checkpoint
+
+    data = load_training_data(cfg.data, "ppo")  # bad rows fail here, before any model loads
+    if problem := reward_problem(cfg.reward, cfg.model.name):
+        raise ConfigError(f"{cfg._source}: {problem}")
+    checkpoint = resume_checkpoint(cfg, resume)
+    run = setup(cfg, data, checkpoint, backend)
+    output_dir = Path(cfg.train.output_dir)
+    try:
+        train_loop(run, output_dir, checkpoint)
+        metrics = evaluate(run)
+    finally:
+        run.sampler.close()
+    return finish(run, data, metrics, checkpoint)
+
+
+def setup(cfg: PPORecipe, data: Any, checkpoint: str | None, backend: Any) -> Run:
+    torch.manual_seed(cfg.train.seed)
+    ckpt = Path(checkpoint) if checkpoint else None
+    # The policy starts from model.adapter when given (an SFT adapter, or the previous round of `rlaif loop`); the
+    # reference stays the base with every adapter disabled.
+    policy_start = ckpt / "policy" if ckpt else cfg.model.adapter
+    adapters: dict[str, Any] = {"policy": policy_start, "value": ckpt / "value" if ckpt else None}
+    if cfg.reward.adapter:
+        adapters["reward"] = cfg.reward.adapter
+    built = build_model(cfg.model, cfg.lora, adapters=adapters, trainable=TRAINED, cpu=cfg.cpu,
+                        require_chat_template=data.conversational)
+    device = next(built.model.parameters()).device
+    head = new_value_head(hidden_size(built.model), device, cfg.train.seed)
+    if ckpt:
+        load_value_head(ckpt / "value", head)
+    shared = SharedBase(built.model, built.tokenizer, TRAINED, head, cfg.train.temperature)
+    reward = build_reward(cfg.reward, shared, cfg.model, cfg.cpu, cfg.train.max_length or 2048)
+    prompts, rows = _train_prompts(cfg, data.train, built.tokenizer)
+    held_out = [r["prompt"] for r in data.eval or [] if _fits(cfg, built.tokenizer, r["prompt"])]
+    steps = state.total_steps(cfg.train, len(prompts))
+    optimizer = state.make_optimizer(shared.trainable_parameters(), cfg.args(), cfg.train)
+    scheduler = state.make_scheduler(optimizer, cfg.train, steps)
+    run = Run(cfg, built, shared, reward, make_sampler(cfg, shared, backend), optimizer, scheduler, prompts, rows,
+              held_out, steps)
+    if ckpt:
+        run.step = state.load_checkpoint(ckpt, optimizer, scheduler)
+    return run
+
+
+def make_sampler(cfg: PPORecipe, shared: SharedBase, backend: Any) -> Sampler:
+    train = cfg.train
+    stops = stop_token_ids(shared.tokenizer, shared.model)
+    if train.rollout == "hf":
+        return HFSampler(shared, stops, train.response_length, train.temperature,
+                         train.local_rollout_forward_batch_size)
+    owned = backend is None
+    sleep = owned and train.vllm_enable_sleep_mode and torch.cuda.is_available() and not cfg.cpu
+    if owned:
+        backend = vllm_engine(cfg.model.name, cfg.lora.r, train.vllm_gpu_memory_utilization, train.max_length,
+                              train.seed, sleep, cfg.model.trust_remote_code)
+        if sleep:
+            backend.sleep(level=1)
+    workdir = Path(train.output_dir) / ".rollout-adapters"
+    return VllmSampler(shared, backend, stops, train.response_length, train.temperature, workdir, cfg.model.name,
+                       owned, sleep)
+
+
+def _train_prompts(cfg: PPORecipe, dataset: Any, tokenizer: Any) -> tuple[list[Any], list[dict[str, Any]]]:
+    rows = [row for row in dataset if _fits(cfg, tokenizer, row["prompt"])]
+    if dropped := len(dataset) - len(rows):
+        log.warning("left out %d prompt(s) longer than max_length - response_length = %d tokens", dropped,
+                    (cfg.train.max_length or 0) - cfg.train.response_length)
+    if not rows:
+        raise DataFormatError(f"{cfg.data.path or cfg.data.hub}: no prompt fits in train.max_length "
+                              f"({cfg.train.max_length}) minus train.response_length ({cfg.train.response_length})")
+    return [row["prompt"] for row in rows], rows
+
+
+def _fits(cfg: PPORecipe, tokenizer: Any, prompt: Any) -> bool:
+    budget = (cfg.train.max_length or 10**9) - cfg.train.response_length
+    return len(prompt_ids(tokenizer, prompt)) <= budget
+
+
+# -- the loop ---------------------------------------------------------------------------------------------------
+def train_loop(run: Run, output_dir: Path, checkpoint: str | None) -> None:
+    train = run.cfg.train
+    metrics_file = output_dir / "metrics.jsonl"
+    _append(metrics_file, {"event": "train_begin", "step": run.step, "max_steps": run.steps})
+    if train.eval_on_start and run.step == 0:
+        evaluate(run)
+    batch = train.rollout_batch_size()
+    while run.step < run.steps:
+        started = time.perf_counter()
+        picked = state.batch_indices(run.step, batch, len(run.prompts), train.seed)
+        metrics = ppo_step(run, [run.prompts[i] for i in picked], [run.rows[i] for i in picked])
+        run.step += 1
+        metrics.update(step=run.step, episode=run.step * batch, lr=run.scheduler.get_last_lr()[0],
+                       **{"time/step_s": time.perf_counter() - started})
+        _append(metrics_file, metrics)
+        if run.step % train.logging_steps == 0 or run.step == run.steps:
+            log.info("ppo step %d/%d: %s", run.step, run.steps, _brief(metrics))
+        if train.eval_steps and run.step % train.eval_steps == 0 and run.step < run.steps:
+            evaluate(run)
+        if run.step % train.save_steps == 0 and run.step < run.steps:
+            state.save_checkpoint(output_dir, run.step, run.shared, run.optimizer, run.scheduler, run.cfg.model.name,
+                                  {"max_steps": run.steps, "episode": run.step * batch}, train.save_total_limit)
+
+
+def ppo_step(run: Run, prompts: list[Any], rows: list[dict[str, Any]]) -> dict[str, float]:
+    """One rollout batch: sample, score, then the PPO epochs. Returns the step's metrics."""
+    run.shared.model.eval()  # no dropout anyway; eval mode skips checkpointing in the no-grad passes
+    rollout = run.sampler.generate(prompts)
+    raw_scores = run.reward(prompts, rollout.texts, rows)
+    batch, metrics = score(run, rollout, raw_scores)
+    run.shared.model.train()
+    metrics.update(update(run, rollout, batch))
+    return metrics
+
+
+@dataclass
+class Scored:
+    logprobs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+def score(run: Run, rollout: Rollout, raw_scores: torch.Tensor) -> tuple[Scored, dict[str, float]]:
+    """No-grad passes over the rollout (policy, reference, value), then rewards, GAE and whitened advantages."""
+    train, mask = run.cfg.train, rollout.mask
+    logprobs, ref_logprobs, values, entropy = forward_rollout(run.shared, rollout,
+                                                              train.local_rollout_forward_batch_size)
+    scores = raw_scores.clone()
+    if train.missing_eos_penalty is not None:
+        scores[~rollout.has_eos] -= train.missing_eos_penalty
+    kl = core.kl_per_token(logprobs, ref_logprobs, train.kl_estimator) * mask
+    rewards = core.token_rewards(scores, kl, mask, train.kl_coef)
+    if train.whiten_rewards:
+        rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+    advantages, returns = core.gae(rewards, values, mask, train.gamma, train.lam)
+    advantages = core.masked_whiten(advantages, mask)
+    non_score = (-train.kl_coef * kl).sum(1)
+    metrics = {
+        "objective/scores": raw_scores.mean().item(), "objective/kl": kl.sum(1).mean().item(),
+        "objective/entropy": core.masked_mean(entropy, mask).item(),
+        "objective/non_score_reward": non_score.mean().item(),
+        "objective/rlhf_reward": (scores + non_score).mean().item(),
+        "val/num_eos_tokens": int(rollout.has_eos.sum()), "val/response_length": mask.sum(1).mean().item(),
+    }
+    return Scored(logprobs, values * mask, advantages, returns), metrics
+
+
+def forward_rollout(shared: SharedBase, rollout: Rollout, batch_size: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(policy log-probs, reference log-probs, values, policy entropy) per response token, in micro-batches."""
+    policy, reference, values, entropy = [], [], [], []
+    prompt_len = rollout.query.shape[1]
+    with torch.no_grad():
+        for start in range(0, len(rollout.texts), batch_size):
+            part = rollout.select(torch.arange(start, min(start + batch_size, len(rollout.texts))))
+            ids, attention = (t.to(shared.device) for t in part.sequences())
+            response = part.response.to(shared.device)
+            with shared.use("policy"):
+                logits = shared.response_logits(ids, attention, prompt_len)
+            policy.append(core.logprobs_of(logits, response).cpu())
+            entropy.append(core.entropy(logits).cpu())
+            with shared.use(REFERENCE):
+                logits = shared.response_logits(ids, attention, prompt_len)
+            reference.append(core.logprobs_of(logits, response).cpu())
+            del logits
+            with shared.use("value"):
+                values.append(shared.values(ids, attention, prompt_len).cpu())
+    return torch.cat(policy), torch.cat(reference), torch.cat(values), torch.cat(entropy)
+
+
+def update(run: Run, rollout: Rollout, batch: Scored) -> dict[str, float]:
+    """``num_ppo_epochs`` passes; each splits the batch into ``num_mini_batches`` optimizer steps of
+    ``gradient_accumulation_steps`` micro-batches."""
+    train = run.cfg.train
+    stats: dict[str, list[float]] = defaultdict(list)
+    size = len(rollout.texts)
+    mini = max(1, size // train.num_mini_batches)
+    for _ in range(train.num_ppo_epochs):
+        order = torch.randperm(size)
+        for start in range(0, mini * train.num_mini_batches, mini):
+            minibatch = order[start:start + mini]
+            for micro in minibatch.split(train.per_device_train_batch_size):
+                for key, value in micro_step(run, rollout, batch, micro, len(micro) / len(minibatch)).items():
+                    stats[key].append(value)
+            torch.nn.utils.clip_grad_norm_(run.shared.trainable_parameters(), train.max_grad_norm)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+    return {key: sum(values) / len(values) for key, values in stats.items()}
+
+
+def micro_step(run: Run, rollout: Rollout, batch: Scored, rows: torch.Tensor, weight: float) -> dict[str, float]:
+    """Forward + backward of the policy, then of the value (see ppo_model: backward before the next switch)."""
+    shared, train = run.shared, run.cfg.train
+    part = rollout.select(rows)
+    ids, attention = (t.to(shared.device) for t in part.sequences())
+    mask, prompt_len = part.mask.to(shared.device), rollout.query.shape[1]
+    with shared.use("policy"):
+        logits = shared.response_logits(ids, attention, prompt_len)
+        new_logprobs = core.logprobs_of(logits, part.response.to(shared.device))
+        pg = core.policy_loss(new_logprobs, batch.logprobs[rows].to(shared.device),
+                              batch.advantages[rows].to(shared.device), mask, train.cliprange)
+        (pg.loss * weight).backward()
+    del logits
+    with shared.use("value"):
+        new_values = shared.values(ids, attention, prompt_len)
+        vf = core.value_loss(new_values, batch.values[rows].to(shared.device), batch.returns[rows].to(shared.device),
+                             mask, train.cliprange_value)
+        (train.vf_coef * vf.loss * weight).backward()
+    return {"loss/policy_avg": pg.loss.item(), "loss/value_avg": vf.loss.item(),
+            "policy/clipfrac_avg": pg.clipfrac.item(), "policy/approxkl_avg": pg.approxkl.item(),
+            "val/clipfrac_avg": vf.clipfrac.item(), "val/ratio": pg.ratio.item()}
+
+
+# -- eval and outputs -------------------------------------------------------------------------------------------
+@contextmanager
+def _own_rng(seed: int) -> Any:
+    # Evaluation samples with its own seed, so it neither shifts the training RNG nor depends on it.
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def evaluate(run: Run) -> dict[str, float]:
+    """Mean reward of policy samples and of reference samples on the held-out prompts, and the policy's KL."""
+    prompts = run.eval_prompts
+    if not prompts:
+        return {}
+    run.shared.model.eval()
+    results: dict[str, float] = {}
+    size = run.cfg.train.per_device_eval_batch_size
+    with _own_rng(run.cfg.train.seed):
+        for name, policy in (("eval_score", True), ("eval_score_reference", False)):
+            scores, kls, lengths = [], [], []
+            for start in range(0, len(prompts), size):
+                chunk = prompts[start:start + size]
+                rollout = run.sampler.generate(chunk, policy=policy)
+                scores.append(run.reward(chunk, rollout.texts, [{"prompt": p} for p in chunk]))
+                lengths.append(rollout.mask.sum(1))
+                if policy:
+                    logprobs, ref, _, _ = forward_rollout(run.shared, rollout, size)
+                    kls.append(((logprobs - ref) * rollout.mask).sum(1))
+            results[name] = torch.cat(scores).mean().item()
+            if policy:
+                results["eval_kl"] = torch.cat(kls).mean().item()
+                results["eval_response_length"] = torch.cat(lengths).mean().item()
+    results["eval_score_gain"] = results["eval_score"] - results["eval_score_reference"]
+    _append(Path(run.cfg.train.output_dir) / "metrics.jsonl", {"step": run.step, **results})
+    return results
+
+
+def finish(run: Run, data: Any, metrics: dict[str, float], checkpoint: str | None) -> Any:
+    """Save the policy adapter (+ tokenizer, model card), the value adapter and head, eval.json; merge, push."""
+    from rlaif.train.model import merge_adapter
+    from rlaif.train.recipes import TrainResult, _push, model_card
+
+    cfg, output_dir = run.cfg, Path(run.cfg.train.output_dir)
+    adapter_dir = output_dir / "adapter"
+    run.shared.save_adapter("policy", adapter_dir, cfg.model.name)
+    run.shared.save_adapter("value", output_dir / "value", cfg.model.name)
+    run.built.tokenizer.save_pretrained(str(adapter_dir))
+    (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    card = model_card(cfg, run.built, data, metrics, checkpoint, cfg.args()) + _card_section(run)
+    (adapter_dir / "README.md").write_text(card)
+    merged_dir = None
+    if cfg.merge:
+        merged_dir = merge_adapter(cfg.model, adapter_dir, output_dir / "merged", cpu=cfg.cpu)
+        (merged_dir / "README.md").write_text(card)
+    if cfg.push_to_hub:
+        _push(adapter_dir, cfg.push_to_hub)
+    return TrainResult(output_dir, adapter_dir, merged_dir, metrics, checkpoint)
+
+
+def _card_section(run: Run) -> str:
+    train = run.cfg.train
+    return (f"\n## PPO\n\nPPO (Ouyang et al. 2022) with the details of Huang et al. 2024 (arXiv:2403.17031): "
+            f"per-token KL "
+            f"penalty to the reference (kl_coef {train.kl_coef}, {train.kl_estimator}), GAE (gamma {train.gamma}, lam "
+            f"{train.lam}), clipped policy and value losses, whitened advantages, missing-EOS penalty "
+            f"{train.missing_eos_penalty}. {run.step} steps of {train.rollout_batch_size()} rollouts "
+            f"({train.rollout} rollouts). Reward: {run.reward.description}. The value adapter and head are saved in "
+            "`../value/`.\n")
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(json.dumps(row, default=float) + "\n")
+
+
+def _brief(metrics: dict[str, float]) -> str:
+    keys = ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg", "val/response_length")
+    return ", ".join(f"{k.split('/')[-1]} {metrics[k]:.4g}" for k in keys if k in metrics)

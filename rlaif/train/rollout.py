@@ -1,0 +1,195 @@
+"""PPO rollouts: sample responses from the current policy, with HF ``generate`` on the shared base, or with the vLLM
+engine and the policy adapter hot-swapped in as a LoRA request.
+
+Either way the result is token tensors the trainer scores with HF: the PPO ratio needs the training model's own
+log-probabilities, and vLLM's sampling log-probabilities are not those (other kernels, an unquantized base).
+Sampling is from the plain policy distribution at ``temperature`` (no top-k/top-p), as the PPO objective assumes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shutil
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from rlaif.backends.base import tokenize_prompt
+from rlaif.formats import as_messages
+from rlaif.train.ppo_core import left_padded, response_mask
+from rlaif.train.ppo_model import REFERENCE, SharedBase
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rollout:
+    """A batch of prompts (left-padded) and sampled responses (right-padded, cut after the first stop token)."""
+
+    query: torch.Tensor  # [B, P]
+    query_mask: torch.Tensor  # [B, P]
+    response: torch.Tensor  # [B, R]
+    mask: torch.Tensor  # [B, R] float: response tokens up to and including the first stop token
+    has_eos: torch.Tensor  # [B] bool
+    texts: list[str]
+
+    def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt + response ids and their attention mask (padding after the stop token masked out)."""
+        return (torch.cat([self.query, self.response], dim=1),
+                torch.cat([self.query_mask, self.mask.long()], dim=1))
+
+    def select(self, rows: torch.Tensor) -> Rollout:
+        picked = [self.texts[i] for i in rows.tolist()]
+        return Rollout(self.query[rows], self.query_mask[rows], self.response[rows], self.mask[rows],
+                       self.has_eos[rows], picked)
+
+
+class Sampler(Protocol):
+    def generate(self, prompts: Sequence[Any], policy: bool = True) -> Rollout: ...
+
+    def close(self) -> None: ...
+
+
+def chat_prompt(tokenizer: Any, prompt: Any) -> Any:
+    """A prompt column value as the policy sees it: a string is one user message when the tokenizer has a chat
+    template (rlaif.formats' convention for prompt columns), raw text otherwise."""
+    return as_messages(prompt) if isinstance(prompt, str) and tokenizer.chat_template else prompt
+
+
+def prompt_ids(tokenizer: Any, prompt: Any) -> list[int]:
+    """Token ids exactly as the vLLM backend tokenizes the same prompt (rlaif.backends.base.tokenize_prompt)."""
+    return tokenize_prompt(tokenizer, chat_prompt(tokenizer, prompt))
+
+
+def stop_token_ids(tokenizer: Any, model: Any) -> set[int]:
+    """EOS ids: the tokenizer's, plus what the model's generation config stops on (chat models often add one)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if not ids:
+        raise ValueError("the tokenizer has no EOS token: PPO needs one to end responses")
+    return ids
+
+
+def _decoded(tokenizer: Any, response: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    return [tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True) for row, m in zip(response, mask,
+                                                                                                 strict=True)]
+
+
+class HFSampler:
+    """``generate`` on the shared base with the policy adapter active (or the reference: adapters off)."""
+
+    def __init__(self, shared: SharedBase, stop_ids: Collection[int], response_length: int, temperature: float,
+                 batch_size: int) -> None:
+        from transformers import GenerationConfig
+
+        self.shared, self.stop_ids, self.batch_size = shared, set(stop_ids), batch_size
+        tokenizer = shared.tokenizer
+        self.config = GenerationConfig(max_new_tokens=response_length, do_sample=True, temperature=temperature,
+                                       top_k=0, top_p=1.0, eos_token_id=sorted(self.stop_ids),
+                                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                       use_cache=True)
+
+    def generate(self, prompts: Sequence[Any], policy: bool = True) -> Rollout:
+        tokenizer = self.shared.tokenizer
+        query, query_mask = left_padded([prompt_ids(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
+        outputs = []
+        with torch.no_grad(), self.shared.use("policy" if policy else REFERENCE):
+            for start in range(0, len(prompts), self.batch_size):
+                rows = slice(start, start + self.batch_size)
+                out = self.shared.model.generate(input_ids=query[rows].to(self.shared.device),
+                                                 attention_mask=query_mask[rows].to(self.shared.device),
+                                                 generation_config=self.config)
+                outputs.append(out[:, query.shape[1]:].cpu())
+        width = max(o.shape[1] for o in outputs)
+        response = torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1]), value=tokenizer.pad_token_id)
+                              for o in outputs])
+        lengths = torch.cat([torch.full((o.shape[0],), o.shape[1]) for o in outputs])
+        mask, has_eos = response_mask(response, self.stop_ids, lengths)
+        return Rollout(query, query_mask, response, mask, has_eos, _decoded(tokenizer, response, mask))
+
+    def close(self) -> None:
+        pass
+
+
+class VllmSampler:
+    """Rollouts on a vLLM engine: the current policy adapter is saved to a fresh folder per call and sent as a LoRA
+    request under a new name and path (vLLM caches adapters by id, so a reused path would serve stale weights).
+    The engine's text is re-tokenized into the response the trainer scores; a response that ended on EOS
+    ("stop") gets its EOS token back. An engine built here sleeps between rollouts when ``sleep`` is set."""
+
+    def __init__(self, shared: SharedBase, backend: Any, stop_ids: Collection[int], response_length: int,
+                 temperature: float, workdir: Path, base_reference: str, owned: bool, sleep: bool) -> None:
+        from rlaif.schema import GenerationParams
+
+        self.shared, self.backend, self.stop_ids = shared, backend, set(stop_ids)
+        self.workdir, self.base_reference, self.owned, self.sleep = Path(workdir), base_reference, owned, sleep
+        self.params = GenerationParams(n=1, temperature=temperature, top_p=1.0, max_tokens=response_length)
+        self.response_length = response_length
+        self._serial = itertools.count()
+        self.requests: list[str] = []  # adapter names sent, in order (observable for tests and logs)
+
+    def generate(self, prompts: Sequence[Any], policy: bool = True) -> Rollout:
+        from dataclasses import replace
+
+        from rlaif.schema import LoraAdapter
+
+        tokenizer = self.shared.tokenizer
+        params, folder = self.params, None
+        if policy:
+            name = f"policy-{next(self._serial)}"
+            folder = self.workdir / name
+            self.shared.save_adapter("policy", folder, self.base_reference)
+            params = replace(params, lora=LoraAdapter(name=name, path=str(folder.resolve())))
+            self.requests.append(name)
+        if self.owned and self.sleep:
+            self.backend.wake_up()
+        try:
+            results = self.backend.generate([chat_prompt(tokenizer, p) for p in prompts], params)
+        finally:
+            if self.owned and self.sleep:
+                self.backend.sleep(level=1)  # frees the accelerator for the PPO update
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        return self._rollout(prompts, results)
+
+    def _rollout(self, prompts: Sequence[Any], results: Sequence[Any]) -> Rollout:
+        tokenizer = self.shared.tokenizer
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id in self.stop_ids else min(self.stop_ids)
+        rows, texts = [], []
+        for result in results:
+            if not result.ok or not result.completions:
+                raise RuntimeError(f"vLLM rollout failed: {result.error or 'no completion'}")
+            completion = result.completions[0]
+            ids = tokenizer(completion.text, add_special_tokens=False).input_ids
+            ids = (ids + [eos] if completion.finish_reason == "stop" else ids)[:self.response_length]
+            rows.append(ids or [eos])
+            texts.append(completion.text)
+        width = max(len(r) for r in rows)
+        response = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        for i, row in enumerate(rows):
+            response[i, :len(row)] = torch.tensor(row)
+        lengths = torch.tensor([len(r) for r in rows])
+        mask, has_eos = response_mask(response, self.stop_ids, lengths)
+        query, query_mask = left_padded([prompt_ids(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
+        return Rollout(query, query_mask, response, mask, has_eos, texts)
+
+    def close(self) -> None:
+        if self.owned:
+            self.backend.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def vllm_engine(model_name: str, lora_rank: int, gpu_memory_utilization: float, max_model_len: int | None,
+                seed: int, sleep: bool, trust_remote_code: bool) -> Any:
+    """A vLLM engine for rollouts, with LoRA enabled at the smallest rank bucket vLLM accepts that fits."""
+    from rlaif.backends.vllm_backend import VllmBackend
+
+    rank = next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= lora_rank)
+    return VllmBackend(model_name, enable_lora=True, max_lora_rank=rank, gpu_memory_utilization=gpu_memory_utilization,
+                       max_model_len=max_model_len, seed=seed, enable_sleep_mode=sleep,
+                       trust_remote_code=trust_remote_code)
