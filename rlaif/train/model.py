@@ -80,6 +80,9 @@ def build_model(
     elif model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     peft_config = peft_lora_config(lora_cfg, task) if lora_cfg else None
+    if adapters is None and model_cfg.adapter:
+        # Continue an existing adapter: trainable, named "default" as TRL expects (it adds its "ref" copy beside).
+        adapters, trainable = {"default": model_cfg.adapter}, {"default"}
     if adapters:
         model = attach_adapters(model, peft_config, adapters, trainable)
         peft_config = None
