@@ -143,6 +143,40 @@ def test_roles_switch_on_one_base_and_each_adapter_gets_its_own_gradients(tiny_m
         assert grads == {role}, role
 
 
+def test_a_policy_started_from_an_adapter_is_anchored_to_a_frozen_copy_of_it(tiny_model_dir, tmp_path):
+    from rlaif.train.config import LoraConfig, ModelConfig
+    from rlaif.train.model import build_model
+    from rlaif.train.ppo_model import REFERENCE, SharedBase, new_value_head
+
+    cfg = ModelConfig(name=str(tiny_model_dir), gradient_checkpointing=False)
+    sft = build_model(cfg, LoraConfig(r=4, dropout=0.1), adapters={"default": None}, cpu=True).model
+    with torch.no_grad():
+        for name, param in sft.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    sft.save_pretrained(tmp_path / "sft")  # an "SFT adapter", trained with dropout
+    built = build_model(cfg, LoraConfig(r=4, dropout=0.0), cpu=True, trainable=("policy", "value"),
+                        adapters={"policy": tmp_path / "sft", "value": None, "reference": tmp_path / "sft"})
+    shared = SharedBase(built.model.train(), built.tokenizer, ("policy", "value"), new_value_head(64, "cpu", 0), 1.0,
+                        reference="reference")
+    ids, mask = torch.tensor([[1, 2, 3, 4, 5]]), torch.ones(1, 5, dtype=torch.long)
+
+    def logits(role):
+        with torch.no_grad(), shared.use(role):
+            return shared.response_logits(ids, mask, 2)
+
+    with torch.no_grad(), shared.bare():
+        bare = shared.response_logits(ids, mask, 2)
+    assert torch.equal(logits("policy"), logits("policy"))  # train mode, yet no dropout: passes agree
+    assert torch.allclose(logits("policy"), logits(REFERENCE)) and not torch.allclose(logits("policy"), bare)
+    with torch.no_grad():
+        for name, param in built.model.named_parameters():
+            if "lora_B.policy" in name:
+                param.add_(1.0)
+    assert not torch.allclose(logits("policy"), logits(REFERENCE))  # the reference stays where PPO started
+    assert all(not p.requires_grad for n, p in built.model.named_parameters() if ".reference." in n)
+
+
 # -- reward sources ---------------------------------------------------------------------------------------------
 def _fake_judge(tiny_model_dir, boosts: dict[tuple[int, str], float]):
     """A JudgeReward on the real tokenizer whose 'model' puts logit mass on chosen score tokens by position."""

@@ -84,10 +84,14 @@ def ppo(cfg: PPORecipe, resume: bool = False, backend: Any = None) -> Any:
 def setup(cfg: PPORecipe, data: Any, checkpoint: str | None, backend: Any) -> Run:
     torch.manual_seed(cfg.train.seed)
     ckpt = Path(checkpoint) if checkpoint else None
-    # The policy starts from model.adapter when given (an SFT adapter, or the previous round of `rlaif loop`); the
-    # reference stays the base with every adapter disabled.
-    policy_start = ckpt / "policy" if ckpt else cfg.model.adapter
-    adapters: dict[str, Any] = {"policy": policy_start, "value": ckpt / "value" if ckpt else None}
+    # The policy starts from model.adapter when given (an SFT adapter, or the previous round of `rlaif loop`), and a
+    # frozen copy of it is the reference (InstructGPT's KL is to the SFT policy; TRL's DPO anchors the same way);
+    # else the policy is a fresh adapter and the reference the base with every adapter disabled.
+    start = cfg.model.adapter
+    adapters: dict[str, Any] = {"policy": ckpt / "policy" if ckpt else start,
+                                "value": ckpt / "value" if ckpt else None}
+    if start:
+        adapters["reference"] = start
     if cfg.reward.adapter:
         adapters["reward"] = cfg.reward.adapter
     built = build_model(cfg.model, cfg.lora, adapters=adapters, trainable=TRAINED, cpu=cfg.cpu,
@@ -96,7 +100,8 @@ def setup(cfg: PPORecipe, data: Any, checkpoint: str | None, backend: Any) -> Ru
     head = new_value_head(hidden_size(built.model), device, cfg.train.seed)
     if ckpt:
         load_value_head(ckpt / "value", head)
-    shared = SharedBase(built.model, built.tokenizer, TRAINED, head, cfg.train.temperature)
+    shared = SharedBase(built.model, built.tokenizer, TRAINED, head, cfg.train.temperature,
+                        reference="reference" if start else None)
     reward = build_reward(cfg.reward, shared, cfg.model, cfg.cpu, cfg.train.max_length or 2048)
     prompts, rows = _train_prompts(cfg, data.train, built.tokenizer)
     held_out = [r["prompt"] for r in data.eval or [] if _fits(cfg, built.tokenizer, r["prompt"])]
@@ -119,7 +124,8 @@ def make_sampler(cfg: PPORecipe, shared: SharedBase, backend: Any) -> Sampler:
     owned = backend is None
     sleep = owned and train.vllm_enable_sleep_mode and torch.cuda.is_available() and not cfg.cpu
     if owned:
-        backend = vllm_engine(cfg.model.name, cfg.lora.r, train.vllm_gpu_memory_utilization, train.max_length,
+        rank = shared.model.peft_config["policy"].r  # a started-from adapter keeps its own rank
+        backend = vllm_engine(cfg.model.name, rank, train.vllm_gpu_memory_utilization, train.max_length,
                               train.seed, sleep, cfg.model.trust_remote_code)
         if sleep:
             backend.sleep(level=1)

@@ -1,5 +1,7 @@
 """The PPO actors on ONE quantized base (DESIGN.md §1): adapters ``policy`` and ``value`` (+ a value head), an
-optional ``reward`` adapter, and the reference = the same base with every adapter disabled.
+optional ``reward`` adapter, and the reference = the same base with every adapter disabled — or, when the policy
+starts from an existing adapter (``model.adapter``, e.g. the SFT stage), a frozen copy of that adapter: the
+reference is the policy PPO started from (InstructGPT's SFT model), at the cost of one LoRA's weights.
 
 Only the active adapter takes part in a forward pass, so each role is one adapter switch away and the base weights
 exist once. peft's ``set_adapter`` also flips ``requires_grad`` (active on, others off); :meth:`SharedBase.use`
@@ -29,8 +31,9 @@ class SharedBase:
     """One peft model with named adapters, plus the fp32 value head; forward helpers for every role."""
 
     def __init__(self, model: Any, tokenizer: Any, trainable: tuple[str, ...], value_head: nn.Linear,
-                 temperature: float) -> None:
+                 temperature: float, reference: str | None = None) -> None:
         self.model = model
+        self.reference = reference  # a frozen adapter that is the reference, or None: adapters disabled
         self.tokenizer = tokenizer
         self.value_head = value_head
         self.temperature = temperature
@@ -38,19 +41,24 @@ class SharedBase:
         self._trainable = [p for n, p in model.named_parameters() if any(f".{a}." in n for a in trainable)]
         self._active: str | None = None
         self.activate(trainable[0])
+        _no_dropout(model)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [*self._trainable, *self.value_head.parameters()]
 
     @contextlib.contextmanager
     def use(self, adapter: str | None) -> Iterator[None]:
-        """Run the block with ``adapter`` active (None: the reference, adapters disabled)."""
-        if adapter is None:
-            with self.model.disable_adapter():
+        """Run the block with ``adapter`` active; REFERENCE (None): the reference policy."""
+        if adapter is None and self.reference is None:
+            with self.bare():
                 yield
             return
-        self.activate(adapter)
+        self.activate(adapter or self.reference)
         yield
+
+    def bare(self) -> contextlib.AbstractContextManager[None]:
+        """The base model alone, every adapter disabled (what a shared-base judge reads with)."""
+        return self.model.disable_adapter()
 
     def activate(self, adapter: str) -> None:
         # Tracked here: peft keeps an active-adapter name on both the PeftModel and its tuner, and reading the
@@ -92,6 +100,16 @@ class SharedBase:
         shutil.rmtree(staging, ignore_errors=True)
         if adapter == "value":
             save_value_head(self.value_head, dest)
+
+
+def _no_dropout(model: Any) -> None:
+    # PPO's ratio compares the rollout pass with the update pass over the same tokens, so both must be deterministic
+    # (Huang et al. 2024); an adapter PPO starts from (an SFT adapter trained with dropout) brings its own.
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, nn.ModuleDict):
+            for name in list(dropouts):
+                dropouts[name] = nn.Identity()
 
 
 def trunk_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -167,7 +167,7 @@ class ModelReward:
         if base is not None:
             adapters = {"reward": ref}
         cfg = model_cfg.model_copy(update={"name": base or ref, "revision": None, "gradient_checkpointing": False,
-                                           "chat_template": None})
+                                           "chat_template": None, "adapter": None})
         built = build_model(cfg, LoraConfig(), task="seq_cls", adapters=adapters, cpu=cpu)
         self.model, self.tokenizer = built.model.eval(), built.tokenizer
         self.batch_size, self.max_length = batch_size, max_length
@@ -234,17 +234,16 @@ def build_reward(cfg: RewardConfig, shared: SharedBase, model_cfg: ModelConfig, 
         return ModelReward(cfg.model, model_cfg, cpu, cfg.batch_size, max_length)
     assert cfg.judge is not None
     from rlaif.train.ppo_judge import JudgeReward, model_tail_logits
-    from rlaif.train.ppo_model import REFERENCE
 
     if cfg.judge.model is None:
-        tail = model_tail_logits(shared.model, shared.device, enter=lambda: shared.use(REFERENCE))
+        tail = model_tail_logits(shared.model, shared.device, enter=shared.bare)
         return JudgeReward(tail, shared.tokenizer, cfg.judge, cfg.batch_size,
                            "LLM judge: the shared base with adapters disabled (d-RLAIF)")
     from rlaif.train.config import LoraConfig
     from rlaif.train.model import build_model
 
     judge_cfg = model_cfg.model_copy(update={"name": cfg.judge.model, "revision": None, "chat_template": None,
-                                             "gradient_checkpointing": False})
+                                             "gradient_checkpointing": False, "adapter": None})
     built = build_model(judge_cfg, LoraConfig(), cpu=cpu)  # the LoRA config is unused: no adapter is attached
     model = built.model.eval()
     tail = model_tail_logits(model, next(model.parameters()).device)
