@@ -98,7 +98,7 @@ class NaiveActors:
 def naive_run(cfg: Any, quantize: str) -> Any:
     import torch
 
-    from rlaif.train import ppo, ppo_state
+    from rlaif.train import ppo_state
     from rlaif.train.config import LoraConfig
     from rlaif.train.data import load_training_data
     from rlaif.train.model import build_model
@@ -127,7 +127,8 @@ def naive_run(cfg: Any, quantize: str) -> Any:
     sampler = HFSampler(actors, stop_token_ids(policy.tokenizer, policy.model), cfg.train.response_length,
                         cfg.train.temperature, cfg.train.local_rollout_forward_batch_size)
     scheduler = ppo_state.make_scheduler(optimizer, cfg.train, steps)
-    return ppo.Run(cfg, policy, actors, reward, sampler, optimizer, scheduler, prompts, list(data.train), [], steps)
+    return ppo_state.Run(cfg, policy, actors, reward, sampler, optimizer, scheduler, prompts, list(data.train), [],
+                         steps)
 
 
 def worker(setup: str, args: argparse.Namespace) -> dict[str, float]:
@@ -152,7 +153,7 @@ def worker(setup: str, args: argparse.Namespace) -> dict[str, float]:
             ppo.ppo(cfg)
         else:
             run = naive_run(cfg, "nf4" if setup == "naive-nf4" else "none")
-            ppo.train_loop(run, Path(out), None)
+            ppo.train_loop(run, Path(out))
         elapsed = time.perf_counter() - started
         steps = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     done = [row for row in steps if "loss/policy_avg" in row]

@@ -20,11 +20,9 @@ Output: ``adapter/`` (policy adapter, tokenizer, model card), ``value/`` (value 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,31 +33,15 @@ from rlaif.train import ppo_core as core
 from rlaif.train import ppo_state as state
 from rlaif.train.config import ConfigError, PPORecipe
 from rlaif.train.data import DataFormatError, load_training_data
-from rlaif.train.model import BuiltModel, build_model
-from rlaif.train.ppo_model import REFERENCE, SharedBase, hidden_size, load_value_head, new_value_head
-from rlaif.train.rewards import RewardSource, build_reward, reward_problem
+from rlaif.train.model import build_model
+from rlaif.train.ppo_eval import append_row, evaluate, finish
+from rlaif.train.ppo_model import SharedBase, forward_rollout, hidden_size, load_value_head, new_value_head
+from rlaif.train.ppo_state import Run
+from rlaif.train.rewards import build_reward, reward_problem
 from rlaif.train.rollout import HFSampler, Rollout, Sampler, VllmSampler, prompt_ids, stop_token_ids, vllm_engine
 
 log = logging.getLogger(__name__)
 TRAINED = ("policy", "value")
-
-
-@dataclass
-class Run:
-    """Everything one PPO run holds."""
-
-    cfg: PPORecipe
-    built: BuiltModel
-    shared: SharedBase
-    reward: RewardSource
-    sampler: Sampler
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    prompts: list[Any]
-    rows: list[dict[str, Any]]
-    eval_prompts: list[Any]
-    steps: int
-    step: int = 0
 
 
 def ppo(cfg: PPORecipe, resume: bool = False, backend: Any = None) -> Any:
@@ -74,7 +56,7 @@ def ppo(cfg: PPORecipe, resume: bool = False, backend: Any = None) -> Any:
     run = setup(cfg, data, checkpoint, backend)
     output_dir = Path(cfg.train.output_dir)
     try:
-        train_loop(run, output_dir, checkpoint)
+        train_loop(run, output_dir)
         metrics = evaluate(run)
     finally:
         run.sampler.close()
@@ -151,10 +133,11 @@ def _fits(cfg: PPORecipe, tokenizer: Any, prompt: Any) -> bool:
 
 
 # -- the loop ---------------------------------------------------------------------------------------------------
-def train_loop(run: Run, output_dir: Path, checkpoint: str | None) -> None:
+def train_loop(run: Run, output_dir: Path) -> None:
+    """PPO steps until the end of the run, one metrics.jsonl line each, a checkpoint every save_steps."""
     train = run.cfg.train
     metrics_file = output_dir / "metrics.jsonl"
-    _append(metrics_file, {"event": "train_begin", "step": run.step, "max_steps": run.steps})
+    append_row(metrics_file, {"event": "train_begin", "step": run.step, "max_steps": run.steps})
     if train.eval_on_start and run.step == 0:
         evaluate(run)
     batch = train.rollout_batch_size()
@@ -165,7 +148,7 @@ def train_loop(run: Run, output_dir: Path, checkpoint: str | None) -> None:
         run.step += 1
         metrics.update(step=run.step, episode=run.step * batch, lr=run.scheduler.get_last_lr()[0],
                        **{"time/step_s": time.perf_counter() - started})
-        _append(metrics_file, metrics)
+        append_row(metrics_file, metrics)
         if run.step % train.logging_steps == 0 or run.step == run.steps:
             log.info("ppo step %d/%d: %s", run.step, run.steps, _brief(metrics))
         if train.eval_steps and run.step % train.eval_steps == 0 and run.step < run.steps:
@@ -219,29 +202,6 @@ def score(run: Run, rollout: Rollout, raw_scores: torch.Tensor) -> tuple[Scored,
     return Scored(logprobs, values * mask, advantages, returns), metrics
 
 
-def forward_rollout(shared: SharedBase, rollout: Rollout, batch_size: int
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(policy log-probs, reference log-probs, values, policy entropy) per response token, in micro-batches."""
-    policy, reference, values, entropy = [], [], [], []
-    prompt_len = rollout.query.shape[1]
-    with torch.no_grad():
-        for start in range(0, len(rollout.texts), batch_size):
-            part = rollout.select(torch.arange(start, min(start + batch_size, len(rollout.texts))))
-            ids, attention = (t.to(shared.device) for t in part.sequences())
-            response = part.response.to(shared.device)
-            with shared.use("policy"):
-                logits = shared.response_logits(ids, attention, prompt_len)
-            policy.append(core.logprobs_of(logits, response).cpu())
-            entropy.append(core.entropy(logits).cpu())
-            with shared.use(REFERENCE):
-                logits = shared.response_logits(ids, attention, prompt_len)
-            reference.append(core.logprobs_of(logits, response).cpu())
-            del logits
-            with shared.use("value"):
-                values.append(shared.values(ids, attention, prompt_len).cpu())
-    return torch.cat(policy), torch.cat(reference), torch.cat(values), torch.cat(entropy)
-
-
 def update(run: Run, rollout: Rollout, batch: Scored) -> dict[str, float]:
     """``num_ppo_epochs`` passes; each splits the batch into ``num_mini_batches`` optimizer steps of
     ``gradient_accumulation_steps`` micro-batches."""
@@ -284,83 +244,6 @@ def micro_step(run: Run, rollout: Rollout, batch: Scored, rows: torch.Tensor, we
     return {"loss/policy_avg": pg.loss.item(), "loss/value_avg": vf.loss.item(),
             "policy/clipfrac_avg": pg.clipfrac.item(), "policy/approxkl_avg": pg.approxkl.item(),
             "val/clipfrac_avg": vf.clipfrac.item(), "val/ratio": pg.ratio.item()}
-
-
-# -- eval and outputs -------------------------------------------------------------------------------------------
-@contextmanager
-def _own_rng(seed: int) -> Any:
-    # Evaluation samples with its own seed, so it neither shifts the training RNG nor depends on it.
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def evaluate(run: Run) -> dict[str, float]:
-    """Mean reward of policy samples and of reference samples on the held-out prompts, and the policy's KL."""
-    prompts = run.eval_prompts
-    if not prompts:
-        return {}
-    run.shared.model.eval()
-    results: dict[str, float] = {}
-    size = run.cfg.train.per_device_eval_batch_size
-    with _own_rng(run.cfg.train.seed):
-        for name, policy in (("eval_score", True), ("eval_score_reference", False)):
-            scores, kls, lengths = [], [], []
-            for start in range(0, len(prompts), size):
-                chunk = prompts[start:start + size]
-                rollout = run.sampler.generate(chunk, policy=policy)
-                scores.append(run.reward(chunk, rollout.texts, [{"prompt": p} for p in chunk]))
-                lengths.append(rollout.mask.sum(1))
-                if policy:
-                    logprobs, ref, _, _ = forward_rollout(run.shared, rollout, size)
-                    kls.append(((logprobs - ref) * rollout.mask).sum(1))
-            results[name] = torch.cat(scores).mean().item()
-            if policy:
-                results["eval_kl"] = torch.cat(kls).mean().item()
-                results["eval_response_length"] = torch.cat(lengths).mean().item()
-    results["eval_score_gain"] = results["eval_score"] - results["eval_score_reference"]
-    _append(Path(run.cfg.train.output_dir) / "metrics.jsonl", {"step": run.step, **results})
-    return results
-
-
-def finish(run: Run, data: Any, metrics: dict[str, float], checkpoint: str | None) -> Any:
-    """Save the policy adapter (+ tokenizer, model card), the value adapter and head, eval.json; merge, push."""
-    from rlaif.train.model import merge_adapter
-    from rlaif.train.recipes import TrainResult, _push, model_card
-
-    cfg, output_dir = run.cfg, Path(run.cfg.train.output_dir)
-    adapter_dir = output_dir / "adapter"
-    run.shared.save_adapter("policy", adapter_dir, cfg.model.name)
-    run.shared.save_adapter("value", output_dir / "value", cfg.model.name)
-    run.built.tokenizer.save_pretrained(str(adapter_dir))
-    (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    card = model_card(cfg, run.built, data, metrics, checkpoint, cfg.args()) + _card_section(run)
-    (adapter_dir / "README.md").write_text(card)
-    merged_dir = None
-    if cfg.merge:
-        merged_dir = merge_adapter(cfg.model, adapter_dir, output_dir / "merged", cpu=cfg.cpu)
-        (merged_dir / "README.md").write_text(card)
-    if cfg.push_to_hub:
-        _push(adapter_dir, cfg.push_to_hub)
-    return TrainResult(output_dir, adapter_dir, merged_dir, metrics, checkpoint)
-
-
-def _card_section(run: Run) -> str:
-    train = run.cfg.train
-    return (f"\n## PPO\n\nPPO (Ouyang et al. 2022) with the details of Huang et al. 2024 (arXiv:2403.17031): "
-            f"per-token KL "
-            f"penalty to the reference (kl_coef {train.kl_coef}, {train.kl_estimator}), GAE (gamma {train.gamma}, lam "
-            f"{train.lam}), clipped policy and value losses, whitened advantages, missing-EOS penalty "
-            f"{train.missing_eos_penalty}. {run.step} steps of {train.rollout_batch_size()} rollouts "
-            f"({train.rollout} rollouts). Reward: {run.reward.description}. The value adapter and head are saved in "
-            "`../value/`.\n")
-
-
-def _append(path: Path, row: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        handle.write(json.dumps(row, default=float) + "\n")
 
 
 def _brief(metrics: dict[str, float]) -> str:

@@ -18,10 +18,15 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from rlaif.train import ppo_core as core
+
+if TYPE_CHECKING:
+    from rlaif.train.rollout import Rollout
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 REFERENCE = None  # use(REFERENCE): every adapter off
@@ -100,6 +105,29 @@ class SharedBase:
         shutil.rmtree(staging, ignore_errors=True)
         if adapter == "value":
             save_value_head(self.value_head, dest)
+
+
+def forward_rollout(shared: SharedBase, rollout: Rollout, batch_size: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(policy log-probs, reference log-probs, values, policy entropy) per response token, in micro-batches."""
+    policy, reference, values, entropy = [], [], [], []
+    prompt_len = rollout.query.shape[1]
+    with torch.no_grad():
+        for start in range(0, len(rollout.texts), batch_size):
+            part = rollout.select(torch.arange(start, min(start + batch_size, len(rollout.texts))))
+            ids, attention = (t.to(shared.device) for t in part.sequences())
+            response = part.response.to(shared.device)
+            with shared.use("policy"):
+                logits = shared.response_logits(ids, attention, prompt_len)
+            policy.append(core.logprobs_of(logits, response).cpu())
+            entropy.append(core.entropy(logits).cpu())
+            with shared.use(REFERENCE):
+                logits = shared.response_logits(ids, attention, prompt_len)
+            reference.append(core.logprobs_of(logits, response).cpu())
+            del logits
+            with shared.use("value"):
+                values.append(shared.values(ids, attention, prompt_len).cpu())
+    return torch.cat(policy), torch.cat(reference), torch.cat(values), torch.cat(entropy)
 
 
 def _no_dropout(model: Any) -> None:

@@ -12,13 +12,36 @@ import json
 import math
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlaif.train.config import PPOArgs, PPOTrain
+from rlaif.train.config import PPOArgs, PPORecipe, PPOTrain
+from rlaif.train.model import BuiltModel
 from rlaif.train.ppo_model import SharedBase
+from rlaif.train.rewards import RewardSource
+from rlaif.train.rollout import Sampler
+
+
+@dataclass
+class Run:
+    """Everything one PPO run holds."""
+
+    cfg: PPORecipe
+    built: BuiltModel
+    shared: SharedBase
+    reward: RewardSource
+    sampler: Sampler
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    prompts: list[Any]
+    rows: list[dict[str, Any]]
+    eval_prompts: list[Any]
+    steps: int
+    step: int = 0
+
 
 STATE_FILE = "state.pt"
 MARKER = "trainer_state.json"
