@@ -213,6 +213,29 @@ def test_judge_reward_is_the_expected_score_over_the_score_tokens(tiny_model_dir
     assert rewards.item() == pytest.approx(2 * (expected - 1) / 9 - 1, abs=1e-3)  # mapped to [-1, 1]
 
 
+def test_the_shared_base_judges_like_a_separately_loaded_judge(tiny_model_dir):
+    from rlaif.train.config import JudgeConfig, LoraConfig, ModelConfig, RewardConfig
+    from rlaif.train.model import build_model
+    from rlaif.train.ppo_model import SharedBase, new_value_head
+    from rlaif.train.rewards import build_reward
+
+    cfg = ModelConfig(name=str(tiny_model_dir), gradient_checkpointing=False)
+    built = build_model(cfg, LoraConfig(r=4, dropout=0.0), adapters={"policy": None, "value": None},
+                        trainable=("policy", "value"), cpu=True)
+    shared = SharedBase(built.model.eval(), built.tokenizer, ("policy", "value"), new_value_head(64, "cpu", 0), 1.0)
+    with torch.no_grad():
+        for name, param in built.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()  # the judge must read the base, whatever the adapters hold
+    prompts, answers = ["What is 2+2?", "Name a colour."], ["4", "Blue, or perhaps green."]
+    on_base = build_reward(RewardConfig(judge=JudgeConfig()), shared, cfg, cpu=True, max_length=256)
+    separate = build_reward(RewardConfig(judge=JudgeConfig(model=str(tiny_model_dir))), shared, cfg, cpu=True,
+                            max_length=256)
+    scores = on_base(prompts, answers, [{}, {}])
+    assert scores.tolist() == pytest.approx(separate(prompts, answers, [{}, {}]).tolist(), abs=1e-4)
+    assert all(-1 <= s <= 1 for s in scores.tolist()) and scores[0] != scores[1]
+
+
 def test_rule_rewards_resolve_by_name_or_dotted_path_and_check_what_they_return():
     from rlaif.train.rewards import FunctionReward
 
