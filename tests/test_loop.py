@@ -27,14 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = ROOT / "pipelines"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch  # tiny models: intra-op threads only add spin-waiting on a shared 2-core machine
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def _pipeline(tmp_path: Path, name: str, models: dict, steps: list) -> Path:

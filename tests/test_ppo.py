@@ -33,13 +33,7 @@ BUILTIN = "builtin:smollm2-135m-instruct"
 RULE = ["reward.judge=null", "reward.function=length_penalty"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # As in test_train.py: on a shared 2-core machine OpenMP spin-waiting makes tiny matmuls ~30x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def _config(model, out: Path, *overrides: str, data: Path | str | None = None):

@@ -28,16 +28,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "train"
 BUILTIN = "builtin:smollm2-135m-instruct"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's spin-waiting made each
-    # small matmul ~30x slower (measured: 6.5 ms vs 0.24 ms for a 480x64 @ 64x64 linear) while another process ran.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def _config(name: str, recipe: str, model: Path | str, out: Path, data: Path | str, *overrides: str):
