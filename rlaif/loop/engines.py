@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rlaif.backends import Backend, load_backend
+from rlaif.pipeline.runtime import engine_key
 from rlaif.pipeline.spec import ModelSpec
 from rlaif.schema import GenerationParams, GenerationResult, Prompt
 
@@ -71,7 +72,7 @@ class SharedEngine:
 
 
 class EnginePool:
-    """Engines keyed like the pipeline runtime keys them (backend, model, options): the data pipeline's policy and
+    """Engines keyed as the pipeline runtime keys them (``engine_key``): the data pipeline's policy and
     judge and the eval pipeline's candidate, baseline and judge all share one engine when they name one model."""
 
     def __init__(self, provided: dict[str, Backend] | None = None) -> None:
@@ -84,8 +85,7 @@ class EnginePool:
             if name in self.provided:
                 out[name] = self.provided[name]
                 continue
-            key = repr((spec.backend, spec.model, sorted(spec.options.items())))
-            out[name] = self._engines.setdefault(key, SharedEngine(spec))
+            out[name] = self._engines.setdefault(engine_key(spec), SharedEngine(spec))
         return out
 
     def release(self) -> list[str]:

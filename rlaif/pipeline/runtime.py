@@ -19,6 +19,11 @@ def lora_adapter(path: str) -> LoraAdapter:
     return LoraAdapter(name=f"lora-{adapter_digest(resolved)[:12]}", path=str(resolved))
 
 
+def engine_key(spec: ModelSpec) -> str:
+    """Model specs with equal keys share one engine: same backend, model and engine options (sampling may differ)."""
+    return repr((spec.backend, spec.model, sorted(spec.options.items())))
+
+
 class EngineRuntime:
     """Backends are built lazily, on the first batch that needs them, so a fully cached run loads no model.
 
@@ -34,6 +39,7 @@ class EngineRuntime:
         self._batch = ("", 0)
         self._provided = dict(provided or {})
         self._backends: dict[str, Backend] = {}
+        self._adapters: dict[str, LoraAdapter] = {}  # by path: an adapter is hashed once per run, not per batch
 
     def for_batch(self, step_name: str, batch_index: int) -> None:
         self._batch = (step_name, batch_index)
@@ -42,7 +48,7 @@ class EngineRuntime:
         if model_name in self._provided:
             return self._provided[model_name]
         spec = self.models[model_name]
-        key = repr((spec.backend, spec.model, sorted(spec.options.items())))
+        key = engine_key(spec)
         if key not in self._backends:
             self._backends[key] = load_backend(spec.backend, spec.model, **spec.options)
         return self._backends[key]
@@ -57,7 +63,10 @@ class EngineRuntime:
         if "stop" in values:
             values["stop"] = tuple(values["stop"] or ())
         if values.get("lora"):
-            values["lora"] = lora_adapter(values["lora"])
+            path = values["lora"]
+            if path not in self._adapters:
+                self._adapters[path] = lora_adapter(path)
+            values["lora"] = self._adapters[path]
         return GenerationParams(**values)
 
     def model_reference(self, model_name: str) -> str:
