@@ -108,17 +108,46 @@ def test_lora_adapter_changes_output(vllm_backend, random_lora):
 
 
 def test_dead_engine_restarts_and_batch_is_retried(vllm_backend):
-    """Kill the engine core process mid-life: the backend restarts it and the batch still gets served."""
+    """Kill the engine's processes mid-life (on CPU: the worker holding weights and KV cache; with an engine core
+    process: that too): the backend restarts the engine and the batch still gets served."""
     import os
     import signal
 
     import psutil
 
-    engine_processes = vllm_backend._llm.llm_engine.engine_core.resources.engine_manager.processes
-    assert engine_processes
-    for process in engine_processes:
-        for child in psutil.Process(process.pid).children(recursive=True):
+    client = vllm_backend._llm.llm_engine.engine_core
+    if hasattr(client, "resources"):  # engine core in its own process (GPU layout)
+        roots = [psutil.Process(p.pid) for p in client.resources.engine_manager.processes]
+    else:  # engine core in ours, worker processes under the executor (CPU layout)
+        roots = [psutil.Process(w.proc.pid) for w in client.engine_core.model_executor.workers]
+    assert roots
+    for root in roots:
+        for child in root.children(recursive=True):
             os.kill(child.pid, signal.SIGKILL)
-        os.kill(process.pid, signal.SIGKILL)
+        os.kill(root.pid, signal.SIGKILL)
     results = vllm_backend.generate([QUESTION, QUESTION], GenerationParams(temperature=0.0, max_tokens=8))
     assert all(r.ok for r in results), [r.error for r in results]
+
+
+def test_close_ends_the_engine_processes_and_leaves_the_environment_alone(builtin_model_path):
+    """The loop's CPU hand-off relies on close() ending the process that holds the weights and KV cache; the
+    engine-layout variables are set for construction only (a `vllm serve` started later must not inherit them)."""
+    import os
+
+    import psutil
+
+    from rlaif.backends.vllm_backend import CPU_ENGINE_ENV, VllmBackend
+    from conftest import BUILTIN
+
+    preset = {key for key in CPU_ENGINE_ENV if key in os.environ}
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    backend = VllmBackend(BUILTIN, max_model_len=512, kv_cache_gib=1)
+    # new children, less multiprocessing's resource tracker (started once per process, outlives engines)
+    engine = [p for p in psutil.Process().children(recursive=True)
+              if p.pid not in before and "resource_tracker" not in " ".join(p.cmdline())]
+    assert engine, "the engine's weights and KV cache live in a child process"
+    assert {key for key in CPU_ENGINE_ENV if key in os.environ} == preset
+    assert backend.generate(["Hello"], GenerationParams(max_tokens=4))[0].ok
+    backend.close()
+    gone, alive = psutil.wait_procs(engine, timeout=30)
+    assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], alive
