@@ -155,6 +155,8 @@ def test_loop_killed_with_sigkill_resumes_without_repeating_finished_work(tiny_m
     rows = json.loads((run / "summary.json").read_text())
     assert [r["round"] for r in rows] == [1, 2] and rows[1]["train"]["steps"] == 2
     assert "rlaif loop" in result.output and "summary.json" in result.output
+    # the round table is whole in an 80-column log (rich abbreviates with "…" what does not fit)
+    assert "win rate vs k-1" in result.output and "hand-off %" in result.output and "…" not in result.output
 
 
 def test_rlhf_stages_sft_then_reward_model_then_ppo_against_it_in_one_round(tiny_model_dir, tmp_path):

@@ -135,9 +135,9 @@ def test_close_ends_the_engine_processes_and_leaves_the_environment_alone(builti
     import os
 
     import psutil
+    from conftest import BUILTIN
 
     from rlaif.backends.vllm_backend import CPU_ENGINE_ENV, VllmBackend
-    from conftest import BUILTIN
 
     preset = {key for key in CPU_ENGINE_ENV if key in os.environ}
     before = {p.pid for p in psutil.Process().children(recursive=True)}

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+from rich import box
+from rich.console import Group
 from rich.table import Table
 
 from rlaif.pipeline.run import RunSummary
@@ -21,6 +23,8 @@ PHASE_OF_STEP = {
     "pairwise_judge": "label", "rating_judge": "label", "constitutional_judge": "label", "critique_revise": "label",
     "reward_model_score": "label",
 }
+# The loop's phases, in round order, as the round table shows them.
+PHASES = ("generate", "label", "filter", "train", "hand-off", "eval")
 # Training metrics worth a column, as TRL logs them (DPO and its family, RM, SFT, KTO, PPO).
 TRAIN_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "accuracy", "kl", "objective/kl", "reward")
 
@@ -91,21 +95,30 @@ def round_row(k: int, data: RunSummary, kept: int, adapter: Path | None, train: 
     }
 
 
-def rounds_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table("round", "prompts", "made", "kept", "dropped", "train loss", "margin", "win rate vs k-1",
-                  "generate s", "label s", "filter s", "train s", "hand-off s", "eval s", "total s",
-                  title="rlaif loop")
+# Compact: both tables fit 80 columns, the width rich assumes when the output is a log rather than a terminal.
+TABLE_STYLE: dict[str, Any] = {"box": box.SIMPLE_HEAD, "pad_edge": False, "padding": (0, 1, 0, 0)}
+
+
+def rounds_table(rows: list[dict[str, Any]]) -> Group:
+    """Two tables, each readable in an 80-column terminal or log: what each round made and learned, and where
+    its time went."""
+    data = Table("round", "prompts", "made", "kept", "dropped", "train loss", "margin", "win rate vs k-1",
+                 title="rlaif loop: data, training, held-out win rate", **TABLE_STYLE)
+    times = Table("round", *PHASES, "total", "hand-off %", title="rlaif loop: seconds per phase", **TABLE_STYLE)
     for row in rows:
         train, seconds, wins = row["train"], row["seconds"], row.get("eval") or {}
-        table.add_row(
+        data.add_row(
             str(row["round"]), str(row["prompts"]), str(row["made"]), str(row["kept"]),
             str(sum(row["dropped"].values()) + sum(row["quarantined"].values())),
             _num(train.get("loss")), _num(train.get("rewards/margins")),
             _num(wins.get("win_rate")) + (f" ({wins['judged']})" if wins else ""),
-            *(f"{seconds.get(p, 0.0):.1f}" for p in ("generate", "label", "filter", "train", "hand_off", "eval",
-                                                    "total")),
         )
-    return table
+        total = seconds.get("total", 0.0)
+        times.add_row(
+            str(row["round"]), *(f"{seconds.get(p.replace('-', '_'), 0.0):.1f}" for p in PHASES), f"{total:.1f}",
+            f"{100 * seconds.get('hand_off', 0.0) / total:.1f}" if total else "-",
+        )
+    return Group(data, times)
 
 
 def _num(value: Any) -> str:
