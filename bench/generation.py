@@ -55,7 +55,16 @@ def bench_vllm(prompts, max_tokens: int) -> list[tuple[str, float, int, float]]:
         backend._llm.chat(prompts[:8], raw_params, use_tqdm=False)  # warm-up, not timed
 
         def raw() -> int:
-            outputs = backend._llm.chat(prompts, raw_params, use_tqdm=False)
+            # As vLLM leaves the scheduling process (ours, on CPU): the torch thread count its executor set, which
+            # the backend holds while it generates and gives back to trainers afterwards.
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(backend._serving_threads)
+            try:
+                outputs = backend._llm.chat(prompts, raw_params, use_tqdm=False)
+            finally:
+                torch.set_num_threads(threads)
             return sum(len(c.token_ids) for o in outputs for c in o.outputs)
 
         def ours() -> int:
