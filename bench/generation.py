@@ -45,7 +45,7 @@ def timed(label: str, run: Callable[[], int]) -> tuple[str, float, int, float]:
 def bench_vllm(prompts, max_tokens: int) -> list[tuple[str, float, int, float]]:
     from vllm import SamplingParams
 
-    from rlaif.backends.vllm_backend import VllmBackend
+    from rlaif.backends.vllm_backend import VllmBackend, torch_threads
     from rlaif.schema import GenerationParams
 
     rows = []
@@ -57,14 +57,8 @@ def bench_vllm(prompts, max_tokens: int) -> list[tuple[str, float, int, float]]:
         def raw() -> int:
             # As vLLM leaves the scheduling process (ours, on CPU): the torch thread count its executor set, which
             # the backend holds while it generates and gives back to trainers afterwards.
-            import torch
-
-            threads = torch.get_num_threads()
-            torch.set_num_threads(backend._serving_threads)
-            try:
+            with torch_threads(backend._serving_threads):
                 outputs = backend._llm.chat(prompts, raw_params, use_tqdm=False)
-            finally:
-                torch.set_num_threads(threads)
             return sum(len(c.token_ids) for o in outputs for c in o.outputs)
 
         def ours() -> int:

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PHASES = ("generate", "label", "filter", "train", "hand_off", "eval")
 
 
 def main(overrides: list[str]) -> None:
     from rlaif.loop.config import load_loop_config
+    from rlaif.loop.report import PHASES
     from rlaif.loop.rounds import run_loop
 
     with tempfile.TemporaryDirectory(prefix="rlaif-bench-loop-") as tmp:

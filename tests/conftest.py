@@ -66,9 +66,7 @@ def one_torch_thread():
     """Training test modules run torch on one thread (``pytestmark = pytest.mark.usefixtures(...)``). Tiny models gain
     nothing from intra-op threads, and on a shared 2-core machine OpenMP's spin-waiting made each small matmul ~30x
     slower (measured: 6.5 ms vs 0.24 ms for a 480x64 @ 64x64 linear) while another process ran."""
-    import torch
+    from rlaif.backends.vllm_backend import torch_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield

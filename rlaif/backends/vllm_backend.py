@@ -151,7 +151,7 @@ class VllmBackend(BackendBase):
     def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[GenerationResult]:
         results, items = admit_prompts(prompts, lambda p: tokenize_prompt(self._tokenizer, p), self.max_model_len)
         self._restarts_left = self.max_restarts
-        with _torch_threads(self._serving_threads):
+        with torch_threads(self._serving_threads):
             for chunk in self._chunks(items, params):
                 results.update(self._run(chunk, params))
         return [results[i] for i in range(len(prompts))]
@@ -272,7 +272,8 @@ def _environment(defaults: dict[str, str]) -> Iterator[None]:
 
 
 @contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
+def torch_threads(count: int) -> Iterator[None]:
+    """Torch intra-op threads set to ``count`` for the duration, the previous count restored after."""
     import torch
 
     before = torch.get_num_threads()

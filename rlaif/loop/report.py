@@ -23,8 +23,8 @@ PHASE_OF_STEP = {
     "pairwise_judge": "label", "rating_judge": "label", "constitutional_judge": "label", "critique_revise": "label",
     "reward_model_score": "label",
 }
-# The loop's phases, in round order, as the round table shows them.
-PHASES = ("generate", "label", "filter", "train", "hand-off", "eval")
+# The loop's phases, in round order, as keys of a round's "seconds" (the round table writes hand_off as hand-off).
+PHASES = ("generate", "label", "filter", "train", "hand_off", "eval")
 # Training metrics worth a column, as TRL logs them (DPO and its family, RM, SFT, KTO, PPO).
 TRAIN_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "accuracy", "kl", "objective/kl", "reward")
 
@@ -104,7 +104,8 @@ def rounds_table(rows: list[dict[str, Any]]) -> Group:
     its time went."""
     data = Table("round", "prompts", "made", "kept", "dropped", "train loss", "margin", "win rate vs k-1",
                  title="rlaif loop: data, training, held-out win rate", **TABLE_STYLE)
-    times = Table("round", *PHASES, "total", "hand-off %", title="rlaif loop: seconds per phase", **TABLE_STYLE)
+    times = Table("round", *(p.replace("_", "-") for p in PHASES), "total", "hand-off %",
+                  title="rlaif loop: seconds per phase", **TABLE_STYLE)
     for row in rows:
         train, seconds, wins = row["train"], row["seconds"], row.get("eval") or {}
         data.add_row(
@@ -115,7 +116,7 @@ def rounds_table(rows: list[dict[str, Any]]) -> Group:
         )
         total = seconds.get("total", 0.0)
         times.add_row(
-            str(row["round"]), *(f"{seconds.get(p.replace('-', '_'), 0.0):.1f}" for p in PHASES), f"{total:.1f}",
+            str(row["round"]), *(f"{seconds.get(p, 0.0):.1f}" for p in PHASES), f"{total:.1f}",
             f"{100 * seconds.get('hand_off', 0.0) / total:.1f}" if total else "-",
         )
     return Group(data, times)
