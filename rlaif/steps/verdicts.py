@@ -22,21 +22,29 @@ VERDICTS: tuple[str, ...] = ("A", "B", "tie")
 FLIP: dict[str, str] = {"A": "B", "B": "A", "tie": "tie"}
 
 # -- verdict parsers --------------------------------------------------------------------------------------------
-_CHOICE_WORDS = {"a": "A", "b": "B", "tie": "tie"}
-# MT-Bench's format: [[A]], [[B]], and [[C]] for a tie; [[tie]] is accepted too.
-_BRACKETS = re.compile(r"\[\[\s*(A|B|C|tie)\s*\]\]", re.IGNORECASE)
-_BRACKET_WORDS = {"a": "A", "b": "B", "c": "tie", "tie": "tie"}
+# Letters are verdicts only in uppercase: a lowercase "a" is the English article ("a better answer is..."), never a
+# vote. "tie" is a word and keeps any case.
+_CHOICE_WORDS = {"A": "A", "B": "B", "tie": "tie"}
+# MT-Bench's format (matched case-sensitively there too): [[A]], [[B]], and [[C]] for a tie; [[tie]] is accepted.
+_BRACKETS = re.compile(r"\[\[\s*(A|B|C|(?i:tie))\s*\]\]")
+_BRACKET_WORDS = {"A": "A", "B": "B", "C": "tie", "tie": "tie"}
+
+
+def _letter_or_word(text: str) -> str:
+    return text if len(text) == 1 else text.lower()
 
 
 def parse_choice(text: str) -> Verdict | None:
-    """The whole answer is one verdict word (what ``choice=("A", "B", "tie")`` structured output produces)."""
+    """The whole answer is one verdict: ``A``, ``B`` (uppercase) or ``tie`` (any case), what ``choice=("A", "B",
+    "tie")`` structured output produces."""
     word = text.strip().strip("\"'`*").rstrip(".").strip()
-    return _CHOICE_WORDS.get(word.lower())
+    return _CHOICE_WORDS.get(_letter_or_word(word))
 
 
 def parse_brackets(text: str) -> Verdict | None:
-    """``[[A]]`` / ``[[B]]`` / ``[[C]]`` anywhere in a rationale; two different verdicts are ambiguous, so None."""
-    found = {_BRACKET_WORDS[m.lower()] for m in _BRACKETS.findall(text)}
+    """``[[A]]`` / ``[[B]]`` / ``[[C]]`` (uppercase) or ``[[tie]]`` anywhere in a rationale; two different verdicts
+    are ambiguous, so None."""
+    found = {_BRACKET_WORDS[_letter_or_word(m)] for m in _BRACKETS.findall(text)}
     return found.pop() if len(found) == 1 else None
 
 
@@ -92,8 +100,10 @@ def normalize_token(token: str) -> str:
 
 
 def option_logprob(top: Mapping[str, float], option: str) -> float | None:
-    """Log-probability of ``option`` over every spelling of it among the top tokens (log-sum-exp), or None."""
-    values = [lp for token, lp in top.items() if normalize_token(token).lower() == option.lower()]
+    """Log-probability of ``option`` over every spelling of it among the top tokens (log-sum-exp), or None. A letter
+    matches only in its own case (the token "a" is the article, not option A); a word such as "tie" in any case."""
+    option = _letter_or_word(option)
+    values = [lp for token, lp in top.items() if _letter_or_word(normalize_token(token)) == option]
     if not values:
         return None
     peak = max(values)
