@@ -15,7 +15,7 @@ from scripted import ScriptedBackend
 from rlaif.pipeline.errors import ConfigError
 from rlaif.pipeline.run import RunSummary, run_pipeline
 from rlaif.pipeline.spec import load_pipeline
-from rlaif.schema import Completion, TokenLogprob
+from rlaif.schema import Completion, GenerationResult, TokenLogprob
 from rlaif.steps import verdicts
 
 GOOD = "Paris is the capital of France."
@@ -165,6 +165,29 @@ def test_logprob_confidence_averages_both_orders(tmp_path):
     _, rows, _ = run(tmp_path / "biased", step, [pair(True)], ScriptedBackend(lambda p, s: "A", biased_top))
     assert (rows[0]["preference"], rows[0]["consistent"]) == ("tie", False)
     assert rows[0]["confidence"] == pytest.approx(0.5, abs=1e-12)
+
+
+def test_missing_verdict_logprobs_quarantine_instead_of_a_made_up_confidence(tmp_path):
+    def top(prompt: str, params: Any) -> dict[str, float]:
+        if "no letters" in prompt and shown_first(prompt, GOOD, BAD) == BAD:  # only the B-first order lacks them
+            return {"The": math.log(0.6), "I": math.log(0.4)}
+        return {"A": math.log(0.9), "B": math.log(0.1)} if shown_first(prompt, GOOD, BAD) == GOOD else {
+            "A": math.log(0.2), "B": math.log(0.8)}
+
+    def judge(prompt: str, params: Any) -> str | GenerationResult:
+        if "no logprobs" in prompt:  # a backend that ignored the logprobs request
+            return GenerationResult(completions=[Completion(fair_judge(prompt, params), 1, "stop", None)])
+        return fair_judge(prompt, params)
+
+    step = f"{{name: judged, type: {PAIRWISE}, from: src, model: judge, logprobs: true}}"
+    records = [pair(True, "fine"), pair(True, "no letters"), pair(False, "no logprobs")]
+    summary, rows, bad = run(tmp_path, step, records, ScriptedBackend(judge, top))
+    assert summary.stats["judged"]["quarantined"] == {"no answer-token logprobs": 2}
+    [row] = rows
+    assert row["prompt"] == "fine" and row["confidence"] == pytest.approx(0.85, abs=1e-12)
+    details = {json.loads(q["record"])["prompt"]: q for q in bad}
+    assert "B-first" in details["no letters"]["detail"] and details["no letters"]["raw_output"]
+    assert "A-first" in details["no logprobs"]["detail"]
 
 
 BAD_OUTPUTS = {

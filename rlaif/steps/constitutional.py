@@ -20,10 +20,17 @@ from rlaif.formats import preference_row, prompt_text, sft_row
 from rlaif.schema import GenerationParams, GenerationResult, Prompt
 from rlaif.steps import verdicts
 from rlaif.steps.base import BatchResult, Quarantined, Record, Runtime, Step, StepParams
-from rlaif.steps.judges import JUDGE_FAILED, check_template, conversation_text, count_tokens, first_text, pairs_only
+from rlaif.steps.judges import (
+    JUDGE_FAILED,
+    NO_LOGPROBS,
+    check_template,
+    conversation_text,
+    count_tokens,
+    first_text,
+    pairs_only,
+)
 from rlaif.templates import CONSTITUTIONS_DIR, render, template_path
 
-NO_LOGPROBS = "no answer-token logprobs"
 EMPTY_REVISION = "empty revision"
 
 

@@ -24,6 +24,7 @@ from rlaif.templates import render, template_path
 PARSE_FAILURE = "judge parse failure"
 JUDGE_FAILED = "judge failed"  # the backend returned no output for the prompt (context overflow, dead engine...)
 FEW_RESPONSES = "fewer than 2 responses"
+NO_LOGPROBS = "no answer-token logprobs"  # logprobs were asked for, the verdict token has none for the options
 ULTRAFEEDBACK_ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
 DEFAULT_RUBRIC = "A good answer is helpful, relevant, accurate, clear and appropriately detailed."
 
@@ -100,7 +101,10 @@ class PairwiseJudge(Step):
     both orders agree and 0.5 when they do not), ``consistent`` (both orders gave the same verdict),
     ``judge_outputs`` (raw texts: [A-first order, B-first order]), ``judge_model``.
     Position bias: disagreeing orders become "tie", or the side the averaged probabilities favour. Unparseable
-    output in either order is quarantined as "judge parse failure" with the raw output.
+    output in either order is quarantined as "judge parse failure" with the raw output. With ``logprobs: true``,
+    ``confidence`` is always a measured probability: a record whose verdict token has no log-probabilities for the
+    options in either order (none returned, the letter outside the top-k, no "[[X" with cot) is quarantined as
+    "no answer-token logprobs", never given the agreement fallback.
     Simplification: one turn (the last user message); MT-Bench's multi-turn and reference-guided prompts are not here.
     """
 
@@ -168,17 +172,22 @@ class PairwiseJudge(Step):
             raw = f"[A-first order]\n{texts[0]}\n[B-first order]\n{texts[1]}"
             return Quarantined(record, PARSE_FAILURE, f"no verdict in the {order} order", raw_output=raw)
         dist = self._distribution(ab.completions[0], ba.completions[0])
+        if isinstance(dist, str):
+            raw = f"[A-first order]\n{texts[0]}\n[B-first order]\n{texts[1]}"
+            return Quarantined(record, NO_LOGPROBS, f"no verdict log-probabilities in the {dist} order",
+                               raw_output=raw)
         preference, confidence, consistent = verdicts.combine_orders(first, verdicts.FLIP[second], dist)
         return {"preference": preference, "confidence": confidence, "consistent": consistent, "judge_outputs": texts}
 
-    def _distribution(self, ab: Completion, ba: Completion) -> dict[str, float] | None:
-        """Averaged verdict probabilities over both orders (original order), or None when unknown in either."""
+    def _distribution(self, ab: Completion, ba: Completion) -> dict[str, float] | str | None:
+        """Averaged verdict probabilities over both orders (original order); None without ``logprobs``; the order
+        that lacks them ("A-first" / "B-first") when missing: a made-up confidence would pass for a measured one."""
         if not self.params.logprobs:
             return None
         first = verdicts.verdict_probabilities(ab, self.params.cot)
         second = verdicts.verdict_probabilities(ba, self.params.cot)
         if first is None or second is None:
-            return None  # e.g. the verdict token fell outside the top-k: confidence falls back to agreement
+            return "A-first" if first is None else "B-first"
         return verdicts.average_distributions([first, verdicts.flip_distribution(second)])
 
 
