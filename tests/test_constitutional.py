@@ -170,6 +170,26 @@ def test_constitutional_judge_cot_and_principle_ensemble(tmp_path):
     assert len(row["judge_outputs"]) == 6 and row["judge_outputs"][0].endswith("Answer: A")
 
 
+def test_principles_are_sampled_per_comparison_not_per_prompt(tmp_path):
+    # Bai et al. 2022 sample a principle per comparison: pairs of one prompt (and the next loop round's new
+    # responses to it) get independent draws; the same comparison, in either order, always gets the same one.
+    def top(prompt: str, params: Any) -> dict[str, float]:
+        return {"A": ln(0.6), "B": ln(0.4)}
+
+    records = [{"prompt": "one prompt", "responses": [f"answer {i}", f"other answer {i}"], "id": i} for i in range(12)]
+    records.append({"prompt": "one prompt", "responses": ["other answer 0", "answer 0"], "id": 12})  # 0, swapped
+    step = f"{{name: j, type: {JUDGE}, from: src, model: judge}}"
+    _, rows, _ = run(tmp_path / "a", step, records, ScriptedBackend(lambda p, s: "A", top))
+    drawn = {r["id"]: r["principles"][0] for r in rows}
+    assert len(set(drawn.values())) >= 4, drawn
+    assert drawn[12] == drawn[0]
+    _, again, _ = run(tmp_path / "b", step, records, ScriptedBackend(lambda p, s: "A", top))
+    assert {r["id"]: r["principles"][0] for r in again} == drawn
+    seeded_step = step.replace("}", ", seed: 7}")
+    _, seeded, _ = run(tmp_path / "c", seeded_step, records, ScriptedBackend(lambda p, s: "A", top))
+    assert {r["id"]: r["principles"][0] for r in seeded} != drawn
+
+
 # -- critique and revise (scripted) ------------------------------------------------------------------------------
 def reviser(prompt: str, params: Any) -> str:
     if "case empty" in prompt and "Critique request" in prompt:

@@ -120,7 +120,8 @@ class ConstitutionalJudge(Step):
     Outputs: ``p_a`` (soft label: P(A better)), ``preference`` ("A" | "B" | "tie" by ``tie_margin``), ``confidence``
     (max(p_a, 1 - p_a)), ``consistent`` (both orders favour the same response, for every principle),
     ``principles`` (ids used), ``judge_outputs`` (raw texts, per principle: A-first order then B-first order),
-    ``judge_model``.
+    ``judge_model``. The ``k_principles`` are sampled per comparison (pipeline seed, ``seed``, step name, the
+    conversation and both responses in either order): reproducible, and independent across pairs of one prompt.
     Per principle and order, P("A") = exp(lpA) / (exp(lpA) + exp(lpB)) from the top-k log-probabilities of the
     first answer token; both orders are averaged, P(A) = (p_AB + 1 - p_BA) / 2, then principles are averaged.
     Neither letter among the top-k in some order: quarantined as "no answer-token logprobs".
@@ -181,9 +182,12 @@ class ConstitutionalJudge(Step):
         return result
 
     def _principles(self, record: Record) -> list[Principle]:
-        key = prompt_text(record[self.params.prompt_column])
+        # Keyed by the comparison, as Bai et al. 2022 sample a principle per comparison: the prompt alone would give
+        # every pair of a prompt (and every loop round's new pairs) one principle. The responses are sorted so the
+        # draw does not depend on which one the record lists first.
+        comparison = (conversation_text(record[self.params.prompt_column]), *sorted(record["responses"][:2]))
         return sample_principles(self.constitution.principles, self.params.k_principles, _seed_key(self.runtime),
-                                 self.params.seed, self.name, key)
+                                 self.params.seed, self.name, *comparison)
 
     def _prompt(self, record: Record, principle: Principle, swap: bool, part: str) -> list[dict[str, str]]:
         a, b = record["responses"][:2]
