@@ -3,7 +3,8 @@ engine and the policy adapter hot-swapped in as a LoRA request.
 
 Either way the result is token tensors the trainer scores with HF: the PPO ratio needs the training model's own
 log-probabilities, and vLLM's sampling log-probabilities are not those (other kernels, an unquantized base).
-Sampling is from the plain policy distribution at ``temperature`` (no top-k/top-p), as the PPO objective assumes.
+Sampling is from the plain policy distribution at ``temperature`` (no top-k/top-p, none of the model's own
+generation settings), as the PPO objective assumes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from rlaif.backends.base import tokenize_prompt
+from rlaif.backends.hf_backend import plain_generation
 from rlaif.formats import as_messages
 from rlaif.train.ppo_core import left_padded, response_mask
 from rlaif.train.ppo_model import REFERENCE, SharedBase
@@ -98,7 +100,7 @@ class HFSampler:
         tokenizer = self.shared.tokenizer
         query, query_mask = left_padded([prompt_ids(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
         outputs = []
-        with torch.no_grad(), self.shared.use("policy" if policy else REFERENCE):
+        with torch.no_grad(), self.shared.use("policy" if policy else REFERENCE), plain_generation(self.shared.model):
             for start in range(0, len(prompts), self.batch_size):
                 rows = slice(start, start + self.batch_size)
                 out = self.shared.model.generate(input_ids=query[rows].to(self.shared.device),
