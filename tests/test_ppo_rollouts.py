@@ -7,12 +7,19 @@ The vLLM cases fabricate the engine's results (no engine): the rollout logic is 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+
+
+def needs_reference(prompts: list[str], completions: list[str], *, reference: list[str]) -> list[float]:
+    """A rule reward that reads a column besides the prompt (test_ppo_rollouts.needs_reference), as a reward against
+    a reference answer does: without the column it raises."""
+    return [float(ref.lower() in text.lower()) for ref, text in zip(reference, completions, strict=True)]
 
 
 def _shared(model_dir: Path, tmp_path: Path | None = None, temperature: float = 1.0):
@@ -74,3 +81,24 @@ def test_hf_rollouts_sample_the_plain_policy_not_the_models_generation_config(ti
             if int(token) in stops:
                 break
     assert rollout.response[0][rollout.mask[0].bool()].tolist() == manual
+
+
+# -- 2. evaluation keeps the rows whole -----------------------------------------------------------------------------
+@pytest.mark.model
+@pytest.mark.slow
+def test_ppo_evaluation_passes_the_rows_other_columns_to_the_reward(tiny_model_dir, tmp_path):
+    from test_ppo import _config
+
+    from rlaif.train.recipes import run_recipe
+
+    data = tmp_path / "prompts.jsonl"
+    topics = ["apples", "rivers", "music", "clouds", "trains", "bread", "stars", "rain"]
+    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"Tell me about {t}."}],
+                                        "reference": t}) + "\n" for t in topics))
+    cfg = _config(tiny_model_dir, tmp_path / "out", "reward.judge=null",
+                  "reward.function=test_ppo_rollouts.needs_reference", "train.max_steps=1", "lora.r=4",
+                  "train.response_length=4", "train.num_ppo_epochs=1", "data.test_size=0.25", data=data)
+    result = run_recipe(cfg)
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    evaluation = json.loads((result.output_dir / "eval.json").read_text())
+    assert {"eval_score", "eval_score_reference", "eval_score_gain"} <= set(evaluation)

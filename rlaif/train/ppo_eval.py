@@ -26,8 +26,8 @@ def _own_rng(seed: int) -> Iterator[None]:
 
 def evaluate(run: Run) -> dict[str, float]:
     """Mean reward of policy samples and of reference samples on the held-out prompts, and the policy's KL."""
-    prompts = run.eval_prompts
-    if not prompts:
+    rows = run.eval_prompts  # the held-out rows, whole: a reward function may read their other columns
+    if not rows:
         return {}
     run.shared.model.eval()
     results: dict[str, float] = {}
@@ -35,10 +35,11 @@ def evaluate(run: Run) -> dict[str, float]:
     with _own_rng(run.cfg.train.seed):
         for name, policy in (("eval_score", True), ("eval_score_reference", False)):
             scores, kls, lengths = [], [], []
-            for start in range(0, len(prompts), size):
-                chunk = prompts[start:start + size]
-                rollout = run.sampler.generate(chunk, policy=policy)
-                scores.append(run.reward(chunk, rollout.texts, [{"prompt": p} for p in chunk]))
+            for start in range(0, len(rows), size):
+                chunk = rows[start:start + size]
+                prompts = [row["prompt"] for row in chunk]
+                rollout = run.sampler.generate(prompts, policy=policy)
+                scores.append(run.reward(prompts, rollout.texts, chunk))
                 lengths.append(rollout.mask.sum(1))
                 if policy:
                     logprobs, ref, _, _ = forward_rollout(run.shared, rollout, size)
