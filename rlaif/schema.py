@@ -71,6 +71,9 @@ class Completion:
     completion_tokens: int
     finish_reason: str  # "stop" | "length" | backend-specific
     logprobs: list[TokenLogprob] | None = None
+    # The sampled ids, through the stop token that ended the completion when one did (the vllm and hf backends; None
+    # where a backend cannot say): what a trainer scores, since re-tokenizing ``text`` need not give them back.
+    token_ids: list[int] | None = None
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+
+from rlaif.schema import Completion, GenerationResult
+from rlaif.train import ppo_core as core
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
@@ -102,3 +106,54 @@ def test_ppo_evaluation_passes_the_rows_other_columns_to_the_reward(tiny_model_d
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
     evaluation = json.loads((result.output_dir / "eval.json").read_text())
     assert {"eval_score", "eval_score_reference", "eval_score_gain"} <= set(evaluation)
+
+
+# -- 3. vLLM rollouts train on exactly what was sampled ---------------------------------------------------------------
+class CharTokenizer:
+    """One id per character (its code point): re-tokenizing a text never gives back ids sampled in larger pieces."""
+
+    eos_token_id, pad_token_id, chat_template = 2, 0, None
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> SimpleNamespace:
+        return SimpleNamespace(input_ids=[ord(c) for c in text])
+
+
+def _vllm_sampler(stop_ids=(2,), response_length: int = 8, shared=None, backend=None, workdir: Path | None = None):
+    from rlaif.train.rollout import VllmSampler
+
+    shared = shared or SimpleNamespace(tokenizer=CharTokenizer())
+    return VllmSampler(shared, backend, stop_ids, response_length, 1.0, workdir or Path("unused"), "base",
+                       owned=False, sleep=False)
+
+
+def _result(text: str, ids: list[int], finish: str) -> GenerationResult:
+    return GenerationResult([Completion(text, len(ids), finish, token_ids=ids)])
+
+
+def test_vllm_rollouts_keep_the_sampled_ids_verbatim():
+    sampler = _vllm_sampler()
+    # "hello" sampled as two tokens (1000, 1001) then EOS; re-tokenized it would be five characters + EOS.
+    rollout = sampler._rollout(["q", "q"], [_result("hello", [1000, 1001, 2], "stop"),
+                                            _result("hey you", [1002, 1003, 1004], "length")])
+    assert rollout.response.tolist() == [[1000, 1001, 2], [1002, 1003, 1004]]
+    assert rollout.mask.tolist() == [[1, 1, 1], [1, 1, 1]] and rollout.has_eos.tolist() == [True, False]
+    assert rollout.texts == ["hello", "hey you"]
+
+
+def test_vllm_rollouts_end_on_the_stop_token_that_ended_them():
+    sampler = _vllm_sampler(stop_ids=(2, 7))  # 7: an EOS the model's generation_config adds (e.g. <|im_end|>)
+    rollout = sampler._rollout(["q"], [_result("x", [1000, 7], "stop")])
+    assert rollout.response.tolist() == [[1000, 7]]  # not the tokenizer's EOS (2) appended
+    assert rollout.mask.tolist() == [[1, 1]] and rollout.has_eos.tolist() == [True]
+
+
+def test_an_empty_length_cut_vllm_response_has_no_eos():
+    sampler = _vllm_sampler()
+    rollout = sampler._rollout(["q", "q"], [_result("", [], "length"), _result("a", [1000, 2], "stop")])
+    assert rollout.has_eos.tolist() == [False, True]  # so missing_eos_penalty reaches it
+    assert rollout.mask.tolist() == [[0, 0], [1, 1]]
+    alone = sampler._rollout(["q"], [_result("", [], "length")])  # a batch of nothing but an empty response
+    assert alone.has_eos.tolist() == [False] and alone.mask.sum() == 0 and alone.response.shape == (1, 1)
+    rewards = core.token_rewards(torch.tensor([1.0]), torch.zeros(1, 1), alone.mask, kl_coef=0.1)
+    advantages, _ = core.gae(rewards, torch.zeros(1, 1), alone.mask, 1.0, 0.95)
+    assert torch.isfinite(advantages).all()

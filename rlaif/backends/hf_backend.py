@@ -185,7 +185,8 @@ class HFBackend(BackendBase):
             count = self._tokens_through(body, cut + length)
             text, finish = text[:cut], "stop"
         logprobs = self._token_logprobs(tokens[:count], table) if table is not None else None
-        return Completion(text=text, completion_tokens=count, finish_reason=finish, logprobs=logprobs)
+        return Completion(text=text, completion_tokens=count, finish_reason=finish, logprobs=logprobs,
+                          token_ids=tokens[:count])
 
     def _tokens_through(self, tokens: list[int], chars: int) -> int:
         # Fewest tokens whose text reaches `chars` characters; text grows with the prefix, so bisect.
@@ -241,7 +242,7 @@ class HFBackend(BackendBase):
             for pick in picks[i].tolist():
                 option, table = options[pick], tables[i * len(options) + pick]
                 logprobs = self._token_logprobs(option, table) if params.logprobs is not None else None
-                completions.append(Completion(params.choice[pick], len(option), "stop", logprobs))
+                completions.append(Completion(params.choice[pick], len(option), "stop", logprobs, option))
             results[item.index] = GenerationResult(completions=completions, prompt_tokens=len(item.token_ids))
         return results
 

@@ -252,6 +252,8 @@ class VllmBackend(BackendBase):
                 completion_tokens=len(c.token_ids),
                 finish_reason=c.finish_reason or "unknown",
                 logprobs=_logprobs(c) if params.logprobs is not None else None,
+                # vLLM 0.32 keeps the stop token (EOS or a stop_token_ids id) as the last id, not in the text.
+                token_ids=list(c.token_ids),
             )
             for c in output.outputs
         ]

@@ -121,8 +121,9 @@ class HFSampler:
 class VllmSampler:
     """Rollouts on a vLLM engine: the current policy adapter is saved to a fresh folder per call and sent as a LoRA
     request under a new name and path (vLLM caches adapters by id, so a reused path would serve stale weights).
-    The engine's text is re-tokenized into the response the trainer scores; a response that ended on EOS
-    ("stop") gets its EOS token back. An engine built here sleeps between rollouts when ``sleep`` is set."""
+    The trainer scores the engine's sampled ids verbatim (re-tokenizing the text need not give them back; vLLM keeps
+    the stop token as the last id), so a response has EOS only when a stop token really ended it. An engine built
+    here sleeps between rollouts when ``sleep`` is set."""
 
     def __init__(self, shared: SharedBase, backend: Any, stop_ids: Collection[int], response_length: int,
                  temperature: float, workdir: Path, base_reference: str, owned: bool, sleep: bool) -> None:
@@ -161,17 +162,18 @@ class VllmSampler:
 
     def _rollout(self, prompts: Sequence[Any], results: Sequence[Any]) -> Rollout:
         tokenizer = self.shared.tokenizer
-        eos = tokenizer.eos_token_id if tokenizer.eos_token_id in self.stop_ids else min(self.stop_ids)
         rows, texts = [], []
         for result in results:
             if not result.ok or not result.completions:
                 raise RuntimeError(f"vLLM rollout failed: {result.error or 'no completion'}")
             completion = result.completions[0]
-            ids = tokenizer(completion.text, add_special_tokens=False).input_ids
-            ids = (ids + [eos] if completion.finish_reason == "stop" else ids)[:self.response_length]
-            rows.append(ids or [eos])
+            if completion.token_ids is None:
+                raise RuntimeError("the rollout backend returned no token ids: PPO must score the ids it sampled")
+            rows.append(list(completion.token_ids)[:self.response_length])
             texts.append(completion.text)
-        width = max(len(r) for r in rows)
+        # A response with no token (cut at the length limit) stays empty: mask 0, no EOS. At least one column, so
+        # that per-token rewards have a position to index.
+        width = max([1, *map(len, rows)])
         response = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
         for i, row in enumerate(rows):
             response[i, :len(row)] = torch.tensor(row)
