@@ -184,7 +184,49 @@ def test_a_gpu_config_without_a_gpu_asks_for_the_cpu_profile(tmp_path):
         run_recipe(load_config(CONFIGS / "sft.yaml", "sft", [f"train.output_dir={tmp_path}"]))
 
 
+def _rm_dataset_seen_by_the_trainer(monkeypatch, tmp_path, data: Path, *overrides: str):
+    """(train, eval) datasets that the rm recipe hands to TRL's RewardTrainer; no model is built."""
+    import types
+
+    import trl
+
+    import rlaif.train.recipes as recipes
+
+    class Handed(Exception):
+        pass
+
+    def trainer(**kwargs):
+        raise Handed(kwargs["train_dataset"], kwargs["eval_dataset"])
+
+    monkeypatch.setattr(recipes, "build_model", lambda *a, **k: types.SimpleNamespace(
+        model=None, tokenizer=None, peft_config=None))
+    monkeypatch.setattr(trl, "RewardTrainer", trainer)
+    cfg = load_config(CONFIGS / "rm.yaml", "rm", [f"data.path={data}", f"train.output_dir={tmp_path}/o",
+                                                  "data.test_size=4", *overrides], cpu=True)
+    with pytest.raises(Handed) as handed:
+        recipes.run_recipe(cfg)
+    return handed.value.args
+
+
+def test_rm_trains_bradley_terry_unless_use_margin_keeps_the_margin_column(monkeypatch, tmp_path):
+    # TRL's RewardTrainer subtracts a `margin` column inside the loss whenever the dataset has one (Llama 2's margin
+    # loss); make_pairs writes one from scores, so plain Bradley-Terry must drop it unless asked for.
+    rows = [json.loads(line) for line in (FIXTURES / "prefs.jsonl").read_text().splitlines()]
+    with_margin = tmp_path / "scored.jsonl"
+    with_margin.write_text("".join(json.dumps({**r, "margin": 1.0 + i % 3}) + "\n" for i, r in enumerate(rows)))
+    train, held_out = _rm_dataset_seen_by_the_trainer(monkeypatch, tmp_path, with_margin)
+    assert "margin" not in train.column_names and "margin" not in held_out.column_names
+    train, held_out = _rm_dataset_seen_by_the_trainer(monkeypatch, tmp_path, with_margin, "train.use_margin=true")
+    assert "margin" in train.column_names and "margin" in held_out.column_names
+    assert set(train["margin"]) <= {1.0, 2.0, 3.0}
+    args = trl_args(load_config(CONFIGS / "rm.yaml", "rm", ["train.use_margin=true"], cpu=True))
+    assert not hasattr(args, "use_margin")  # rlaif's option, not passed to RewardConfig
+    with pytest.raises(ConfigError, match="train.use_margin: true needs a 'margin' column"):
+        _rm_dataset_seen_by_the_trainer(monkeypatch, tmp_path, FIXTURES / "prefs.jsonl", "train.use_margin=true")
+
+
 # -- the builder ------------------------------------------------------------------------------------------------
+@pytest.mark.model
 @pytest.mark.parametrize("quantize", ["nf4", "int8", "none"])
 def test_builder_quantizes_on_cpu_and_the_one_base_carries_named_adapters(tiny_model_dir, quantize):
     import torch
@@ -204,6 +246,40 @@ def test_builder_quantizes_on_cpu_and_the_one_base_carries_named_adapters(tiny_m
     assert torch.isfinite(reference).all()
 
 
+@pytest.mark.model
+def test_an_eval_pass_and_an_adapter_save_leave_the_nf4_base_exact_and_differentiable(tiny_model_dir, tmp_path):
+    """bitsandbytes on AVX512-BF16 CPUs repacks NF4 weights for a bf16 kernel without autograd at the first no-grad
+    eval forward, and unpacks them lossily on save (rlaif.train.model.one_4bit_kernel). Before the fix, on such a
+    CPU, the training pass after an eval pass lost its input gradient and the outputs moved after a save."""
+    import torch
+
+    from rlaif.train.config import LoraConfig, ModelConfig
+    from rlaif.train.model import build_model
+
+    built = build_model(ModelConfig(name=str(tiny_model_dir), quantize="nf4"), LoraConfig(r=4),
+                        adapters={"policy": None}, trainable={"policy"}, cpu=True)
+    model, ids = built.model, built.tokenizer("one two three four", return_tensors="pt").input_ids
+
+    def train_pass() -> tuple[torch.Tensor, torch.Tensor]:
+        model.train()
+        embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        logits = model(inputs_embeds=embeds).logits
+        logits.float().logsumexp(-1).sum().backward()
+        grad, embeds.grad = embeds.grad, None
+        model.zero_grad(set_to_none=True)
+        return logits.detach(), grad
+
+    logits, grad = train_pass()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)  # what a rollout or an eval loop does
+    model.save_pretrained(tmp_path / "adapter")  # what a checkpoint does
+    again, grad_again = train_pass()
+    assert grad_again is not None and torch.equal(grad_again, grad)  # the gradient still flows, unchanged
+    assert torch.equal(again, logits)
+
+
+@pytest.mark.model
 def test_builder_makes_a_one_logit_classifier_and_checks_the_chat_template(tiny_model_dir, tmp_path):
     import shutil
 
@@ -221,6 +297,7 @@ def test_builder_makes_a_one_logit_classifier_and_checks_the_chat_template(tiny_
 
 
 # -- recipes on real QLoRA --------------------------------------------------------------------------------------
+@pytest.mark.model
 @pytest.mark.parametrize(("recipe", "config", "data"), [
     ("sft", "sft", "sft.jsonl"), ("rm", "rm", "prefs.jsonl"), ("dpo", "dpo", "run_dir"), ("kto", "kto", "kto.jsonl"),
     ("dpo", "orpo", "prefs.jsonl"), ("dpo", "simpo", "prefs.jsonl"),
@@ -258,6 +335,8 @@ def test_recipe_trains_from_its_shipped_config(tiny_model_dir, tmp_path, recipe,
         assert torch.isfinite(AutoModelForCausalLM.from_pretrained(result.merged_dir)(input_ids=ids).logits).all()
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_dpo_on_the_builtin_model(tmp_path):
     from rlaif.train.recipes import run_recipe
 
@@ -274,6 +353,7 @@ FAST = ["train.learning_rate=2e-3", "train.warmup_steps=0", "train.per_device_tr
         "train.gradient_accumulation_steps=1", "model.gradient_checkpointing=false", "train.eval_on_start=true"]
 
 
+@pytest.mark.model
 def test_dpo_raises_the_eval_margin_on_a_learnable_set(tiny_model_dir, tmp_path):
     from rlaif.train.recipes import run_recipe
 
@@ -287,6 +367,7 @@ def test_dpo_raises_the_eval_margin_on_a_learnable_set(tiny_model_dir, tmp_path)
     assert after["eval_rewards/accuracies"] == 1.0
 
 
+@pytest.mark.model
 def test_reward_model_separates_a_trivially_separable_set(tiny_model_dir, tmp_path):
     import torch
 
@@ -310,6 +391,8 @@ def test_reward_model_separates_a_trivially_separable_set(tiny_model_dir, tmp_pa
     assert wins / len(data.eval) >= 0.9
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_training_killed_with_sigkill_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     args = [sys.executable, "-m", "rlaif.cli", "train", "sft", str(CONFIGS / "sft.yaml"),

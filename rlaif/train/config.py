@@ -177,6 +177,15 @@ class RMTrain(TrainConfig):
     trl_class: ClassVar[str] = "trl.RewardConfig"
     learning_rate: float = 1e-4
     center_rewards_coefficient: float | None = None  # Eisenstein et al. 2023: keeps rewards centred near 0
+    # TRL's RewardTrainer uses a `margin` column whenever the dataset has one: -log sigmoid(r_c - r_r - margin)
+    # (Llama 2, Touvron et al. 2023). make_pairs writes score differences there, so the recipe drops the column and
+    # trains plain Bradley-Terry unless this is true; true requires the column.
+    use_margin: bool = False
+
+    def trl_kwargs(self) -> dict[str, Any]:
+        kwargs = super().trl_kwargs()
+        kwargs.pop("use_margin")  # rlaif's option (it decides the data), not a RewardConfig field
+        return kwargs
 
 
 # Direct-alignment losses: name -> (TRL config, TRL trainer, TRL arguments the name implies, reference).

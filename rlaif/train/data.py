@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.adapters import AdapterError, convert, detect_format
-from rlaif.train.config import DataConfig
+from rlaif.train.config import ConfigError, DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,23 @@ def load_training_data(cfg: DataConfig, recipe: str) -> TrainingData:
     first = dataset[0]
     conversational = any(isinstance(first.get(c), list) for c in ("messages", "prompt", "chosen", "completion"))
     return TrainingData(dataset, eval_set, form, conversational, provenance)
+
+
+def reward_margin(data: TrainingData, use_margin: bool, where: str) -> TrainingData:
+    """``data`` as the rm recipe hands it to TRL's RewardTrainer, which adds any ``margin`` column to its loss
+    (-log sigmoid(r_c - r_r - margin)): dropped for plain Bradley-Terry, required with ``use_margin``."""
+    splits = [s for s in (data.train, data.eval) if s is not None]
+    if use_margin:
+        if missing := [s for s in splits if "margin" not in s.column_names]:
+            raise ConfigError(f"{where}: train.use_margin: true needs a 'margin' column (make_pairs with a "
+                              f"score_column writes one); the data has {', '.join(missing[0].column_names)}")
+        data.provenance["margin"] = "used in the loss (train.use_margin)"
+        return data
+    if any("margin" in s.column_names for s in splits):
+        data.provenance["margin"] = "column dropped: Bradley-Terry loss (train.use_margin: false)"
+    data.train, data.eval = (s.remove_columns("margin") if s is not None and "margin" in s.column_names else s
+                             for s in (data.train, data.eval))
+    return data
 
 
 def _rename(dataset: Any, rename: dict[str, str], where: str) -> Any:

@@ -40,7 +40,7 @@ from rlaif.train.config import (
     import_object,
     trl_args,
 )
-from rlaif.train.data import TrainingData, load_training_data
+from rlaif.train.data import TrainingData, load_training_data, reward_margin
 from rlaif.train.model import BuiltModel, build_model, merge_adapter
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,9 @@ def sft(cfg: SFTRecipe, resume: bool = False) -> TrainResult:
 
 def rm(cfg: RMRecipe, resume: bool = False) -> TrainResult:
     """A reward model: the base as a one-logit classifier, Bradley-Terry loss on preference pairs (TRL
-    RewardTrainer). Reports pairwise accuracy (chosen scored above rejected) on the eval split."""
-    data = load_training_data(cfg.data, "rm")
+    RewardTrainer); with ``train.use_margin`` the data's ``margin`` column enters the loss (Llama 2's margin loss),
+    otherwise it is dropped. Reports pairwise accuracy (chosen scored above rejected) on the eval split."""
+    data = reward_margin(load_training_data(cfg.data, "rm"), cfg.train.use_margin, cfg._source)
     checkpoint = resume_checkpoint(cfg, resume)
     args = trl_args(cfg)  # TRL checks option values here, still before the model loads
     built = build_model(cfg.model, cfg.lora, task="seq_cls", cpu=cfg.cpu, require_chat_template=data.conversational)
