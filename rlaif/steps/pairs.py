@@ -142,8 +142,9 @@ class MakePairs(Step):
     ``rejected_model``, ``source`` ("ai"); with scores also ``chosen_score``, ``rejected_score``, ``margin``;
     ``judge_model``, ``principle``, ``principles``, ``confidence`` when the input has them; ``keep_columns``.
     TRL's RewardTrainer reads a ``margin`` column as the Llama 2 margin term of its loss; ``rlaif train rm`` drops
-    the column (plain Bradley-Terry) unless ``train.use_margin: true``. Dropped: "fewer than 2 responses", "no pair above margin", "tie". Quarantined: "invalid scores",
-    "invalid preference". One input may give several pairs (``all_pairs``): ``inputs_emitted`` counts inputs.
+    the column (plain Bradley-Terry) unless ``train.use_margin: true``. Dropped: "fewer than 2 responses", "no pair
+    above margin", "tie". Quarantined: "invalid scores", "invalid preference". One input may give several pairs
+    (``all_pairs``): ``inputs_emitted`` counts inputs.
     """
 
     Params = MakePairsParams
