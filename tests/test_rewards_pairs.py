@@ -156,6 +156,7 @@ def test_best_of_n_emits_pairs_and_both(tmp_path):
     assert stats["best"]["inputs_emitted"] == 3 and stats["best"]["records_out"] == 4
 
 
+@pytest.mark.model
 def test_rows_are_accepted_by_trl(tmp_path, builtin_model_path):
     from transformers import AutoTokenizer
     from trl.data_utils import is_conversational, maybe_apply_chat_template
@@ -228,6 +229,7 @@ def reference_rewards(model_dir: Path, tokenizer_dir: Path, adapter: Path | None
     return out
 
 
+@pytest.mark.model
 def test_reward_model_scores_match_unbatched_forward(tmp_path, reward_dirs):
     records = [{"prompt": PROMPT, "responses": RESPONSES, "id": 0}, {"prompt": PROMPT, "responses": [], "id": 1}]
     scores = {"name": "rm", "type": "rlaif.steps.rewards.RewardModelScore", "from": "scored",
@@ -245,6 +247,53 @@ def test_reward_model_scores_match_unbatched_forward(tmp_path, reward_dirs):
     assert with_adapter != pytest.approx(expected, abs=1e-3)
 
 
+def trl_reward_ids(tokenizer, rows: list[dict]) -> list[list[int]]:
+    """The chosen token ids TRL 1.16's RewardTrainer trains on for ``rows`` (its own preprocessing, no model)."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    args = RewardConfig(output_dir="unused", use_cpu=True, bf16=False, max_length=None, report_to="none")
+    return RewardTrainer._prepare_dataset(None, Dataset.from_list(rows), tokenizer, args, "train")["chosen_ids"]
+
+
+@pytest.mark.model
+def test_reward_model_scoring_tokenizes_as_reward_training_did(tmp_path, reward_dirs):
+    # Without a chat template TRL trains on prompt + response + EOS (it appends the EOS token to plain-text rows);
+    # with one, on the rendered conversation. Scoring must read exactly those tokens.
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    plain = tmp_path / "rm-no-template"
+    shutil.copytree(reward_dirs["rm"], plain)
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((plain / "tokenizer_config.json").read_text())
+    (plain / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "chat_template"}))
+    tokenizer = AutoTokenizer.from_pretrained(plain)
+    assert tokenizer.chat_template is None and tokenizer.eos_token
+    expected = trl_reward_ids(tokenizer, [{"prompt": PROMPT, "chosen": r, "rejected": "x"} for r in RESPONSES])
+    assert all(ids[-1] == tokenizer.eos_token_id for ids in expected)
+
+    # The step scores exactly those ids: one unpadded forward pass each gives the same rewards.
+    model = AutoModelForSequenceClassification.from_pretrained(plain, num_labels=1).eval()
+    with torch.no_grad():
+        reference = [float(model(input_ids=torch.tensor([ids])).logits[0, 0]) for ids in expected]
+    step = {"name": "rm", "type": "rlaif.steps.rewards.RewardModelScore", "from": "scored",
+            "reward_model": str(plain), "micro_batch_size": 3}
+    _, rows = run(tmp_path / "run", [inline([{"prompt": PROMPT, "responses": RESPONSES}]), step])
+    assert rows["rm"][0]["rewards"] == pytest.approx(reference, abs=1e-4)
+
+    from rlaif.steps.rewards import reward_model_ids
+
+    assert [reward_model_ids(tokenizer, PROMPT, r) for r in RESPONSES] == expected
+    templated = AutoTokenizer.from_pretrained(reward_dirs["rm"])
+    conversations = [{"prompt": [{"role": "user", "content": PROMPT}], "chosen": [{"role": "assistant", "content": r}],
+                      "rejected": [{"role": "assistant", "content": "x"}]} for r in RESPONSES]
+    assert [reward_model_ids(templated, PROMPT, r) for r in RESPONSES] == trl_reward_ids(templated, conversations)
+
+
+@pytest.mark.model
 def test_reward_model_reference_is_checked_at_validation(tmp_path, reward_dirs):
     step = {"name": "rm", "type": "rlaif.steps.rewards.RewardModelScore", "from": "scored"}
     with pytest.raises(ConfigError, match="reward_model"):

@@ -1,8 +1,8 @@
 """Reward-model scoring and best-of-n rejection sampling.
 
-``reward_model_score`` runs a sequence-classification reward model (one logit) over prompt + response, rendered with
-the reward model's chat template exactly as TRL's RewardTrainer renders a conversation for training, so a model from
-``rlaif train rm`` scores what it was trained on. ``best_of_n`` turns scored responses into SFT data (and optionally
+``reward_model_score`` runs a sequence-classification reward model (one logit) over prompt + response, tokenized
+exactly as TRL's RewardTrainer tokenizes a training pair (:func:`reward_model_ids`), so a model from ``rlaif train rm``
+scores what it was trained on. ``best_of_n`` turns scored responses into SFT data (and optionally
 best-vs-worst pairs).
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from rlaif.formats import as_messages, assistant, preference_row, sft_row
+from rlaif.formats import as_messages, assistant, preference_row, prompt_text, sft_row
 from rlaif.models import reference_problem, resolve_model
 from rlaif.steps.base import BatchResult, Quarantined, Record, Runtime, Step, StepParams
 from rlaif.steps.pairs import Candidate, ScoreError, candidates, ranked
@@ -73,18 +73,30 @@ def load_reward_model(ref: str, device: str, dtype: Any, trust_remote_code: bool
     return model.to(device).eval(), tokenizer
 
 
+def reward_model_ids(tokenizer: Any, prompt: str | list[dict[str, str]], response: str) -> list[int]:
+    """Token ids of prompt + response as TRL 1.16's RewardTrainer tokenizes a training pair: with a chat template, the
+    conversation rendered by it (nothing appended); without one, the plain text prompt + response with the EOS token
+    appended (TRL adds it to plain-text rows, unless the text already ends with it) and the tokenizer's own special
+    tokens. A reward model reads the last token: the training EOS must be there at scoring time too."""
+    if tokenizer.chat_template:
+        return list(tokenizer.apply_chat_template(as_messages(prompt) + assistant(response), tokenize=True,
+                                                  return_dict=True)["input_ids"])
+    eos = tokenizer.eos_token or ""
+    text = response if response.endswith(eos) else response + eos
+    return list(tokenizer(text=prompt_text(prompt) + text)["input_ids"])
+
+
 def score_conversations(
     model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], batch_size: int, max_length: int
 ) -> tuple[list[float], int]:
-    """(one reward per conversation, tokens read). Conversations are tokenized with the chat template (as TRL's
-    RewardTrainer does), cut from the left to ``max_length`` so the response end is always seen, and run in
-    length-sorted micro-batches to keep padding small."""
+    """(one reward per conversation, tokens read). Each conversation ends with the response; it is tokenized as the
+    reward model was trained (:func:`reward_model_ids`), cut from the left to ``max_length`` so the response end is
+    always seen, and run in length-sorted micro-batches to keep padding small."""
     import torch
 
     if not conversations:
         return [], 0
-    ids = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"][-max_length:]
-           for c in conversations]
+    ids = [reward_model_ids(tokenizer, c[:-1], c[-1]["content"])[-max_length:] for c in conversations]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     rewards = [0.0] * len(ids)
     device = next(model.parameters()).device
