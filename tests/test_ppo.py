@@ -107,6 +107,7 @@ def test_responses_are_cut_after_the_first_eos_and_scored_on_their_last_token():
 
 
 # -- one base, several roles ------------------------------------------------------------------------------------
+@pytest.mark.model
 def test_roles_switch_on_one_base_and_each_adapter_gets_its_own_gradients(tiny_model_dir):
     from rlaif.train.config import LoraConfig, ModelConfig
     from rlaif.train.model import build_model
@@ -137,6 +138,7 @@ def test_roles_switch_on_one_base_and_each_adapter_gets_its_own_gradients(tiny_m
         assert grads == {role}, role
 
 
+@pytest.mark.model
 def test_a_policy_started_from_an_adapter_is_anchored_to_a_frozen_copy_of_it(tiny_model_dir, tmp_path):
     from rlaif.train.config import LoraConfig, ModelConfig
     from rlaif.train.model import build_model
@@ -192,6 +194,7 @@ def _fake_judge(tiny_model_dir, boosts: dict[tuple[int, str], float]):
     return JudgeReward(tail, tokenizer, JudgeConfig(), batch_size=8, description="fake"), calls
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(("boosts", "expected"), [
     ({(1, "7"): 30.0}, 7.0),
     ({(1, "7"): 30.0, (1, "9"): 30.0}, 8.0),
@@ -207,6 +210,7 @@ def test_judge_reward_is_the_expected_score_over_the_score_tokens(tiny_model_dir
     assert rewards.item() == pytest.approx(2 * (expected - 1) / 9 - 1, abs=1e-3)  # mapped to [-1, 1]
 
 
+@pytest.mark.model
 def test_the_shared_base_judges_like_a_separately_loaded_judge(tiny_model_dir):
     from rlaif.train.config import JudgeConfig, LoraConfig, ModelConfig, RewardConfig
     from rlaif.train.model import build_model
@@ -294,6 +298,7 @@ def test_malformed_data_fails_before_any_model_loads(monkeypatch, tmp_path):
 
 
 # -- runs on real QLoRA -----------------------------------------------------------------------------------------
+@pytest.mark.model
 def test_ppo_trains_from_the_shipped_config_with_the_judge_reward(tiny_model_dir, tmp_path):
     from rlaif.train.model import build_model
     from rlaif.train.ppo_model import VALUE_HEAD_FILE
@@ -345,6 +350,7 @@ def eos_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.model
 def test_ppo_with_a_rule_reward_raises_the_mean_reward_with_bounded_kl(eos_model_dir, tmp_path):
     from rlaif.train.recipes import run_recipe
 
@@ -363,6 +369,7 @@ def test_ppo_with_a_rule_reward_raises_the_mean_reward_with_bounded_kl(eos_model
     assert "function `test_ppo.brevity`" in (result.adapter_dir / "README.md").read_text()
 
 
+@pytest.mark.model
 def test_reward_model_adapter_on_the_shared_base_scores_like_the_reward_model(tiny_model_dir, tmp_path):
     from rlaif.steps.rewards import load_reward_model, score_conversations
     from rlaif.train.config import LoraConfig, ModelConfig
@@ -399,6 +406,8 @@ def test_reward_model_adapter_on_the_shared_base_scores_like_the_reward_model(ti
     assert "RM adapter" in (result.adapter_dir / "README.md").read_text()
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_ppo_on_the_builtin_model(tmp_path):
     from rlaif.train.recipes import run_recipe
 
@@ -430,6 +439,8 @@ def test_ppo_rolls_out_on_vllm_with_the_policy_adapter_hot_swapped(vllm_backend,
     assert not (result.output_dir / ".rollout-adapters").exists()
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_ppo_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(tiny_model_dir, tmp_path):
     from rlaif.cli import app
     from rlaif.train.recipes import complete_checkpoints
@@ -468,9 +479,13 @@ def test_ppo_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(tiny_
     assert [row["step"] for row in after] == list(range(resumed_step + 1, 13))
     # Optimizer, LR schedule, adapters, value head and RNG came back: the first resumed step repeats the killed
     # run's step exactly, and the linear schedule continues where it was.
+    # (Before rlaif.train.model.one_4bit_kernel, on AVX512-BF16 CPUs every checkpoint save re-quantized the NF4 base
+    # in the killed run's memory, so the resumed run, loading the pristine base, computed another KL.)
     again, first = after[0], before_kill[resumed_step + 1]
-    for key in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg", "lr"):
+    for key in ("objective/scores", "loss/policy_avg", "loss/value_avg", "lr"):
         assert again[key] == pytest.approx(first[key], rel=1e-4, abs=1e-6), key
+    # KL sums 8 differences of near-equal log-probs (~ -11 each, float32 ulp ~1e-6): compare it on that scale.
+    assert again["objective/kl"] == pytest.approx(first["objective/kl"], abs=8 * 1e-5)
     assert all(row["lr"] == pytest.approx(1e-5 * (1 - row["step"] / 12), abs=1e-9) for row in after)
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     rerun = CliRunner().invoke(app, ["train", "ppo", *args[5:-1], "--cpu"])

@@ -145,8 +145,26 @@ def _load_base(resolved: str, model_cfg: ModelConfig, quantize: Quantize, task: 
         # bitsandbytes quantizes where the weights land: pin the whole model to one device (this process's GPU).
         kwargs["device_map"] = {"": "cpu"} if cpu or not torch.cuda.is_available() else {"": _local_gpu()}
     if task == "seq_cls":
-        return AutoModelForSequenceClassification.from_pretrained(resolved, num_labels=1, **kwargs)
-    return AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(resolved, num_labels=1, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
+    return one_4bit_kernel(model)
+
+
+def one_4bit_kernel(model: Any) -> Any:
+    """Keep bitsandbytes' NF4 layers on their dequantize-then-matmul path in every mode.
+
+    On CPUs with AVX512-BF16, bitsandbytes >= 0.49 repacks a Linear4bit's weight for a bf16 GEMV kernel at its first
+    forward in eval mode without grad (a rollout, an eval loop), and keeps using that kernel afterwards, in training
+    too. That kernel (a) computes in bf16 (outputs differ from the training path by ~6e-3 on a 64-wide layer),
+    (b) has no autograd formula, so no gradient flows back through the base layer once it is packed (seen: the input
+    grad is None), and (c) saving any adapter calls the layer's state_dict, which unpacks the weight with a lossy
+    re-quantization of its absmax: the base drifts at every checkpoint, and a resumed run differs from the run it
+    resumes. Measured on this project's CI machines. Training needs one exact, differentiable kernel."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def _local_gpu() -> int:
