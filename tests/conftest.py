@@ -14,6 +14,45 @@ BUILTIN = "builtin:smollm2-135m-instruct"
 # Small enough that a context-overflow prompt is cheap to build, large enough for judge prompts later.
 TEST_MAX_MODEL_LEN = 2048
 
+# Fixtures that load or build a model, and the marker a test using one (directly or through another fixture:
+# item.fixturenames is the transitive closure) must carry, so `-m "not model and not engine and not slow"` (make
+# test-fast) really skips them. Module fixtures that build models belong here too. A test that loads a model by name
+# (BUILTIN) or trains in a subprocess is invisible to this check: mark it by hand (model, slow).
+NEEDS_MARKER = {
+    "engine": {"vllm_backend"},
+    "model": {"builtin_model_path", "tiny_model_dir", "eos_model_dir", "reward_dirs", "random_lora", "lora_dir",
+              "tiny"},
+    "slow": {"vllm_server"},  # test_openai_backend: a real `vllm serve` (~35 s to ready)
+}
+MARKER_PROBLEM = pytest.StashKey[str]()
+
+
+def _marker_problem(item: pytest.Item) -> str | None:
+    marks = {mark.name for mark in item.iter_markers()}
+    used = set(getattr(item, "fixturenames", ()))
+    missing = [f"@pytest.mark.{mark} (it uses {', '.join(sorted(used & fixtures))})"
+               for mark, fixtures in NEEDS_MARKER.items() if used & fixtures and mark not in marks]
+    return f"{item.nodeid} needs " + " and ".join(missing) if missing else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: an unmarked model test must not slip into the fast tier
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    problems = []
+    for item in items:
+        if item.get_closest_marker("engine"):  # the engine loads the builtin model: engine implies model
+            item.add_marker(pytest.mark.model)
+        if problem := _marker_problem(item):
+            item.stash[MARKER_PROBLEM] = problem
+            problems.append(problem)
+    if problems and config.option.collectonly:
+        raise pytest.UsageError("tests without the markers their fixtures require:\n" + "\n".join(problems))
+
+
+@pytest.hookimpl(tryfirst=True)  # fails before any fixture loads a model
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if problem := item.stash.get(MARKER_PROBLEM, None):
+        pytest.fail(problem, pytrace=False)
+
 
 @pytest.fixture(scope="session")
 def builtin_model_path() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from rlaif.cli import app
@@ -9,6 +10,7 @@ from rlaif.cli import app
 runner = CliRunner()
 
 
+@pytest.mark.model
 def test_generate_prints_n_completions_per_prompt(tiny_model_dir):
     args = ["generate", "--model", str(tiny_model_dir), "--backend", "hf", "--n", "2", "--max-tokens", "6",
             "--seed", "3", "--prompt", "Hello there", "--prompt", "Second prompt"]
@@ -25,12 +27,14 @@ def test_generate_with_a_bad_model_reference_exits_2_with_what_was_tried(tmp_pat
     assert "tried:" in result.output and "builtin:smollm2-135m-instruct" in result.output
 
 
+@pytest.mark.model
 def test_generate_rejects_bad_sampling_parameters(tiny_model_dir):
     result = runner.invoke(app, ["generate", "--model", str(tiny_model_dir), "--prompt", "x", "--n", "0"])
     assert result.exit_code != 0
     assert "n must be >= 1" in result.output
 
 
+@pytest.mark.model
 def test_models_list_and_pull(builtin_model_path):
     listed = runner.invoke(app, ["models", "list"])
     assert listed.exit_code == 0 and "builtin:smollm2-135m-instruct" in listed.output and "ready" in listed.output

@@ -146,6 +146,7 @@ def test_length_ratio_bounds_on_preference_rows(tmp_path):
     assert ratio_only.required_columns() == {"chosen", "rejected"}
 
 
+@pytest.mark.model
 def test_length_in_tokens_loads_the_tokenizer_only_at_run_time(tmp_path, builtin_model_path):
     from transformers import AutoTokenizer
 

@@ -16,6 +16,8 @@ HELLO = [{"role": "user", "content": "Say hello."}]
 SHORT = [{"role": "user", "content": "Hi"}]
 LONG = [{"role": "user", "content": "Tell me everything about the history of the Roman empire. " * 6}]
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
@@ -249,6 +251,7 @@ def test_lora_adapter_changes_output_and_can_be_switched_off(tiny, lora_dir):
 
 
 # -- the builtin model ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_builtin_model_answers_in_english_and_stops_at_eos():
     question = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
     story = [{"role": "user", "content": "Write a long story about a dragon."}]

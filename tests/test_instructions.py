@@ -207,6 +207,7 @@ def test_evol_method_choice_is_deterministic_and_uses_both_kinds(tmp_path):
 
 
 # -- Magpie ----------------------------------------------------------------------------------------------------------
+@pytest.mark.model
 def test_pre_query_of_the_builtin_template(builtin_model_path):
     from transformers import AutoTokenizer
 

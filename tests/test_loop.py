@@ -67,6 +67,8 @@ def _tiny_loop(tmp_path: Path, tiny_model_dir: Path, rounds: int = 2) -> Path:
     return path
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_two_rounds_train_on_the_previous_policy_and_report_every_round(tiny_model_dir, tmp_path):
     from rlaif.loop.rounds import run_loop
 
@@ -112,6 +114,8 @@ def _lora_weights(adapter: Path) -> dict:
     return load_file(str(adapter / "adapter_model.safetensors"))
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_a_finished_loop_repeats_nothing_and_more_rounds_continue_it(tiny_model_dir, tmp_path):
     from rlaif.loop.rounds import run_loop
 
@@ -124,6 +128,8 @@ def test_a_finished_loop_repeats_nothing_and_more_rounds_continue_it(tiny_model_
     assert again[1]["round"] == 2 and (tmp_path / "run" / "round-2" / "stats.json").is_file()
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_loop_killed_with_sigkill_resumes_without_repeating_finished_work(tiny_model_dir, tmp_path):
     loop_file = _tiny_loop(tmp_path, tiny_model_dir)
     run = tmp_path / "run"
@@ -159,6 +165,8 @@ def test_loop_killed_with_sigkill_resumes_without_repeating_finished_work(tiny_m
     assert "win rate vs k-1" in result.output and "hand-off %" in result.output and "…" not in result.output
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_rlhf_stages_sft_then_reward_model_then_ppo_against_it_in_one_round(tiny_model_dir, tmp_path):
     """pipelines/rlhf_ppo.yaml's shape on the tiny model: SFT on the chosen answers (policy), a reward model on the
     pairs (not a policy: fresh on the base), PPO starting from the SFT adapter with the RM adapter as its reward."""
@@ -246,6 +254,8 @@ def test_shipped_loop_layouts():
         assert all(m.options.get("enable_lora") for m in pipeline.models.values())
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_builtin_loop_quickstart_two_rounds_on_vllm_with_engine_hand_off(tmp_path):
     """The shipped demo loop, smaller: 2 rounds of 6 prompts on the builtin model, real vLLM engine (closed for
     training and started again: the CPU hand-off), real QLoRA DPO continuing the previous adapter."""

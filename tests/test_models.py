@@ -18,6 +18,7 @@ from rlaif.models import ModelNotFoundError, resolve_model
 NAME = "smollm2-135m-instruct"
 
 
+@pytest.mark.model
 def test_builtin_reference_resolves_to_a_loadable_checkpoint(builtin_model_path):
     from transformers import AutoConfig, AutoTokenizer
 
@@ -49,6 +50,7 @@ def test_directory_without_config_is_rejected(tmp_path):
         resolve_model(str(tmp_path))
 
 
+@pytest.mark.model
 def test_local_directory_and_hub_id_pass_through(tiny_model_dir):
     assert resolve_model(str(tiny_model_dir)) == str(tiny_model_dir)
     assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -60,6 +62,7 @@ def test_missing_package_names_the_install_command(monkeypatch):
         models.find_builtin_gguf(NAME)
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_interrupted_conversion_leaves_nothing_loadable_and_next_call_converts(tmp_path, monkeypatch):
     cache = tmp_path / "cache"

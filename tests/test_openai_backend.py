@@ -350,6 +350,7 @@ def served(vllm_server: str) -> Iterator[OpenAIBackend]:
         yield backend
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_served_chat_with_n_choices(served: OpenAIBackend) -> None:
     prompts = [user("Name a fruit."), user("Say hello in French.")]
@@ -362,6 +363,7 @@ def test_served_chat_with_n_choices(served: OpenAIBackend) -> None:
             assert completion.finish_reason in ("stop", "length")
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_served_raw_prompt_goes_to_completions(served: OpenAIBackend) -> None:
     [result] = served.generate(["The capital of France is"], GenerationParams(temperature=0.0, max_tokens=8))
@@ -370,6 +372,7 @@ def test_served_raw_prompt_goes_to_completions(served: OpenAIBackend) -> None:
     assert result.prompt_tokens > 0
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_served_structured_choice(served: OpenAIBackend) -> None:
     params = GenerationParams(n=3, temperature=1.0, max_tokens=8, choice=("yes", "no"))
@@ -379,6 +382,7 @@ def test_served_structured_choice(served: OpenAIBackend) -> None:
     assert set(texts) <= {"yes", "no"}
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_served_json_schema(served: OpenAIBackend) -> None:
     schema = {"type": "object", "properties": {"label": {"enum": ["a", "b"]}}, "required": ["label"]}
@@ -388,6 +392,7 @@ def test_served_json_schema(served: OpenAIBackend) -> None:
     assert json.loads(result.completions[0].text)["label"] in ("a", "b")
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_served_logprobs(served: OpenAIBackend) -> None:
     params = GenerationParams(max_tokens=6, temperature=1.0, logprobs=2)
@@ -401,6 +406,7 @@ def test_served_logprobs(served: OpenAIBackend) -> None:
             assert all(math.isfinite(v) for v in token.top.values())
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_served_overlong_prompt_fails_alone(served: OpenAIBackend) -> None:
     prompts = [user("Hi!"), user("hello " * 3000), "Once upon a time"]
