@@ -157,3 +157,49 @@ def test_an_empty_length_cut_vllm_response_has_no_eos():
     rewards = core.token_rewards(torch.tensor([1.0]), torch.zeros(1, 1), alone.mask, kl_coef=0.1)
     advantages, _ = core.gae(rewards, torch.zeros(1, 1), alone.mask, 1.0, 0.95)
     assert torch.isfinite(advantages).all()
+
+
+# -- 4. vLLM evaluation samples the real reference ------------------------------------------------------------------
+class RecordingBackend:
+    """Records the parameters of every generate call and checks a LoRA folder exists when it is sent."""
+
+    def __init__(self) -> None:
+        self.params: list = []
+
+    def generate(self, prompts, params):
+        if params.lora is not None:
+            assert (Path(params.lora.path) / "adapter_config.json").is_file()
+        self.params.append(params)
+        return [_result("ok", [1000, 2], "stop") for _ in prompts]
+
+
+@pytest.mark.model
+def test_vllm_reference_rollouts_send_the_reference_adapter_ppo_started_from(tiny_model_dir, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    shared = _shared(tiny_model_dir, tmp_path)
+    saves = []
+    save = shared.save_adapter
+    monkeypatch.setattr(shared, "save_adapter", lambda name, *args: (saves.append(name), save(name, *args))[1])
+    backend = RecordingBackend()
+    sampler = _vllm_sampler(stop_ids=(shared.tokenizer.eos_token_id,), shared=shared, backend=backend,
+                            workdir=tmp_path / "rollouts")
+    sampler.generate(["Hi"], policy=False)
+    sampler.generate(["Hi"], policy=True)
+    sampler.generate(["Hi"], policy=False)
+    reference, policy, again = (p.lora for p in backend.params)
+    assert reference is not None and again == reference  # saved once: the reference is frozen
+    assert policy is not None and policy.path != reference.path
+    assert saves == ["reference", "policy"]
+    saved = load_file(str(Path(reference.path) / "adapter_model.safetensors"))
+    started = load_file(str(tmp_path / "start" / "adapter_model.safetensors"))
+    assert saved.keys() == started.keys() and all(torch.equal(saved[k], started[k]) for k in saved)
+    assert json.loads((Path(reference.path) / "adapter_config.json").read_text())["base_model_name_or_path"] == "base"
+    sampler.close()
+    assert not (tmp_path / "rollouts").exists()
+
+    fresh = RecordingBackend()
+    plain = _vllm_sampler(stop_ids=(shared.tokenizer.eos_token_id,), shared=_shared(tiny_model_dir), backend=fresh,
+                          workdir=tmp_path / "plain")
+    plain.generate(["Hi"], policy=False)
+    assert fresh.params[0].lora is None  # a fresh policy: the reference is the base, adapters off

@@ -13,7 +13,7 @@ import itertools
 import logging
 import shutil
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,6 +22,7 @@ import torch
 from rlaif.backends.base import tokenize_prompt
 from rlaif.backends.hf_backend import plain_generation
 from rlaif.formats import as_messages
+from rlaif.schema import GenerationParams, LoraAdapter
 from rlaif.train.ppo_core import left_padded, response_mask
 from rlaif.train.ppo_model import REFERENCE, SharedBase
 
@@ -121,26 +122,22 @@ class HFSampler:
 class VllmSampler:
     """Rollouts on a vLLM engine: the current policy adapter is saved to a fresh folder per call and sent as a LoRA
     request under a new name and path (vLLM caches adapters by id, so a reused path would serve stale weights).
+    The reference is the base (no LoRA request), or the frozen adapter PPO started from, saved once and sent too.
     The trainer scores the engine's sampled ids verbatim (re-tokenizing the text need not give them back; vLLM keeps
     the stop token as the last id), so a response has EOS only when a stop token really ended it. An engine built
     here sleeps between rollouts when ``sleep`` is set."""
 
     def __init__(self, shared: SharedBase, backend: Any, stop_ids: Collection[int], response_length: int,
                  temperature: float, workdir: Path, base_reference: str, owned: bool, sleep: bool) -> None:
-        from rlaif.schema import GenerationParams
-
         self.shared, self.backend, self.stop_ids = shared, backend, set(stop_ids)
         self.workdir, self.base_reference, self.owned, self.sleep = Path(workdir), base_reference, owned, sleep
         self.params = GenerationParams(n=1, temperature=temperature, top_p=1.0, max_tokens=response_length)
         self.response_length = response_length
         self._serial = itertools.count()
         self.requests: list[str] = []  # adapter names sent, in order (observable for tests and logs)
+        self._reference: LoraAdapter | None = None
 
     def generate(self, prompts: Sequence[Any], policy: bool = True) -> Rollout:
-        from dataclasses import replace
-
-        from rlaif.schema import LoraAdapter
-
         tokenizer = self.shared.tokenizer
         params, folder = self.params, None
         if policy:
@@ -149,6 +146,8 @@ class VllmSampler:
             self.shared.save_adapter("policy", folder, self.base_reference)
             params = replace(params, lora=LoraAdapter(name=name, path=str(folder.resolve())))
             self.requests.append(name)
+        elif self.shared.reference is not None:
+            params = replace(params, lora=self._reference_adapter(self.shared.reference))
         if self.owned and self.sleep:
             self.backend.wake_up()
         try:
@@ -159,6 +158,14 @@ class VllmSampler:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
         return self._rollout(prompts, results)
+
+    def _reference_adapter(self, adapter: str) -> LoraAdapter:
+        # Frozen, so saved once and sent under one path: vLLM keeps it loaded by that path's id across evaluations.
+        if self._reference is None:
+            folder = self.workdir / "reference"
+            self.shared.save_adapter(adapter, folder, self.base_reference)
+            self._reference = LoraAdapter(name="reference", path=str(folder.resolve()))
+        return self._reference
 
     def _rollout(self, prompts: Sequence[Any], results: Sequence[Any]) -> Rollout:
         tokenizer = self.shared.tokenizer
