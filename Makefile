@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.rlaif-setup-stamp
 # Where pip finds torch 2.13.0+cpu when no local wheel directory (pip's find-links) provides it.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup test demo lint bench clean-venv
+.PHONY: setup test test-fast demo lint bench clean-venv
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The fast tier: no model, no vLLM engine, nothing over 10 s (markers in pyproject.toml; tests/conftest.py fails a
+# test whose fixtures load a model without its marker). About a minute on 2 cores.
+test-fast: setup
+	$(PY) -m pytest -m "not model and not engine and not slow" $(PYTEST_ARGS)
+
 # The main job, on the builtin model: the full loop, 2 rounds (pipelines/loop_quickstart.yaml). Each round generates
 # with the current policy (vLLM, the previous round's adapter as a LoRA request), judges, filters, pairs, trains the
 # next adapter with QLoRA DPO, and measures its held-out win rate. Prints the round table; outputs in
@@ -35,6 +40,7 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check rlaif tests bench
+	$(VENV)/bin/ruff format --check rlaif tests bench
 
 bench: setup
 	$(PIP) install --quiet -c constraints.txt -e ".[cpu,dev,bench]"
