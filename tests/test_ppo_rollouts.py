@@ -44,8 +44,14 @@ def _shared(model_dir: Path, tmp_path: Path | None = None, temperature: float = 
         start.save_pretrained(tmp_path / "start")
         adapters = {"policy": tmp_path / "start", "value": None, "reference": tmp_path / "start"}
     built = build_model(cfg, LoraConfig(r=4, dropout=0.0), adapters=adapters, trainable=("policy", "value"), cpu=True)
-    return SharedBase(built.model.eval(), built.tokenizer, ("policy", "value"), new_value_head(64, "cpu", 0),
-                      temperature, reference="reference" if tmp_path is not None else None)
+    return SharedBase(
+        built.model.eval(),
+        built.tokenizer,
+        ("policy", "value"),
+        new_value_head(64, "cpu", 0),
+        temperature,
+        reference="reference" if tmp_path is not None else None,
+    )
 
 
 # -- 1. HF rollouts ignore the model's own sampling settings --------------------------------------------------------
@@ -56,8 +62,9 @@ def test_hf_rollouts_sample_the_plain_policy_not_the_models_generation_config(ti
     shared = _shared(tiny_model_dir, temperature=0.7)
     base = shared.model.get_base_model()
     # What chat models ship in generation_config.json (Qwen2.5-Instruct: repetition_penalty 1.05), exaggerated.
-    base.generation_config.update(repetition_penalty=5.0, no_repeat_ngram_size=1, typical_p=0.5, min_p=0.1,
-                                  suppress_tokens=[5], min_new_tokens=3)
+    base.generation_config.update(
+        repetition_penalty=5.0, no_repeat_ngram_size=1, typical_p=0.5, min_p=0.1, suppress_tokens=[5], min_new_tokens=3
+    )
     built = []
     original = base._get_logits_processor
 
@@ -97,11 +104,24 @@ def test_ppo_evaluation_passes_the_rows_other_columns_to_the_reward(tiny_model_d
 
     data = tmp_path / "prompts.jsonl"
     topics = ["apples", "rivers", "music", "clouds", "trains", "bread", "stars", "rain"]
-    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"Tell me about {t}."}],
-                                        "reference": t}) + "\n" for t in topics))
-    cfg = _config(tiny_model_dir, tmp_path / "out", "reward.judge=null",
-                  "reward.function=test_ppo_rollouts.needs_reference", "train.max_steps=1", "lora.r=4",
-                  "train.response_length=4", "train.num_ppo_epochs=1", "data.test_size=0.25", data=data)
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": [{"role": "user", "content": f"Tell me about {t}."}], "reference": t}) + "\n"
+            for t in topics
+        )
+    )
+    cfg = _config(
+        tiny_model_dir,
+        tmp_path / "out",
+        "reward.judge=null",
+        "reward.function=test_ppo_rollouts.needs_reference",
+        "train.max_steps=1",
+        "lora.r=4",
+        "train.response_length=4",
+        "train.num_ppo_epochs=1",
+        "data.test_size=0.25",
+        data=data,
+    )
     result = run_recipe(cfg)
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
     evaluation = json.loads((result.output_dir / "eval.json").read_text())
@@ -122,8 +142,9 @@ def _vllm_sampler(stop_ids=(2,), response_length: int = 8, shared=None, backend=
     from rlaif.train.rollout import VllmSampler
 
     shared = shared or SimpleNamespace(tokenizer=CharTokenizer())
-    return VllmSampler(shared, backend, stop_ids, response_length, 1.0, workdir or Path("unused"), "base",
-                       owned=False, sleep=False)
+    return VllmSampler(
+        shared, backend, stop_ids, response_length, 1.0, workdir or Path("unused"), "base", owned=False, sleep=False
+    )
 
 
 def _result(text: str, ids: list[int], finish: str) -> GenerationResult:
@@ -133,8 +154,9 @@ def _result(text: str, ids: list[int], finish: str) -> GenerationResult:
 def test_vllm_rollouts_keep_the_sampled_ids_verbatim():
     sampler = _vllm_sampler()
     # "hello" sampled as two tokens (1000, 1001) then EOS; re-tokenized it would be five characters + EOS.
-    rollout = sampler._rollout(["q", "q"], [_result("hello", [1000, 1001, 2], "stop"),
-                                            _result("hey you", [1002, 1003, 1004], "length")])
+    rollout = sampler._rollout(
+        ["q", "q"], [_result("hello", [1000, 1001, 2], "stop"), _result("hey you", [1002, 1003, 1004], "length")]
+    )
     assert rollout.response.tolist() == [[1000, 1001, 2], [1002, 1003, 1004]]
     assert rollout.mask.tolist() == [[1, 1, 1], [1, 1, 1]] and rollout.has_eos.tolist() == [True, False]
     assert rollout.texts == ["hello", "hey you"]
@@ -182,8 +204,9 @@ def test_vllm_reference_rollouts_send_the_reference_adapter_ppo_started_from(tin
     save = shared.save_adapter
     monkeypatch.setattr(shared, "save_adapter", lambda name, *args: (saves.append(name), save(name, *args))[1])
     backend = RecordingBackend()
-    sampler = _vllm_sampler(stop_ids=(shared.tokenizer.eos_token_id,), shared=shared, backend=backend,
-                            workdir=tmp_path / "rollouts")
+    sampler = _vllm_sampler(
+        stop_ids=(shared.tokenizer.eos_token_id,), shared=shared, backend=backend, workdir=tmp_path / "rollouts"
+    )
     sampler.generate(["Hi"], policy=False)
     sampler.generate(["Hi"], policy=True)
     sampler.generate(["Hi"], policy=False)
@@ -199,7 +222,11 @@ def test_vllm_reference_rollouts_send_the_reference_adapter_ppo_started_from(tin
     assert not (tmp_path / "rollouts").exists()
 
     fresh = RecordingBackend()
-    plain = _vllm_sampler(stop_ids=(shared.tokenizer.eos_token_id,), shared=_shared(tiny_model_dir), backend=fresh,
-                          workdir=tmp_path / "plain")
+    plain = _vllm_sampler(
+        stop_ids=(shared.tokenizer.eos_token_id,),
+        shared=_shared(tiny_model_dir),
+        backend=fresh,
+        workdir=tmp_path / "plain",
+    )
     plain.generate(["Hi"], policy=False)
     assert fresh.params[0].lora is None  # a fresh policy: the reference is the base, adapters off

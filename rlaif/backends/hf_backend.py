@@ -185,8 +185,9 @@ class HFBackend(BackendBase):
             count = self._tokens_through(body, cut + length)
             text, finish = text[:cut], "stop"
         logprobs = self._token_logprobs(tokens[:count], table) if table is not None else None
-        return Completion(text=text, completion_tokens=count, finish_reason=finish, logprobs=logprobs,
-                          token_ids=tokens[:count])
+        return Completion(
+            text=text, completion_tokens=count, finish_reason=finish, logprobs=logprobs, token_ids=tokens[:count]
+        )
 
     def _tokens_through(self, tokens: list[int], chars: int) -> int:
         # Fewest tokens whose text reaches `chars` characters; text grows with the prefix, so bisect.
