@@ -86,7 +86,7 @@ def setup(cfg: PPORecipe, data: Any, checkpoint: str | None, backend: Any) -> Ru
                         reference="reference" if start else None)
     reward = build_reward(cfg.reward, shared, cfg.model, cfg.cpu, cfg.train.max_length or 2048)
     prompts, rows = _train_prompts(cfg, data.train, built.tokenizer)
-    # Held-out rows stay whole (Run.eval_prompts holds rows): a reward may read their other columns, as in training.
+    # Held-out rows stay whole: a reward may read their other columns, as in training.
     held_out = [row for row in data.eval or [] if _fits(cfg, built.tokenizer, row["prompt"])]
     steps = state.total_steps(cfg.train, len(prompts))
     optimizer = state.make_optimizer(shared.trainable_parameters(), cfg.args(), cfg.train)

@@ -26,7 +26,7 @@ def _own_rng(seed: int) -> Iterator[None]:
 
 def evaluate(run: Run) -> dict[str, float]:
     """Mean reward of policy samples and of reference samples on the held-out prompts, and the policy's KL."""
-    rows = run.eval_prompts  # the held-out rows, whole: a reward function may read their other columns
+    rows = run.eval_rows
     if not rows:
         return {}
     run.shared.model.eval()

@@ -38,7 +38,7 @@ class Run:
     scheduler: Any
     prompts: list[Any]
     rows: list[dict[str, Any]]
-    eval_prompts: list[Any]
+    eval_rows: list[dict[str, Any]]  # held-out rows, whole: a reward may read their other columns
     steps: int
     step: int = 0
 
