@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 from rlaif.steps.base import BatchResult, Record, Step, StepParams
@@ -79,11 +80,13 @@ class Liar(Step):
 class AlphabeticalJudge:
     """A judge backend, loaded by dotted path (``backend: plugins.AlphabeticalJudge``): for a pairwise judge prompt
     it prefers the answer that sorts first, so its verdict is consistent across both orders and never a tie unless
-    the answers are equal. Anything else it is asked gets "A"."""
+    the answers are equal. Anything else it is asked gets "A". It accepts (and ignores) the vllm backend's engine
+    options, so overriding only ``backend`` swaps it in for a shipped pipeline's judge."""
 
     name = "alphabetical-judge"
 
-    def __init__(self, model: str, **options: object) -> None:
+    def __init__(self, model: str, max_model_len: int | None = None, enable_lora: bool = False,
+                 max_lora_rank: int | None = None, **options: object) -> None:
         self.model = model
 
     def generate(self, prompts, params):
@@ -95,13 +98,64 @@ class AlphabeticalJudge:
         for prompt in prompts:
             text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
             answers = re.findall(r"Start of Assistant [AB]'s Answer\]\n(.*?)\n\[The End", text, flags=re.S)
-            verdict = "A" if len(answers) < 2 or answers[0] < answers[1] else "B" if answers[0] > answers[1] else "tie"
+            verdict = "A" if len(answers) < 2 else self.verdict(*answers[:2])
             completions = [Completion(text=verdict, completion_tokens=1, finish_reason="stop")] * params.n
             results.append(GenerationResult(completions=completions, prompt_tokens=len(text.split())))
         return results
 
+    @staticmethod
+    def verdict(a: str, b: str) -> str:
+        return "A" if a < b else "B" if a > b else "tie"
+
     def close(self) -> None:
         pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _round(text: str) -> int:
+    found = re.match(r"\[round (\d+)\]", text)
+    return int(found.group(1)) if found else -1
+
+
+class LatestRoundJudge(AlphabeticalJudge):
+    """Prefers the answer that RoundTaggedHF tagged with the later loop round: policy k over policy k-1."""
+
+    name = "latest-round-judge"
+
+    @staticmethod
+    def verdict(a: str, b: str) -> str:
+        return "A" if _round(a) > _round(b) else "B" if _round(a) < _round(b) else "tie"
+
+
+class RoundTaggedHF:
+    """A policy backend for the loop tests: the hf backend's real generation (with the request's LoRA adapter), each
+    completion prefixed with the round that trained that adapter, "[round K] " (round-K/train/... in its path), or
+    "[round 0] " without one. The loop's eval then has a known answer: LatestRoundJudge prefers policy k every time."""
+
+    name = "round-tagged-hf"
+
+    def __init__(self, model: str, **options: object) -> None:
+        from rlaif.backends.hf_backend import HFBackend
+
+        self.model = model
+        self._hf = HFBackend(model, **options)
+
+    def generate(self, prompts, params):
+        import dataclasses
+
+        found = re.search(r"round-(\d+)/train/", params.lora.path) if params.lora else None
+        tag = f"[round {found.group(1) if found else 0}] "
+        return [dataclasses.replace(result, completions=[dataclasses.replace(c, text=tag + c.text)
+                                                         for c in result.completions])
+                for result in self._hf.generate(prompts, params)]
+
+    def close(self) -> None:
+        self._hf.close()
 
     def __enter__(self):
         return self

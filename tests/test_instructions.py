@@ -315,6 +315,9 @@ def test_instruction_methods_on_the_real_engine(vllm_backend, tmp_path):
     for row in rows["magpie"]:
         assert row["instruction"].strip() and row["prompt"] == row["instruction"] and row["origin"] == "magpie"
         assert "<|im_" not in row["instruction"]
+    # every seed evolved or was eliminated with a reason; at least one evolved (the loop below checks something)
+    assert len(rows["evol"]) + sum(stats["evol"]["dropped"].values()) == 3 and not stats["evol"]["quarantined"]
+    assert rows["evol"], f"no seed evolved: {stats['evol']['dropped']}"
     for row in rows["evol"]:
         assert row["instruction"] != row["original_instruction"] and row["evolution_history"]
         assert len(row["evolution_history"]) + len(row["evolution_failures"]) == 1
