@@ -395,3 +395,40 @@ def test_decontaminate_reads_txt_and_parquet_fields_and_invalidates_the_cache(tm
         typo.process(records)
     assert "must end in one of" in problems(tmp_path, f"{{name: f, type: {M}.Decontaminate, from: src, "
                                                       "column: text, benchmarks: [b.csv]}")
+
+
+SHORT_ITEM = "Which planet in our solar system has the most moons?"  # 10 words: under the 13-gram
+
+
+def test_decontaminate_matches_short_benchmark_items_whole(tmp_path):
+    (tmp_path / "bench.jsonl").write_text(json.dumps({"question": SHORT_ITEM, "answer": "Saturn"}) + "\n")
+    records = [
+        {"prompt": f"Here is a quiz question for you today, please answer it: {SHORT_ITEM} Explain why."},  # inside
+        {"prompt": SHORT_ITEM.upper()},  # a short record equal to the item (normalized)
+        {"prompt": f"So, {SHORT_ITEM}"},  # a short record containing it
+        {"prompt": "Saturn!"},  # equal to a 1-word item
+        {"prompt": "Tell me about Saturn and its rings, and why they shine so brightly at night."},  # 1 word: short
+        {"prompt": "Which planet in our solar system has the most"},  # only part of the item
+        {"prompt": "Which planet in our solar system has the most rings?"},  # same first 8 words, then different
+    ]
+    step = Decontaminate("d", Decontaminate.Params(benchmarks=["bench.jsonl"]), tmp_path)
+    result = step.process(records)
+    assert [r["prompt"] for r in result.records] == [records[i]["prompt"] for i in (4, 5, 6)]
+    reports = [r["_contamination"] for r, _ in result.dropped]
+    assert reports[0] == {"benchmark": "bench.jsonl", "item": 0, "column": "prompt", "matches": 1,
+                          "ngram": normalize_text(SHORT_ITEM)}
+    assert [r["ngram"] for r in reports[1:]] == [normalize_text(SHORT_ITEM)] * 2 + ["saturn"]
+    # min_words: the shortest item matched inside a longer text (shorter ones only match a text equal to them).
+    every_word = Decontaminate("d", Decontaminate.Params(benchmarks=["bench.jsonl"], min_words=1), tmp_path)
+    assert [r["prompt"] for r in every_word.process(records).records] == [records[i]["prompt"] for i in (5, 6)]
+
+
+def test_ngram_hashes_gives_prefix_windows_from_the_same_pass():
+    hasher, docs = WordHasher(), [tokens("a b c d e"), [], tokens("f g"), tokens("h")]
+    plain = ngram_hashes(hasher, docs, 3, whole_short=False)
+    with_prefix = ngram_hashes(hasher, docs, 3, whole_short=False, prefix=2)
+    assert all((x == y).all() for x, y in zip(plain, with_prefix[:3], strict=True))
+    # A 2-word window hashes as that 2-word text does alone with whole_short: how short items are found inside docs.
+    spans = [d[i : i + 2] for d in docs for i in range(len(d) - 1)]
+    assert (with_prefix[3] == ngram_hashes(hasher, spans, 3, whole_short=True)[0]).all()
+    assert with_prefix[4].tolist() == [0, 0, 0, 0, 2] and with_prefix[5].tolist() == [0, 1, 2, 3, 0]

@@ -69,12 +69,17 @@ class WordHasher:
         return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
 
 
-def ngram_hashes(hasher: WordHasher, docs: list[list[str]], n: int, whole_short: bool) -> tuple[np.ndarray, ...]:
+def ngram_hashes(hasher: WordHasher, docs: list[list[str]], n: int, whole_short: bool, prefix: int = 0
+                 ) -> tuple[np.ndarray, ...]:
     """Hashes of every word n-gram of every doc, all docs at once: (hashes, doc index of each, start word of each).
 
     An n-gram hash is sum_k word_hash[i+k] * C_k (mod 2^64) over the concatenated docs, keeping only the windows
     that do not cross a doc boundary. With ``whole_short`` a doc shorter than n (even empty) yields one n-gram of
-    all its words, so short texts still get a sketch; without it they yield none (decontamination: too short)."""
+    all its words, so short texts still get a sketch; without it they yield none (decontamination: too short).
+
+    With ``0 < prefix < n``, three more arrays (hashes, doc, start) give the ``prefix``-word windows that fit in
+    their doc: the first ``prefix`` terms of the same sum, taken on the way (no second pass over the words). So the
+    whole_short hash of a short text equals the hash of its own word span wherever that span occurs in a doc."""
     lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
     flat = hasher([w for d in docs for w in d])
     if whole_short and (lengths < n).any():
@@ -84,18 +89,50 @@ def ngram_hashes(hasher: WordHasher, docs: list[list[str]], n: int, whole_short:
         target += np.repeat(np.cumsum(padded) - padded, lengths)
         words, flat, lengths = flat, np.zeros(int(padded.sum()), dtype=np.uint64), padded
         flat[target] = words
-    windows = len(flat) - n + 1
+    windows = len(flat) - (prefix or n) + 1
     if windows <= 0:
         empty = np.zeros(0, dtype=np.int64)
-        return np.zeros(0, dtype=np.uint64), empty, empty
+        return (np.zeros(0, dtype=np.uint64), empty, empty) * (2 if prefix else 1)
+    if prefix:  # the n-gram sum of the last prefix-windows runs past the end: zeros (those n-grams are cut below)
+        flat = np.concatenate([flat, np.zeros(n - prefix, dtype=np.uint64)])
     multipliers = np.random.default_rng(0x5EED).integers(1, 1 << 63, size=n, dtype=np.uint64) | np.uint64(1)
     hashes = flat[:windows] * multipliers[0]
+    short = hashes[:0]
     for k in range(1, n):
+        if k == prefix:
+            short = hashes.copy()
         hashes += flat[k : k + windows] * multipliers[k]
     doc = np.repeat(np.arange(len(docs)), lengths)[:windows]
     start = np.arange(windows) - (np.cumsum(lengths) - lengths)[doc]
     valid = start <= lengths[doc] - n
-    return hashes[valid], doc[valid], start[valid]
+    if not prefix:
+        return hashes[valid], doc[valid], start[valid]
+    fits = start <= lengths[doc] - prefix
+    return hashes[valid], doc[valid], start[valid], short[fits], doc[fits], start[fits]
+
+
+class HashLookup:
+    """Sorted distinct 64-bit hashes with a payload row each (the first given for a hash). A bitmap on the low bits
+    (~1/64 false hits) answers most lookups, so only its hits pay for a binary search."""
+
+    def __init__(self, hashes: np.ndarray, payload: np.ndarray) -> None:
+        self.hashes, first = np.unique(hashes, return_index=True)
+        self.payload = payload[first]
+        size = 1 << int(np.clip(np.ceil(np.log2(64 * max(1, len(self.hashes)))), 16, 30))
+        self._maybe = np.zeros(size, dtype=bool)
+        self._maybe[self.hashes & np.uint64(size - 1)] = True
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def find(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of ``hashes`` that are in the set, and the payload of each."""
+        if not len(self.hashes) or not len(hashes):
+            return np.zeros(0, dtype=np.int64), self.payload[:0]
+        rows = np.flatnonzero(self._maybe[hashes & np.uint64(len(self._maybe) - 1)])
+        found = np.searchsorted(self.hashes, hashes[rows]).clip(max=len(self.hashes) - 1)
+        hit = self.hashes[found] == hashes[rows]
+        return rows[hit], self.payload[found[hit]]
 
 
 def optimal_bands(threshold: float, num_perm: int, false_positive_weight: float = 0.1) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from pydantic import Field, field_validator, model_validator
 
 from rlaif.models import reference_problem
 from rlaif.steps.base import BatchResult, Quarantined, Record, Runtime, Step, StepParams
-from rlaif.steps.dedup import WordHasher, column_text, ngram_hashes, normalize_text, read_texts, tokens
+from rlaif.steps.dedup import HashLookup, WordHasher, column_text, ngram_hashes, normalize_text, read_texts, tokens
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +320,7 @@ class DecontaminateParams(StepParams):
     benchmark_columns: list[str] | None = Field(None, description="item fields to index (default: all text)")
     column: str | list[str] = Field("prompt", description="column(s) checked; conversations read as last message")
     ngram: int = Field(13, ge=1, le=64, description="words per n-gram")
+    min_words: int = Field(8, ge=1, le=64, description="shortest item (under ngram words) matched inside a text")
 
     @field_validator("benchmarks")
     @classmethod
@@ -330,14 +331,23 @@ class DecontaminateParams(StepParams):
         return paths
 
 
+Match = tuple[int, int, int, int, int]  # (doc, start word, words, benchmark file, item)
+
+
 class Decontaminate(Step):
-    """Drop records that share a word n-gram (13 by default, after normalization) with a benchmark item.
+    """Drop records that share a word n-gram (13 by default, after normalization) with a benchmark item, or hold a
+    shorter benchmark item whole.
 
     Inputs: ``column`` (one or several; strings or conversations). References: ``benchmarks`` files, resolved
     against the pipeline file, hashed into the cache key. Outputs: the clean records, unchanged. Dropped:
     "contaminated", carrying ``_contamination`` = {benchmark, item (0-based), column, ngram (the first matching
-    n-gram, normalized), matches (how many of the record's n-grams occur in the benchmarks)}; a summary per batch is
-    logged. Quarantined: "not text". A text shorter than ``ngram`` words has no n-gram and is never flagged.
+    n-gram, else the short item matched, normalized), matches (how many of the record's n-grams and short items
+    occur in the benchmarks)}; a summary per batch is logged. Quarantined: "not text".
+    An item field shorter than ``ngram`` words is indexed whole, as one "gram" of all its words: with ``min_words``
+    or more words (8: GPT-3's floor for its n-gram size against spurious collisions, Brown et al. 2020, app. C) it
+    matches any text that contains its word sequence; a shorter one (an answer "72", an option "Paris") only a text
+    equal to it, since inside longer texts such words are ordinary language. A text shorter than ``ngram`` words has
+    no n-gram: only the short items can flag it.
     """
 
     Params = DecontaminateParams
@@ -347,9 +357,9 @@ class Decontaminate(Step):
     def __init__(self, name: str, params: StepParams, base_dir: Path) -> None:
         super().__init__(name, params, base_dir)
         self._hasher = WordHasher()  # deterministic, so an index built in one process is valid in another
-        self._grams: np.ndarray | None = None  # sorted distinct benchmark n-gram hashes, built in setup()
-        self._sources = np.zeros((0, 2), dtype=np.int64)  # (file, item) of each, for the report
-        self._maybe = np.zeros(0, dtype=bool)
+        self._grams: HashLookup | None = None  # benchmark n-gram hashes -> (file, item), built in setup()
+        self._whole = self._starts = HashLookup(np.zeros(0, dtype=np.uint64), np.zeros((0, 3), dtype=np.int64))
+        self._lengths: list[int] = []  # word counts of the short items matched inside texts
         self.contaminated: Counter[str] = Counter()
 
     def columns(self) -> list[str]:
@@ -376,23 +386,31 @@ class Decontaminate(Step):
         self._build_index()
 
     def _build_index(self) -> None:
-        hashes, sources = [np.zeros(0, dtype=np.uint64)], [np.zeros((0, 2), dtype=np.int64)]
+        n, hashes, sources = self.params.ngram, [np.zeros(0, dtype=np.uint64)], [np.zeros((0, 2), dtype=np.int64)]
+        short: list[list[str]] = []
+        owners: list[tuple[int, int, int]] = []  # (file, item, words) of each short text
         for number, path in enumerate(self.files()):
             docs, items = self._read_benchmark(path)
-            grams, doc, _ = ngram_hashes(self._hasher, docs, self.params.ngram, whole_short=False)
+            grams, doc, _ = ngram_hashes(self._hasher, docs, n, whole_short=False)
             hashes.append(grams)
             sources.append(np.stack([np.full(len(doc), number), np.asarray(items, dtype=np.int64)[doc]], axis=1))
-            if not len(grams):
-                log.warning("%s: %s has no text of %d words or more: it can match nothing", self.name, path,
-                            self.params.ngram)
-        self._grams, first = np.unique(np.concatenate(hashes), return_index=True)
-        self._sources = np.concatenate(sources)[first]
-        # A bitmap on the low bits (~1/64 false hits) answers most lookups, so only its hits pay for a binary search.
-        size = 1 << int(np.clip(np.ceil(np.log2(64 * max(1, len(self._grams)))), 16, 30))
-        self._maybe = np.zeros(size, dtype=bool)
-        self._maybe[self._grams & np.uint64(size - 1)] = True
-        log.info("%s: %d distinct %d-grams from %d benchmark file(s)", self.name, len(self._grams),
-                 self.params.ngram, len(self.files()))
+            found = [(words, (number, item, len(words))) for words, item in zip(docs, items, strict=True)
+                     if 0 < len(words) < n]
+            short += [words for words, _ in found]
+            owners += [owner for _, owner in found]
+            if not len(grams) and not found:
+                log.warning("%s: %s has no text: it can match nothing", self.name, path)
+        self._grams = HashLookup(np.concatenate(hashes), np.concatenate(sources))
+        # A short text's whole_short hash is the hash of its word span wherever it occurs (ngram_hashes' prefix).
+        owned = np.asarray(owners, dtype=np.int64).reshape(-1, 3)
+        self._whole = HashLookup(ngram_hashes(self._hasher, short, n, whole_short=True)[0], owned)
+        # Items matched inside texts, keyed by their first min_words words: the candidates _short_matches checks.
+        inside = [words for words in short if len(words) >= self.params.min_words]
+        starts = ngram_hashes(self._hasher, [words[: self.params.min_words] for words in inside], n, True)[0]
+        self._starts = HashLookup(starts, np.zeros((len(starts), 0), dtype=np.int64))
+        self._lengths = sorted({len(words) for words in inside})
+        log.info("%s: %d distinct %d-grams and %d shorter items from %d benchmark file(s)", self.name,
+                 len(self._grams), n, len(self._whole), len(self.files()))
 
     def _read_benchmark(self, path: Path) -> tuple[list[list[str]], list[int]]:
         """Words of every text field of every item, and the item each came from. A named field that no item has is
@@ -410,23 +428,31 @@ class Decontaminate(Step):
     def process(self, records: list[Record]) -> BatchResult:
         if self._grams is None:
             self._build_index()
-        result, columns = BatchResult(), self.columns()
+        assert self._grams is not None
+        result, columns, n = BatchResult(), self.columns(), self.params.ngram
         readable = read_texts(records, columns, result)
         docs = [tokens(text) for _, texts in readable for text in texts]  # record i, column j -> doc i*len+j
-        hashes, doc, start = ngram_hashes(self._hasher, docs, self.params.ngram, whole_short=False)
-        rows, sources = self._lookup(hashes)
-        hits: dict[int, list[int]] = {}
-        for k, row in enumerate(rows.tolist()):  # ascending: a record's first hit is its earliest matching n-gram
-            hits.setdefault(int(doc[row]) // len(columns), []).append(k)
+        # The min_words-word window hashes come out of the same pass, only when some item needs them.
+        prefix = self.params.min_words if len(self._starts) else 0
+        hashes, doc, start, *windows = ngram_hashes(self._hasher, docs, n, whole_short=False, prefix=prefix)
+        rows, sources = self._grams.find(hashes)
+        # Per record, its first match (rows ascend: the earliest n-gram; else the first short item) and the count.
+        # Python runs per contaminated record, never per matching n-gram.
+        hit, at, counts = np.unique(doc[rows] // len(columns), return_index=True, return_counts=True)
+        first: dict[int, Match] = {i: (int(doc[rows[k]]), int(start[rows[k]]), n, *sources[k].tolist())
+                                   for i, k in zip(hit.tolist(), at.tolist(), strict=True)}
+        matches = Counter(dict(zip(hit.tolist(), counts.tolist(), strict=True)))
+        for match in self._short_matches(docs, *windows):
+            first.setdefault(match[0] // len(columns), match)
+            matches[match[0] // len(columns)] += 1
         batch: Counter[str] = Counter()
         for i, (position, _) in enumerate(readable):
-            if i not in hits:
+            if i not in first:
                 result.records.append(records[position])
                 continue
-            row, (file, item) = int(rows[hits[i][0]]), sources[hits[i][0]].tolist()
-            words = docs[int(doc[row])][int(start[row]) : int(start[row]) + self.params.ngram]
-            report = {"benchmark": self.params.benchmarks[file], "item": item, "ngram": " ".join(words),
-                      "column": columns[int(doc[row]) % len(columns)], "matches": len(hits[i])}
+            d, s, length, file, item = first[i]
+            report = {"benchmark": self.params.benchmarks[file], "item": item, "column": columns[d % len(columns)],
+                      "ngram": " ".join(docs[d][s : s + length]), "matches": matches[i]}
             result.dropped.append(({**records[position], "_contamination": report}, "contaminated"))
             batch[report["benchmark"]] += 1
         if batch:
@@ -435,12 +461,19 @@ class Decontaminate(Step):
                      dict(batch), dict(self.contaminated))
         return result
 
-    def _lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of ``hashes`` that are benchmark n-grams, and the (file, item) of each."""
-        assert self._grams is not None
-        if not len(self._grams) or not len(hashes):
-            return np.zeros(0, dtype=np.int64), np.zeros((0, 2), dtype=np.int64)
-        rows = np.flatnonzero(self._maybe[hashes & np.uint64(len(self._maybe) - 1)])
-        found = np.searchsorted(self._grams, hashes[rows]).clip(max=len(self._grams) - 1)
-        hit = self._grams[found] == hashes[rows]
-        return rows[hit], self._sources[found[hit]]
+    def _short_matches(self, docs: list[list[str]], *windows: np.ndarray) -> list[Match]:
+        """Short benchmark items that a doc equals (any length) or contains (``min_words`` or more words)."""
+        if not len(self._whole):
+            return []
+        n = self.params.ngram
+        spans = {(d, 0, len(words)): None for d, words in enumerate(docs) if 0 < len(words) < n}
+        if windows:
+            # Candidates: windows whose first min_words words begin such an item (rare), checked at each item length.
+            at, _ = self._starts.find(windows[0])
+            for d, s in zip(windows[1][at].tolist(), windows[2][at].tolist(), strict=True):
+                spans.update(((d, s, length), None) for length in self._lengths if s + length <= len(docs[d]))
+        spans_list = list(spans)
+        texts = [docs[d][s : s + length] for d, s, length in spans_list]
+        rows, found = self._whole.find(ngram_hashes(self._hasher, texts, n, whole_short=True)[0])
+        return [(*spans_list[r], f, item) for r, (f, item, length) in zip(rows.tolist(), found.tolist(), strict=True)
+                if length == spans_list[r][2]]
