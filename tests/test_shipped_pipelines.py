@@ -62,6 +62,7 @@ def test_human_prefs_pipeline_quarantines_malformed_transcripts(tmp_path):
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_reward_model_score_and_best_of_n_with_the_builtin_model(builtin_model_path, tmp_path):
     """The builtin model's backbone with a fresh one-output head as the reward model: the mechanics, not quality."""
     import torch
