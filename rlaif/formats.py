@@ -49,3 +49,16 @@ def completion_text(value: str | Messages) -> str:
     if isinstance(value, str):
         return value
     return value[-1]["content"] if value else ""
+
+
+def reward_model_ids(tokenizer: Any, prompt: str | list[dict[str, str]], response: str) -> list[int]:
+    """Token ids of prompt + response as TRL 1.16's RewardTrainer tokenizes a training pair: with a chat template, the
+    conversation rendered by it (nothing appended); without one, the plain text prompt + response with the EOS token
+    appended (TRL adds it to plain-text rows, unless the text already ends with it) and the tokenizer's own special
+    tokens. A reward model reads the last token: the training EOS must be there at scoring time too."""
+    if tokenizer.chat_template:
+        return list(tokenizer.apply_chat_template(as_messages(prompt) + assistant(response), tokenize=True,
+                                                  return_dict=True)["input_ids"])
+    eos = tokenizer.eos_token or ""
+    text = response if response.endswith(eos) else response + eos
+    return list(tokenizer(text=prompt_text(prompt) + text)["input_ids"])

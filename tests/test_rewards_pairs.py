@@ -284,9 +284,14 @@ def test_reward_model_scoring_tokenizes_as_reward_training_did(tmp_path, reward_
     _, rows = run(tmp_path / "run", [inline([{"prompt": PROMPT, "responses": RESPONSES}]), step])
     assert rows["rm"][0]["rewards"] == pytest.approx(reference, abs=1e-4)
 
-    from rlaif.steps.rewards import reward_model_ids
+    from rlaif.formats import reward_model_ids
 
     assert [reward_model_ids(tokenizer, PROMPT, r) for r in RESPONSES] == expected
+    # PPO's reward-model sources read the same ids (before: no EOS without a chat template), cut from the left.
+    from rlaif.train.rewards import conversation_ids
+
+    assert [conversation_ids(tokenizer, PROMPT, r, max_length=512) for r in RESPONSES] == expected
+    assert conversation_ids(tokenizer, PROMPT, RESPONSES[0], max_length=3) == expected[0][-3:]
     templated = AutoTokenizer.from_pretrained(reward_dirs["rm"])
     conversations = [{"prompt": [{"role": "user", "content": PROMPT}], "chosen": [{"role": "assistant", "content": r}],
                       "rejected": [{"role": "assistant", "content": "x"}]} for r in RESPONSES]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from rlaif.formats import as_messages, assistant, preference_row, prompt_text, sft_row
+from rlaif.formats import as_messages, assistant, preference_row, reward_model_ids, sft_row
 from rlaif.models import reference_problem, resolve_model
 from rlaif.steps.base import BatchResult, Quarantined, Record, Runtime, Step, StepParams
 from rlaif.steps.pairs import Candidate, ScoreError, candidates, ranked
@@ -71,19 +71,6 @@ def load_reward_model(ref: str, device: str, dtype: Any, trust_remote_code: bool
     # Sequence classifiers read the logit at the last non-pad token; TRL's RewardTrainer sets the same id.
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device).eval(), tokenizer
-
-
-def reward_model_ids(tokenizer: Any, prompt: str | list[dict[str, str]], response: str) -> list[int]:
-    """Token ids of prompt + response as TRL 1.16's RewardTrainer tokenizes a training pair: with a chat template, the
-    conversation rendered by it (nothing appended); without one, the plain text prompt + response with the EOS token
-    appended (TRL adds it to plain-text rows, unless the text already ends with it) and the tokenizer's own special
-    tokens. A reward model reads the last token: the training EOS must be there at scoring time too."""
-    if tokenizer.chat_template:
-        return list(tokenizer.apply_chat_template(as_messages(prompt) + assistant(response), tokenize=True,
-                                                  return_dict=True)["input_ids"])
-    eos = tokenizer.eos_token or ""
-    text = response if response.endswith(eos) else response + eos
-    return list(tokenizer(text=prompt_text(prompt) + text)["input_ids"])
 
 
 def score_conversations(

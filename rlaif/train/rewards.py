@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rlaif.formats import as_messages, assistant, prompt_text
+from rlaif.formats import prompt_text, reward_model_ids
 from rlaif.registry import resolve_component
 
 if TYPE_CHECKING:
@@ -91,14 +91,10 @@ class FunctionReward:
 
 # -- reward models ------------------------------------------------------------------------------------------------
 def conversation_ids(tokenizer: Any, prompt: Any, completion: str, max_length: int) -> list[int]:
-    """Prompt + response as a reward model reads it: rendered with the chat template as TRL's RewardTrainer renders
-    a conversation for training, cut from the left so the end of the response is always seen."""
-    if tokenizer.chat_template:
-        ids = tokenizer.apply_chat_template(as_messages(prompt) + assistant(completion), tokenize=True,
-                                            return_dict=True)["input_ids"]
-    else:
-        ids = tokenizer(prompt_text(prompt) + completion).input_ids
-    return list(ids)[-max_length:]
+    """Prompt + response as a reward model reads it: tokenized as TRL's RewardTrainer tokenized its training pairs
+    (:func:`rlaif.formats.reward_model_ids`: the chat template, or plain text with the EOS appended), cut from the
+    left so the end of the response is always seen."""
+    return reward_model_ids(tokenizer, prompt, completion)[-max_length:]
 
 
 def pooled_index(ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> torch.Tensor:
