@@ -69,8 +69,10 @@ def _split(chosen: Messages, rejected: Messages) -> tuple[Messages, str, str]:
         if conv[-1]["role"] != "assistant":
             raise AdapterError("no final assistant turn", f"{which} ends with a {conv[-1]['role']!r} message")
     if chosen[:-1] != rejected[:-1]:
-        at = next((i for i, (a, b) in enumerate(zip(chosen[:-1], rejected[:-1], strict=False)) if a != b),
-                  min(len(chosen), len(rejected)) - 1)
+        at = next(
+            (i for i, (a, b) in enumerate(zip(chosen[:-1], rejected[:-1], strict=False)) if a != b),
+            min(len(chosen), len(rejected)) - 1,
+        )
         raise AdapterError("prompts differ", f"chosen and rejected differ at message {at}, before the final turn")
     return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
 
@@ -137,8 +139,9 @@ def _uf_score(completion: Mapping[str, Any], score: str) -> float | None:
     return mean(numeric) if numeric else None
 
 
-def ultrafeedback(record: Mapping[str, Any], *, strategy: str = "best_vs_random", score: str = "mean_aspects"
-                  ) -> list[Row]:
+def ultrafeedback(
+    record: Mapping[str, Any], *, strategy: str = "best_vs_random", score: str = "mean_aspects"
+) -> list[Row]:
     """UltraFeedback raw (Cui et al. 2023, ``openbmb/UltraFeedback``): an ``instruction`` and 4 ``completions``, each
     with GPT-4 ``annotations`` rating 4 aspects 1-5 (as strings) and a critique ``overall_score``.
 
@@ -147,12 +150,17 @@ def ultrafeedback(record: Mapping[str, Any], *, strategy: str = "best_vs_random"
     score is the mean of the 4 aspect ratings (``mean_aspects``, as Argilla's cleaned version, since the critique
     ``overall_score`` was found unreliable) or ``overall``. Completions tying with the best are never rejected."""
     if strategy not in ("best_vs_random", "best_vs_worst") or score not in ("mean_aspects", "overall"):
-        raise ValueError(f"strategy must be best_vs_random|best_vs_worst and score mean_aspects|overall; "
-                         f"got {strategy!r}, {score!r}")
+        raise ValueError(
+            f"strategy must be best_vs_random|best_vs_worst and score mean_aspects|overall; "
+            f"got {strategy!r}, {score!r}"
+        )
     instruction = _field(record, "instruction")
     completions = _field(record, "completions", list)
-    scored = [(s, c) for c in completions if isinstance(c, Mapping) and isinstance(c.get("response"), str)
-              and (s := _uf_score(c, score)) is not None]
+    scored = [
+        (s, c)
+        for c in completions
+        if isinstance(c, Mapping) and isinstance(c.get("response"), str) and (s := _uf_score(c, score)) is not None
+    ]
     if len(scored) < 2:
         raise AdapterError("fewer than 2 rated completions", f"{len(scored)} of {len(completions)} are rated")
     rng = random.Random(_stable_seed(instruction))
@@ -165,9 +173,17 @@ def ultrafeedback(record: Mapping[str, Any], *, strategy: str = "best_vs_random"
         worst_score = min(s for s, _ in lower)
         lower = [(s, c) for s, c in lower if s == worst_score]
     rejected_score, rejected = rng.choice(lower)
-    return [_pair(as_messages(instruction), best["response"], rejected["response"],
-                  chosen_model=best.get("model"), rejected_model=rejected.get("model"),
-                  chosen_score=float(best_score), rejected_score=float(rejected_score))]
+    return [
+        _pair(
+            as_messages(instruction),
+            best["response"],
+            rejected["response"],
+            chosen_model=best.get("model"),
+            rejected_model=rejected.get("model"),
+            chosen_score=float(best_score),
+            rejected_score=float(rejected_score),
+        )
+    ]
 
 
 # -- HuggingFaceH4/ultrafeedback_binarized ----------------------------------------------------------------------
@@ -175,14 +191,22 @@ def ultrafeedback_binarized(record: Mapping[str, Any]) -> list[Row]:
     """``HuggingFaceH4/ultrafeedback_binarized`` (Zephyr, Tunstall et al. 2023): ``prompt`` (str), ``chosen`` and
     ``rejected`` as whole conversations [user, assistant], ``score_chosen``/``score_rejected``. The TRL prompt is the
     conversation without its final assistant turn; it must match the ``prompt`` string."""
-    prompt, chosen, rejected = _split(_messages(_field(record, "chosen", list), "chosen"),
-                                      _messages(_field(record, "rejected", list), "rejected"))
+    prompt, chosen, rejected = _split(
+        _messages(_field(record, "chosen", list), "chosen"), _messages(_field(record, "rejected", list), "rejected")
+    )
     text = record.get("prompt")
     if isinstance(text, str) and prompt and prompt[-1]["content"].strip() != text.strip():
         raise AdapterError("prompt does not match conversation", f"prompt {text[:60]!r} is not the last user turn")
-    return [_pair(prompt, chosen, rejected, prompt_id=record.get("prompt_id"),
-                  chosen_score=_number(record.get("score_chosen"), "score_chosen"),
-                  rejected_score=_number(record.get("score_rejected"), "score_rejected"))]
+    return [
+        _pair(
+            prompt,
+            chosen,
+            rejected,
+            prompt_id=record.get("prompt_id"),
+            chosen_score=_number(record.get("score_chosen"), "score_chosen"),
+            rejected_score=_number(record.get("score_rejected"), "score_rejected"),
+        )
+    ]
 
 
 # -- nvidia/HelpSteer2 ------------------------------------------------------------------------------------------
@@ -190,8 +214,13 @@ HELPSTEER2_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity"
 # The scalar reward NVIDIA recommends for its HelpSteer2-trained Llama3-70B-SteerLM-RM (model card, HelpSteer2 paper
 # Wang et al. 2024): 0.65*helpfulness + 0.8*correctness + 0.45*coherence + 0.55*complexity - 0.4*verbosity.
 # Verbosity is negative so a longer answer with equal content does not win.
-HELPSTEER2_WEIGHTS = {"helpfulness": 0.65, "correctness": 0.8, "coherence": 0.45, "complexity": 0.55,
-                      "verbosity": -0.4}
+HELPSTEER2_WEIGHTS = {
+    "helpfulness": 0.65,
+    "correctness": 0.8,
+    "coherence": 0.45,
+    "complexity": 0.55,
+    "verbosity": -0.4,
+}
 _HS2_TURN = re.compile(r"\n?<extra_id_1>(User|Assistant)\n")
 
 
@@ -215,14 +244,22 @@ def helpsteer2_pairs(rows: list[Mapping[str, Any]], weights: Mapping[str, float]
     if any(r.get("prompt") != prompt for r in rows):
         raise AdapterError("rows of different prompts", "rows grouped as one prompt have different prompts")
     # rounded, so two rating sets that weigh the same compare equal despite float summation order
-    scored = [(round(sum(w * _number(_field(r, a, (int, float, str)), a) for a, w in weights.items()), 6), r)
-              for r in rows]
+    scored = [
+        (round(sum(w * _number(_field(r, a, (int, float, str)), a) for a, w in weights.items()), 6), r) for r in rows
+    ]
     best = max(scored, key=lambda item: item[0])
     worst = min(scored, key=lambda item: item[0])
     if best[0] == worst[0]:
         raise AdapterError("responses tie", f"every response scores {best[0]:g}")
-    return [_pair(_helpsteer2_prompt(prompt), _field(best[1], "response"), _field(worst[1], "response"),
-                  chosen_score=best[0], rejected_score=worst[0])]
+    return [
+        _pair(
+            _helpsteer2_prompt(prompt),
+            _field(best[1], "response"),
+            _field(worst[1], "response"),
+            chosen_score=best[0],
+            rejected_score=worst[0],
+        )
+    ]
 
 
 def helpsteer2(record: Mapping[str, Any], *, weights: Mapping[str, float] | None = None) -> list[Row]:
@@ -267,8 +304,18 @@ def shp(record: Mapping[str, Any], *, min_score_ratio: float | None = None) -> l
         raise AdapterError("score ratio below minimum", f"score ratio {ratio:.3g} < min_score_ratio {min_score_ratio}")
     a, b = _field(record, "human_ref_A"), _field(record, "human_ref_B")
     (chosen, s_chosen), (rejected, s_rejected) = ((a, score_a), (b, score_b))[:: 1 if label == 1 else -1]
-    return [_pair(as_messages(history), chosen, rejected, post_id=record.get("post_id"), domain=record.get("domain"),
-                  score_ratio=ratio, chosen_score=s_chosen, rejected_score=s_rejected)]
+    return [
+        _pair(
+            as_messages(history),
+            chosen,
+            rejected,
+            post_id=record.get("post_id"),
+            domain=record.get("domain"),
+            score_ratio=ratio,
+            chosen_score=s_chosen,
+            rejected_score=s_rejected,
+        )
+    ]
 
 
 # -- generic TRL rows -------------------------------------------------------------------------------------------

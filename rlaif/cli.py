@@ -152,8 +152,9 @@ def run(
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc
     try:
-        summary = run_pipeline(pipeline, run_dir=run_dir, fresh=fresh, dry_run=dry_run,
-                               reporter=Reporter(console=console, bars=progress))
+        summary = run_pipeline(
+            pipeline, run_dir=run_dir, fresh=fresh, dry_run=dry_run, reporter=Reporter(console=console, bars=progress)
+        )
     except PushError as exc:
         console.print(f"[red]push failed:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from exc
@@ -183,9 +184,12 @@ def show(file: Path = typer.Argument(..., help="Pipeline YAML file.")) -> None:
     for name, spec in pipeline.steps.items():
         columns = pipeline.columns.get(name)
         source = f" <- {', '.join(spec.upstream)}" if spec.upstream else ""
-        console.print(f"{name} ({spec.type}){source}  columns: {sorted(columns) if columns else 'unknown'}",
-                      highlight=False, markup=False)
-    lines = ["flowchart TD"] + [f"    {n}[\"{n}: {s.type}\"]" for n, s in pipeline.steps.items()]
+        console.print(
+            f"{name} ({spec.type}){source}  columns: {sorted(columns) if columns else 'unknown'}",
+            highlight=False,
+            markup=False,
+        )
+    lines = ["flowchart TD"] + [f'    {n}["{n}: {s.type}"]' for n, s in pipeline.steps.items()]
     lines += [f"    {u} --> {n}" for n, s in pipeline.steps.items() for u in s.upstream]
     console.print("\n```mermaid\n" + "\n".join(lines) + "\n```", highlight=False, markup=False)
 
@@ -231,8 +235,11 @@ def plan(
     batch_size: int = typer.Option(4, "--batch-size", help="Per-device batch (pairs for rm/dpo, rollouts for ppo)."),
     seq_len: int = typer.Option(1024, "--seq-len", help="Tokens per sequence (prompt + completion)."),
     gradient_checkpointing: bool = typer.Option(True, "--gradient-checkpointing/--no-gradient-checkpointing"),
-    params: str | None = typer.Option(None, "--params", help="Size class 1B|3B|8B: plan offline with a built-in "
-                                      "architecture instead of reading config.json."),
+    params: str | None = typer.Option(
+        None,
+        "--params",
+        help="Size class 1B|3B|8B: plan offline with a built-in architecture instead of reading config.json.",
+    ),
 ) -> None:
     """Estimate GPU memory per training stage (weights, adapters, optimizer, activations, KV cache) and the vLLM
     generation phase, by arithmetic on config.json: no model loads, no torch."""
@@ -266,15 +273,21 @@ def loop(
 
     try:
         cfg = load_loop_config(file, overrides or [])
-        rows = run_loop(cfg, reporter=Reporter(console=console, bars=progress),
-                        on_round=lambda rows: console.print(rounds_table(rows)))
+        rows = run_loop(
+            cfg,
+            reporter=Reporter(console=console, bars=progress),
+            on_round=lambda rows: console.print(rounds_table(rows)),
+        )
     except (ConfigError, TrainConfigError, DataFormatError) as exc:
         console.print("[red]error:[/red] ", end="")
         console.print(str(exc), highlight=False, markup=False)
         raise typer.Exit(2) from exc
     run_dir = cfg.run_dir()
-    console.print(f"rounds: {len(rows)}; per-round stats: {run_dir}/round-K/stats.json; all rounds: "
-                  f"{run_dir / 'summary.json'}", highlight=False, soft_wrap=True)
+    console.print(
+        f"rounds: {len(rows)}; per-round stats: {run_dir}/round-K/stats.json; all rounds: {run_dir / 'summary.json'}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if rows and rows[-1].get("adapter"):
         console.print(f"latest policy adapter: {rows[-1]['adapter']}", highlight=False, soft_wrap=True)
 

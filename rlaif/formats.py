@@ -57,8 +57,11 @@ def reward_model_ids(tokenizer: Any, prompt: str | list[dict[str, str]], respons
     appended (TRL adds it to plain-text rows, unless the text already ends with it) and the tokenizer's own special
     tokens. A reward model reads the last token: the training EOS must be there at scoring time too."""
     if tokenizer.chat_template:
-        return list(tokenizer.apply_chat_template(as_messages(prompt) + assistant(response), tokenize=True,
-                                                  return_dict=True)["input_ids"])
+        return list(
+            tokenizer.apply_chat_template(as_messages(prompt) + assistant(response), tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
     eos = tokenizer.eos_token or ""
     text = response if response.endswith(eos) else response + eos
     return list(tokenizer(text=prompt_text(prompt) + text)["input_ids"])

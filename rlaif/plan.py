@@ -98,9 +98,17 @@ def arch_from_config(config: dict[str, Any], name: str) -> Arch:
     if missing := [key for key in required if not config.get(key)]:
         raise PlanError(f"{name}: config.json lacks {', '.join(missing)} (not a decoder-only transformer?)")
     heads = config["num_attention_heads"]
-    return Arch(name, config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"], heads,
-                config.get("num_key_value_heads") or heads, config.get("head_dim") or config["hidden_size"] // heads,
-                config["vocab_size"], bool(config.get("tie_word_embeddings", False)))  # untied: the larger count
+    return Arch(
+        name,
+        config["num_hidden_layers"],
+        config["hidden_size"],
+        config["intermediate_size"],
+        heads,
+        config.get("num_key_value_heads") or heads,
+        config.get("head_dim") or config["hidden_size"] // heads,
+        config["vocab_size"],
+        bool(config.get("tie_word_embeddings", False)),
+    )  # untied: the larger count
 
 
 def resolve_arch(model: str, params: str | None = None) -> tuple[Arch, str]:
@@ -129,8 +137,10 @@ def resolve_arch(model: str, params: str | None = None) -> tuple[Arch, str]:
     config, reason = hub_config(model)
     if config is None:
         known = ", ".join(arch.name for arch in ARCHITECTURES.values())
-        raise PlanError(f"cannot read config.json of {model!r}: {reason}. Pass --params {'|'.join(SIZE_CLASSES)} "
-                        f"to plan with a size class, or name a built-in architecture ({known}).")
+        raise PlanError(
+            f"cannot read config.json of {model!r}: {reason}. Pass --params {'|'.join(SIZE_CLASSES)} "
+            f"to plan with a size class, or name a built-in architecture ({known})."
+        )
     return arch_from_config(config, model), "config.json from the Hub"
 
 
@@ -225,8 +235,9 @@ def estimate(arch: Arch, stage: str, s: Settings, shared: bool = True) -> dict[s
         ppo_logits = s.batch_size * s.seq_len * PPO_RESPONSE_SHARE * arch.vocab * PPO_LOGIT_BYTES
     weights = weight_bytes(arch, s, lm_head)
     if stage == "ppo" and not shared:  # naive: a trained value model, frozen reference and reward models
-        weights += sum(weight_bytes(arch, s, head, frozen) for head, frozen in ((False, False), (True, True),
-                                                                               (False, True)))
+        weights += sum(
+            weight_bytes(arch, s, head, frozen) for head, frozen in ((False, False), (True, True), (False, True))
+        )
     return {
         "weights": weights,
         "adapters": trainable * adapter + frozen * adapter / 2 + heads * 8,
@@ -239,8 +250,12 @@ def estimate(arch: Arch, stage: str, s: Settings, shared: bool = True) -> dict[s
 
 def vllm_phase(arch: Arch, s: Settings) -> dict[str, float]:
     """The generation half of the loop: vLLM loads the base unquantized (bf16), a LoRA slot and a KV cache."""
-    return {"weights (bf16)": arch.total_params() * 2, "adapter": arch.lora_params(s.lora_r) * 2,
-            "kv cache": kv_cache_bytes(arch, s.batch_size * s.seq_len), "overhead": OVERHEAD_BYTES}
+    return {
+        "weights (bf16)": arch.total_params() * 2,
+        "adapter": arch.lora_params(s.lora_r) * 2,
+        "kv cache": kv_cache_bytes(arch, s.batch_size * s.seq_len),
+        "overhead": OVERHEAD_BYTES,
+    }
 
 
 def total(rows: dict[str, float]) -> float:
@@ -269,9 +284,9 @@ NOTES = {
     "sft": "sft: base + LoRA + AdamW on the LoRA params; activations of batch sequences.",
     "rm": "rm: the base as a one-logit classifier (no LM head); chosen + rejected in one batch (2 x batch sequences).",
     "dpo": "dpo: chosen + rejected (2 x batch sequences); the reference is the base with the adapter disabled: no "
-           "extra weights, a transient no-grad pass (precompute_ref_log_probs saves its time, not memory).",
+    "extra weights, a transient no-grad pass (precompute_ref_log_probs saves its time, not memory).",
     "ppo": "ppo: ONE quantized base shared by the policy, value (+ head) and reward adapters, reference = adapters "
-           "disabled; activations include the policy's fp32 response logits; kv cache = HF-generate rollouts.",
+    "disabled; activations include the policy's fp32 response logits; kv cache = HF-generate rollouts.",
 }
 
 
@@ -294,20 +309,26 @@ def render_plan(model: str, arch: Arch, source: str, stages: tuple[str, ...], s:
         f"settings: {QUANT_LABELS[s.quantize]}, LoRA r={s.lora_r} on all linear "
         f"layers ({arch.lora_params(s.lora_r) / 1e6:.1f}M params per adapter), batch {s.batch_size} x {s.seq_len} "
         f"tokens, gradient checkpointing {'on' if s.gradient_checkpointing else 'off'}, GPU {s.gpu_mem_gib:g} GiB",
-        "", "| GiB | " + " | ".join(stages) + " |", "| --- |" + " ---: |" * len(stages),
+        "",
+        "| GiB | " + " | ".join(stages) + " |",
+        "| --- |" + " ---: |" * len(stages),
     ]
     for component in rows[stages[0]]:
         lines.append(f"| {component} | " + " | ".join(_gib(rows[st][component]) for st in stages) + " |")
     lines += ["| **total** | " + " | ".join(f"**{_gib(total(rows[st]))}**" for st in stages) + " |", ""]
     for stage in stages:
-        lines.append(f"{stage}: {_gib(total(rows[stage]))} of {s.gpu_mem_gib:g} GiB, "
-                     f"{verdict(total(rows[stage]), s.gpu_mem_gib)}; largest batch with {HEADROOM:.0%} headroom: "
-                     f"{largest_batch(arch, stage, s)}")
+        lines.append(
+            f"{stage}: {_gib(total(rows[stage]))} of {s.gpu_mem_gib:g} GiB, "
+            f"{verdict(total(rows[stage]), s.gpu_mem_gib)}; largest batch with {HEADROOM:.0%} headroom: "
+            f"{largest_batch(arch, stage, s)}"
+        )
     lines += ["", *(NOTES[stage] for stage in stages)]
     if "ppo" in stages:
         naive = total(estimate(arch, "ppo", s, shared=False))
-        lines.append(f"ppo, naive 4-model setup (policy, reference, value and reward each load the base): "
-                     f"{_gib(naive)} GiB (+{_gib(naive - total(rows['ppo']))}), {verdict(naive, s.gpu_mem_gib)}")
+        lines.append(
+            f"ppo, naive 4-model setup (policy, reference, value and reward each load the base): "
+            f"{_gib(naive)} GiB (+{_gib(naive - total(rows['ppo']))}), {verdict(naive, s.gpu_mem_gib)}"
+        )
     return "\n".join(lines + ["", *_vllm_lines(arch, s, rows.get("ppo"))])
 
 
@@ -315,11 +336,15 @@ def _vllm_lines(arch: Arch, s: Settings, ppo: dict[str, float] | None) -> list[s
     phase = vllm_phase(arch, s)
     need = total(phase)
     parts = " + ".join(f"{name} {_gib(value)}" for name, value in phase.items())
-    lines = [f"vLLM generation phase (the loop alternates generating and training; the engine sleeps while the "
-             f"trainer steps): {parts} = {_gib(need)} GiB, {verdict(need, s.gpu_mem_gib)}; "
-             f"gpu_memory_utilization >= {min(need / GIB / s.gpu_mem_gib, 1.0):.2f}"]
+    lines = [
+        f"vLLM generation phase (the loop alternates generating and training; the engine sleeps while the "
+        f"trainer steps): {parts} = {_gib(need)} GiB, {verdict(need, s.gpu_mem_gib)}; "
+        f"gpu_memory_utilization >= {min(need / GIB / s.gpu_mem_gib, 1.0):.2f}"
+    ]
     if ppo is not None:  # PPO's trainer stays resident while vLLM generates its rollouts
         both = ppo["weights"] + ppo["adapters"] + ppo["optimizer"] + need
-        lines.append(f"ppo rollouts through vLLM: the trainer's weights, adapters and optimizer stay resident: "
-                     f"{_gib(both)} GiB, {verdict(both, s.gpu_mem_gib)}")
+        lines.append(
+            f"ppo rollouts through vLLM: the trainer's weights, adapters and optimizer stay resident: "
+            f"{_gib(both)} GiB, {verdict(both, s.gpu_mem_gib)}"
+        )
     return lines

@@ -20,8 +20,15 @@ TEST_MAX_MODEL_LEN = 2048
 # (BUILTIN) or trains in a subprocess is invisible to this check: mark it by hand (model, slow).
 NEEDS_MARKER = {
     "engine": {"vllm_backend"},
-    "model": {"builtin_model_path", "tiny_model_dir", "eos_model_dir", "reward_dirs", "random_lora", "lora_dir",
-              "tiny"},
+    "model": {
+        "builtin_model_path",
+        "tiny_model_dir",
+        "eos_model_dir",
+        "reward_dirs",
+        "random_lora",
+        "lora_dir",
+        "tiny",
+    },
     "slow": {"vllm_server"},  # test_openai_backend: a real `vllm serve` (~35 s to ready)
 }
 MARKER_PROBLEM = pytest.StashKey[str]()
@@ -30,8 +37,11 @@ MARKER_PROBLEM = pytest.StashKey[str]()
 def _marker_problem(item: pytest.Item) -> str | None:
     marks = {mark.name for mark in item.iter_markers()}
     used = set(getattr(item, "fixturenames", ()))
-    missing = [f"@pytest.mark.{mark} (it uses {', '.join(sorted(used & fixtures))})"
-               for mark, fixtures in NEEDS_MARKER.items() if used & fixtures and mark not in marks]
+    missing = [
+        f"@pytest.mark.{mark} (it uses {', '.join(sorted(used & fixtures))})"
+        for mark, fixtures in NEEDS_MARKER.items()
+        if used & fixtures and mark not in marks
+    ]
     return f"{item.nodeid} needs " + " and ".join(missing) if missing else None
 
 

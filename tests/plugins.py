@@ -85,8 +85,14 @@ class AlphabeticalJudge:
 
     name = "alphabetical-judge"
 
-    def __init__(self, model: str, max_model_len: int | None = None, enable_lora: bool = False,
-                 max_lora_rank: int | None = None, **options: object) -> None:
+    def __init__(
+        self,
+        model: str,
+        max_model_len: int | None = None,
+        enable_lora: bool = False,
+        max_lora_rank: int | None = None,
+        **options: object,
+    ) -> None:
         self.model = model
 
     def generate(self, prompts, params):
@@ -150,9 +156,12 @@ class RoundTaggedHF:
 
         found = re.search(r"round-(\d+)/train/", params.lora.path) if params.lora else None
         tag = f"[round {found.group(1) if found else 0}] "
-        return [dataclasses.replace(result, completions=[dataclasses.replace(c, text=tag + c.text)
-                                                         for c in result.completions])
-                for result in self._hf.generate(prompts, params)]
+        return [
+            dataclasses.replace(
+                result, completions=[dataclasses.replace(c, text=tag + c.text) for c in result.completions]
+            )
+            for result in self._hf.generate(prompts, params)
+        ]
 
     def close(self) -> None:
         self._hf.close()

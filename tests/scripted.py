@@ -53,8 +53,9 @@ class ScriptedBackend:
             top = self.respond_logprobs(prompt_text, params) if self.respond_logprobs else {text: 0.0}
             first = text.split()[0] if text.split() else text
             logprobs = [TokenLogprob(token=first, logprob=top.get(first, -math.inf), top=top)]
-        return Completion(text=text, completion_tokens=max(1, len(text.split())), finish_reason="stop",
-                          logprobs=logprobs)
+        return Completion(
+            text=text, completion_tokens=max(1, len(text.split())), finish_reason="stop", logprobs=logprobs
+        )
 
     def close(self) -> None:
         pass

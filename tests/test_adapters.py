@@ -53,37 +53,72 @@ def reason_of(name: str, record: dict, **options) -> str:
 # -- HH-RLHF ----------------------------------------------------------------------------------------------------
 def test_hh_rlhf_single_and_multi_turn_exact():
     first, second = fixture("hh_rlhf")[:2]
-    assert hh_rlhf(first) == [{
-        "prompt": [user("What are some good ways to keep cut flowers fresh longer?")],
-        "chosen": [bot("Trim the stems at an angle every couple of days, change the water often, and keep the vase "
-                       "away from direct sunlight and ripening fruit, which gives off ethylene.")],
-        "rejected": [bot("Put them in the fridge.")],
-    }]
-    assert hh_rlhf(second) == [{
-        "prompt": [user("How do I make a basic vinaigrette?"),
-                   bot("Whisk three parts olive oil with one part vinegar, then season with salt, pepper and a little "
-                       "mustard to help it emulsify."),
-                   user("Can I use lemon juice instead of vinegar?")],
-        "chosen": [bot("Yes. Lemon juice works well; use the same ratio and taste it, since lemons vary in acidity.")],
-        "rejected": [bot("No, a vinaigrette has to have vinegar in it.")],
-    }]
+    assert hh_rlhf(first) == [
+        {
+            "prompt": [user("What are some good ways to keep cut flowers fresh longer?")],
+            "chosen": [
+                bot(
+                    "Trim the stems at an angle every couple of days, change the water often, and keep the vase "
+                    "away from direct sunlight and ripening fruit, which gives off ethylene."
+                )
+            ],
+            "rejected": [bot("Put them in the fridge.")],
+        }
+    ]
+    assert hh_rlhf(second) == [
+        {
+            "prompt": [
+                user("How do I make a basic vinaigrette?"),
+                bot(
+                    "Whisk three parts olive oil with one part vinegar, then season with salt, pepper and a little "
+                    "mustard to help it emulsify."
+                ),
+                user("Can I use lemon juice instead of vinegar?"),
+            ],
+            "chosen": [
+                bot("Yes. Lemon juice works well; use the same ratio and taste it, since lemons vary in acidity.")
+            ],
+            "rejected": [bot("No, a vinaigrette has to have vinegar in it.")],
+        }
+    ]
 
 
 HH_Q = "\n\nHuman: Is a tomato a fruit?"
 
 
-@pytest.mark.parametrize(("record", "reason"), [
-    ({"chosen": "Human: Hi\n\nAssistant: Hello", "rejected": "Human: Hi\n\nAssistant: Bye"}, "not an HH transcript"),
-    ({"chosen": HH_Q + "\n\nAssistant: Yes.\n\nHuman: Sure?", "rejected": HH_Q + "\n\nAssistant: No."},
-     "no final Assistant turn"),
-    ({"chosen": HH_Q + "\n\nAssistant: Yes.", "rejected": "\n\nHuman: Is a cucumber a fruit?\n\nAssistant: No."},
-     "prompts differ"),
-    ({"chosen": HH_Q + "\n\nAssistant: Yes, botanically.", "rejected": HH_Q + "\n\nAssistant:"}, "empty final turn"),
-    ({"chosen": HH_Q + HH_Q + "\n\nAssistant: Yes.", "rejected": HH_Q + HH_Q + "\n\nAssistant: No."},
-     "turns do not alternate"),
-    ({"chosen": HH_Q + "\n\nAssistant: Yes.", "rejected": HH_Q + "\n\nAssistant: Yes. "}, "chosen equals rejected"),
-    ({"chosen": HH_Q + "\n\nAssistant: Yes."}, "missing field"),
-])
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (
+            {"chosen": "Human: Hi\n\nAssistant: Hello", "rejected": "Human: Hi\n\nAssistant: Bye"},
+            "not an HH transcript",
+        ),
+        (
+            {"chosen": HH_Q + "\n\nAssistant: Yes.\n\nHuman: Sure?", "rejected": HH_Q + "\n\nAssistant: No."},
+            "no final Assistant turn",
+        ),
+        (
+            {
+                "chosen": HH_Q + "\n\nAssistant: Yes.",
+                "rejected": "\n\nHuman: Is a cucumber a fruit?\n\nAssistant: No.",
+            },
+            "prompts differ",
+        ),
+        (
+            {"chosen": HH_Q + "\n\nAssistant: Yes, botanically.", "rejected": HH_Q + "\n\nAssistant:"},
+            "empty final turn",
+        ),
+        (
+            {"chosen": HH_Q + HH_Q + "\n\nAssistant: Yes.", "rejected": HH_Q + HH_Q + "\n\nAssistant: No."},
+            "turns do not alternate",
+        ),
+        (
+            {"chosen": HH_Q + "\n\nAssistant: Yes.", "rejected": HH_Q + "\n\nAssistant: Yes. "},
+            "chosen equals rejected",
+        ),
+        ({"chosen": HH_Q + "\n\nAssistant: Yes."}, "missing field"),
+    ],
+)
 def test_hh_rlhf_malformed_kinds(record, reason):
     assert reason_of("hh_rlhf", record) == reason
 
@@ -96,13 +131,17 @@ def test_hh_rlhf_fixture_malformed_records_each_name_their_reason():
 # -- UltraFeedback ----------------------------------------------------------------------------------------------
 def test_ultrafeedback_best_vs_worst_exact_with_provenance():
     record = fixture("ultrafeedback")[0]
-    assert ultrafeedback(record, strategy="best_vs_worst") == [{
-        "prompt": [user("Explain the difference between a list and a tuple in Python.")],
-        "chosen": [bot(record["completions"][0]["response"])],
-        "rejected": [bot("They are the same thing in Python 3.")],
-        "chosen_model": "gpt-4", "rejected_model": "falcon-40b-instruct",
-        "chosen_score": 5.0, "rejected_score": 1.25,
-    }]
+    assert ultrafeedback(record, strategy="best_vs_worst") == [
+        {
+            "prompt": [user("Explain the difference between a list and a tuple in Python.")],
+            "chosen": [bot(record["completions"][0]["response"])],
+            "rejected": [bot("They are the same thing in Python 3.")],
+            "chosen_model": "gpt-4",
+            "rejected_model": "falcon-40b-instruct",
+            "chosen_score": 5.0,
+            "rejected_score": 1.25,
+        }
+    ]
 
 
 def test_ultrafeedback_best_vs_random_is_seeded_by_the_instruction():
@@ -140,28 +179,41 @@ def test_ultrafeedback_ties_and_too_few_completions():
 # -- UltraFeedback binarized ------------------------------------------------------------------------------------
 def test_ultrafeedback_binarized_exact_and_malformed():
     records = fixture("ultrafeedback_binarized")
-    assert convert("ultrafeedback_binarized", records[3]) == [{
-        "prompt": [user("Is 91 a prime number?")], "chosen": [bot("No. 91 = 7 × 13.")],
-        "rejected": [bot("Yes, 91 is prime.")], "prompt_id": records[3]["prompt_id"],
-        "chosen_score": 10.0, "rejected_score": 1.0, "source": "ultrafeedback_binarized",
-    }]
+    assert convert("ultrafeedback_binarized", records[3]) == [
+        {
+            "prompt": [user("Is 91 a prime number?")],
+            "chosen": [bot("No. 91 = 7 × 13.")],
+            "rejected": [bot("Yes, 91 is prime.")],
+            "prompt_id": records[3]["prompt_id"],
+            "chosen_score": 10.0,
+            "rejected_score": 1.0,
+            "source": "ultrafeedback_binarized",
+        }
+    ]
     assert reason_of("ultrafeedback_binarized", records[4]) == "prompts differ"
     assert reason_of("ultrafeedback_binarized", records[5]) == "no final assistant turn"
     assert reason_of("ultrafeedback_binarized", {**records[0], "prompt": "Another question?"}) == (
-        "prompt does not match conversation")
+        "prompt does not match conversation"
+    )
 
 
 # -- HelpSteer2 -------------------------------------------------------------------------------------------------
 def test_helpsteer2_multi_turn_pair_exact():
     rows = fixture("helpsteer2")[2:4]
-    assert helpsteer2_pairs(rows) == [{
-        "prompt": [user("I'm planning a trip to Japan in April."),
-                   bot("April is cherry blossom season, so book hotels early."),
-                   user("Which city should I visit first?")],
-        "chosen": [bot(rows[0]["response"])], "rejected": [bot(rows[1]["response"])],
-        # 0.65*4 + 0.8*4 + 0.45*4 + 0.55*2 - 0.4*2 and 0.65*2 + 0.8*3 + 0.45*3 + 0.55*1 - 0.4*4
-        "chosen_score": 7.9, "rejected_score": 4.0,
-    }]
+    assert helpsteer2_pairs(rows) == [
+        {
+            "prompt": [
+                user("I'm planning a trip to Japan in April."),
+                bot("April is cherry blossom season, so book hotels early."),
+                user("Which city should I visit first?"),
+            ],
+            "chosen": [bot(rows[0]["response"])],
+            "rejected": [bot(rows[1]["response"])],
+            # 0.65*4 + 0.8*4 + 0.45*4 + 0.55*2 - 0.4*2 and 0.65*2 + 0.8*3 + 0.45*3 + 0.55*1 - 0.4*4
+            "chosen_score": 7.9,
+            "rejected_score": 4.0,
+        }
+    ]
 
 
 def test_helpsteer2_weights_ties_and_grouping():
@@ -183,12 +235,18 @@ def test_helpsteer2_weights_ties_and_grouping():
 # -- SHP --------------------------------------------------------------------------------------------------------
 def test_shp_labels_ratio_and_filter():
     records = fixture("shp")
-    assert shp(records[1]) == [{
-        "prompt": [user("Is it safe to refreeze chicken that was thawed in the fridge?")],
-        "chosen": [bot(records[1]["human_ref_B"])], "rejected": [bot("Yeah whatever, it's fine.")],  # labels = 0: B
-        "post_id": "v1m2nb", "domain": "askculinary_train", "score_ratio": 97 / 9,
-        "chosen_score": 97.0, "rejected_score": 9.0,
-    }]
+    assert shp(records[1]) == [
+        {
+            "prompt": [user("Is it safe to refreeze chicken that was thawed in the fridge?")],
+            "chosen": [bot(records[1]["human_ref_B"])],
+            "rejected": [bot("Yeah whatever, it's fine.")],  # labels = 0: B
+            "post_id": "v1m2nb",
+            "domain": "askculinary_train",
+            "score_ratio": 97 / 9,
+            "chosen_score": 97.0,
+            "rejected_score": 9.0,
+        }
+    ]
     assert shp(records[3])[0]["score_ratio"] == 1.25
     assert reason_of("shp", records[3], min_score_ratio=2) == "score ratio below minimum"
     assert reason_of("shp", records[4]) == "missing field"
@@ -198,9 +256,14 @@ def test_shp_labels_ratio_and_filter():
 # -- generic ----------------------------------------------------------------------------------------------------
 def test_generic_forms_normalize_to_conversational():
     standard, conversational, implicit, mixed, no_prompt, differ = fixture("generic")
-    assert convert("generic", standard) == [{"prompt": [user("What is the chemical symbol for gold?")],
-                                             "chosen": [bot("Au, from the Latin aurum.")], "rejected": [bot("Ag.")],
-                                             "source": "generic"}]
+    assert convert("generic", standard) == [
+        {
+            "prompt": [user("What is the chemical symbol for gold?")],
+            "chosen": [bot("Au, from the Latin aurum.")],
+            "rejected": [bot("Ag.")],
+            "source": "generic",
+        }
+    ]
     assert convert("generic", conversational)[0]["prompt"][0]["role"] == "system"
     [row] = convert("generic", implicit)
     assert len(row["prompt"]) == 3 and row["rejected"] == [bot("Monopoly.")]
@@ -210,15 +273,17 @@ def test_generic_forms_normalize_to_conversational():
     narrator = {"prompt": [{"role": "narrator", "content": "x"}], "chosen": "a", "rejected": "b"}
     assert reason_of("generic", narrator) == "invalid messages"
     assert reason_of("generic", {"prompt": [bot("Hi")], "chosen": "a", "rejected": "b"}) == (
-        "prompt does not end with a user turn")
+        "prompt does not end with a user turn"
+    )
 
 
 # -- detection, registry, convert -------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(ADAPTERS))
 def test_detect_format_names_each_fixture(name):
     assert detect_format(fixture(name)[0]) == name
-    assert {tuple(row) for r in fixture(name) for row in _rows(name, r)} <= {(*PREFERENCE_COLUMNS[:3],
-                                                                              *PROVENANCE[name], "source")}
+    assert {tuple(row) for r in fixture(name) for row in _rows(name, r)} <= {
+        (*PREFERENCE_COLUMNS[:3], *PROVENANCE[name], "source")
+    }
 
 
 def _rows(name: str, record: dict) -> list[dict]:
@@ -264,14 +329,19 @@ def chat_tokenizer():
     inner = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
     inner.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="[UNK]")
-    tokenizer.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
-                               "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
     return tokenizer
 
 
 RUNS = {  # format -> (options, rows out, quarantined reasons)
-    "hh_rlhf": ("", 6, {"not an HH transcript": 1, "no final Assistant turn": 1, "prompts differ": 1,
-                        "empty final turn": 1}),
+    "hh_rlhf": (
+        "",
+        6,
+        {"not an HH transcript": 1, "no final Assistant turn": 1, "prompts differ": 1, "empty final turn": 1},
+    ),
     "ultrafeedback": (", strategy: best_vs_worst", 4, {"all completions tie": 1}),
     "ultrafeedback_binarized": ("", 4, {"prompts differ": 1, "no final assistant turn": 1}),
     "helpsteer2": ("", 3, {"responses tie": 2, "prompt has one response": 1}),  # 9 rows: 3 pairs of 2 rows
@@ -323,16 +393,23 @@ def test_human_preferences_streams_a_datasets_folder(tmp_path):
     assert (stats["records_in"], stats["records_out"]) == (9, 3)
 
 
-@pytest.mark.parametrize(("step", "message"), [
-    (f"{{name: h, type: {HUMAN}, path: hh.jsonl, format: hh}}", "format must be auto or one of"),
-    (f"{{name: h, type: {HUMAN}, path: hh.jsonl, format: hh_rlhf, min_score_ratio: 2}}",
-     r"format 'hh_rlhf' does not use \['min_score_ratio'\]"),
-    (f"{{name: h, type: {HUMAN}, path: hh.jsonl, dataset: Anthropic/hh-rlhf}}", "exactly one of path"),
-    (f"{{name: h, type: {HUMAN}, path: hh.jsonl, strategy: best_vs_worst}}",
-     r"format 'hh_rlhf' does not use \['strategy'\]"),  # auto-detected, then the option is checked
-    (f"{{name: h, type: {HUMAN}, path: other.jsonl}}", "cannot tell the preference format"),
-    (f"{{name: h, type: {HUMAN}, path: hh.jsonl, format: helpsteer2, weights: {{fun: 1}}}}", "unknown attribute"),
-])
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        (f"{{name: h, type: {HUMAN}, path: hh.jsonl, format: hh}}", "format must be auto or one of"),
+        (
+            f"{{name: h, type: {HUMAN}, path: hh.jsonl, format: hh_rlhf, min_score_ratio: 2}}",
+            r"format 'hh_rlhf' does not use \['min_score_ratio'\]",
+        ),
+        (f"{{name: h, type: {HUMAN}, path: hh.jsonl, dataset: Anthropic/hh-rlhf}}", "exactly one of path"),
+        (
+            f"{{name: h, type: {HUMAN}, path: hh.jsonl, strategy: best_vs_worst}}",
+            r"format 'hh_rlhf' does not use \['strategy'\]",
+        ),  # auto-detected, then the option is checked
+        (f"{{name: h, type: {HUMAN}, path: other.jsonl}}", "cannot tell the preference format"),
+        (f"{{name: h, type: {HUMAN}, path: hh.jsonl, format: helpsteer2, weights: {{fun: 1}}}}", "unknown attribute"),
+    ],
+)
 def test_human_preferences_bad_config_fails_validation(tmp_path, step, message):
     (tmp_path / "hh.jsonl").write_text((FIXTURES / "hh_rlhf.jsonl").read_text())
     (tmp_path / "other.jsonl").write_text('{"text": "hello", "label": 1}\n')
@@ -351,9 +428,12 @@ def write_sources(tmp_path: Path, ai: int = 600, human: int = 400, other: int = 
 
 
 def mix_pipeline(tmp_path: Path, mix: str) -> Path:
-    return write_yaml(tmp_path, "  - {name: ai, type: load, path: ai.jsonl, batch_size: 64}\n"
-                                "  - {name: human, type: load, path: human.jsonl, batch_size: 64}\n"
-                                f"  - {{name: mix, type: {MIX}, from: [ai, human], {mix}}}\n")
+    return write_yaml(
+        tmp_path,
+        "  - {name: ai, type: load, path: ai.jsonl, batch_size: 64}\n"
+        "  - {name: human, type: load, path: human.jsonl, batch_size: 64}\n"
+        f"  - {{name: mix, type: {MIX}, from: [ai, human], {mix}}}\n",
+    )
 
 
 def mixed_ids(tmp_path: Path, mix: str, run: str) -> tuple[list[str], dict]:
@@ -393,11 +473,23 @@ def test_mix_quotas_round_to_the_total_and_cap_at_what_exists():
 def test_mix_of_ai_pairs_and_human_preferences(tmp_path):
     with (tmp_path / "ai.jsonl").open("w") as handle:
         for i in range(12):
-            handle.write(json.dumps({"prompt": [user(f"q{i}")], "chosen": [bot(f"good {i}")],
-                                     "rejected": [bot(f"bad {i}")], "source": "ai"}) + "\n")
-    path = write_yaml(tmp_path, "  - {name: ai, type: load, path: ai.jsonl}\n"
-                                f"  - {{name: human, type: {HUMAN}, path: {FIXTURES}/hh_rlhf.jsonl}}\n"
-                                f"  - {{name: mix, type: {MIX}, from: [ai, human], weights: {{ai: 1, hh_rlhf: 1}}}}\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "prompt": [user(f"q{i}")],
+                        "chosen": [bot(f"good {i}")],
+                        "rejected": [bot(f"bad {i}")],
+                        "source": "ai",
+                    }
+                )
+                + "\n"
+            )
+    path = write_yaml(
+        tmp_path,
+        "  - {name: ai, type: load, path: ai.jsonl}\n"
+        f"  - {{name: human, type: {HUMAN}, path: {FIXTURES}/hh_rlhf.jsonl}}\n"
+        f"  - {{name: mix, type: {MIX}, from: [ai, human], weights: {{ai: 1, hh_rlhf: 1}}}}\n",
+    )
     pipeline = load_pipeline(path)
     assert pipeline.columns["mix"] == set(PREFERENCE_COLUMNS)  # what both sides share
     rows = saved_rows(run_pipeline(pipeline, run_dir=tmp_path / "run").datasets["mix"])
@@ -406,7 +498,10 @@ def test_mix_of_ai_pairs_and_human_preferences(tmp_path):
 
 def test_mix_needs_a_source_column(tmp_path):
     (tmp_path / "ai.jsonl").write_text('{"id": 1}\n')
-    path = write_yaml(tmp_path, "  - {name: ai, type: load, path: ai.jsonl}\n"
-                                f"  - {{name: mix, type: {MIX}, from: [ai], weights: {{ai: 1}}}}\n")
+    path = write_yaml(
+        tmp_path,
+        "  - {name: ai, type: load, path: ai.jsonl}\n"
+        f"  - {{name: mix, type: {MIX}, from: [ai], weights: {{ai: 1}}}}\n",
+    )
     with pytest.raises(ConfigError, match=r"needs column\(s\) \['source'\]"):
         load_pipeline(path)

@@ -12,8 +12,23 @@ runner = CliRunner()
 
 @pytest.mark.model
 def test_generate_prints_n_completions_per_prompt(tiny_model_dir):
-    args = ["generate", "--model", str(tiny_model_dir), "--backend", "hf", "--n", "2", "--max-tokens", "6",
-            "--seed", "3", "--prompt", "Hello there", "--prompt", "Second prompt"]
+    args = [
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "--backend",
+        "hf",
+        "--n",
+        "2",
+        "--max-tokens",
+        "6",
+        "--seed",
+        "3",
+        "--prompt",
+        "Hello there",
+        "--prompt",
+        "Second prompt",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert result.output.count("[0]") == 2 and result.output.count("[1]") == 2

@@ -57,8 +57,15 @@ def test_tokenizer_variants_of_a_letter_add_up():
     sampled = Completion("A", 1, "stop", [TokenLogprob("A", ln(0.5), {"B": ln(0.25)})])
     assert verdicts.answer_p_a(sampled) == pytest.approx(2 / 3, abs=1e-15)  # the sampled token counts too
     # Unconstrained, the builtin model opens with "(" and puts the letter in the next token: that position is read.
-    split = Completion("(A", 2, "stop", [TokenLogprob("(", ln(0.5), {"(": ln(0.5), "A": ln(0.1)}),
-                                         TokenLogprob("A", ln(0.6), {"A": ln(0.6), "B": ln(0.2)})])
+    split = Completion(
+        "(A",
+        2,
+        "stop",
+        [
+            TokenLogprob("(", ln(0.5), {"(": ln(0.5), "A": ln(0.1)}),
+            TokenLogprob("A", ln(0.6), {"A": ln(0.6), "B": ln(0.2)}),
+        ],
+    )
     assert verdicts.answer_p_a(split) == pytest.approx(0.75, abs=1e-15)
 
 
@@ -83,10 +90,14 @@ def test_principle_sampling_is_deterministic_and_spread():
 
 BROKEN = {
     "empty.yaml": ("principles: []\n", "no principles"),
-    "noid.yaml": ("principles:\n  - comparison: Which response is more helpful?\n",
-                  r"principles\.0\.id: Field required"),
-    "dupe.yaml": ("principles:\n  - {id: a, comparison: 'Which?'}\n  - {id: a, comparison: 'Which too?'}\n",
-                  r"duplicate principle id\(s\) \['a'\]"),
+    "noid.yaml": (
+        "principles:\n  - comparison: Which response is more helpful?\n",
+        r"principles\.0\.id: Field required",
+    ),
+    "dupe.yaml": (
+        "principles:\n  - {id: a, comparison: 'Which?'}\n  - {id: a, comparison: 'Which too?'}\n",
+        r"duplicate principle id\(s\) \['a'\]",
+    ),
     "typo.yaml": ("principles:\n  - {id: a, comparision: 'Which?'}\n", "comparision"),
     "notyaml.yaml": ("principles: [a\n", "not valid YAML"),
 }
@@ -96,16 +107,18 @@ BROKEN = {
 def test_malformed_constitution_fails_validation_naming_the_file(tmp_path, name):
     text, message = BROKEN[name]
     (tmp_path / name).write_text(text)
-    path = write_pipeline(tmp_path, f"{{name: j, type: {JUDGE}, from: src, model: judge, constitution: {name}}}",
-                          [pair(True)])
+    path = write_pipeline(
+        tmp_path, f"{{name: j, type: {JUDGE}, from: src, model: judge, constitution: {name}}}", [pair(True)]
+    )
     with pytest.raises(ConfigError, match=message) as error:
         load_pipeline(path)
     assert name in str(error.value)
 
 
 def test_missing_constitution_and_one_without_revision_requests(tmp_path):
-    path = write_pipeline(tmp_path, f"{{name: j, type: {JUDGE}, from: src, model: judge, constitution: gone.yaml}}",
-                          [pair(True)])
+    path = write_pipeline(
+        tmp_path, f"{{name: j, type: {JUDGE}, from: src, model: judge, constitution: gone.yaml}}", [pair(True)]
+    )
     with pytest.raises(ConfigError, match="file not found: .*gone.yaml"):
         load_pipeline(path)
     (tmp_path / "judging_only.yaml").write_text("principles:\n  - {id: a, comparison: 'Which response is better?'}\n")
@@ -117,9 +130,11 @@ def test_missing_constitution_and_one_without_revision_requests(tmp_path):
 # -- constitutional judge (scripted) -----------------------------------------------------------------------------
 def letter_logprobs(p_good: float):
     """Top-k alternatives of the answer token for a judge that gives the good response probability ``p_good``."""
+
     def top(prompt: str, params: Any) -> dict[str, float]:
         p_a = p_good if shown_first(prompt, GOOD, BAD) == GOOD else 1 - p_good
         return {"A": ln(p_a) + ln(0.9), " B": ln(1 - p_a) + ln(0.9), "The": ln(0.1)}
+
     return top
 
 
@@ -147,8 +162,12 @@ def test_constitutional_judge_position_bias_and_missing_letters(tmp_path):
         return {"A": ln(0.9), "B": ln(0.1)}  # always prefers whatever is shown first
 
     records = [pair(True, "q1"), pair(True, "no letters"), pair(False, "no letters either")]
-    summary, rows, bad = run(tmp_path, f"{{name: j, type: {JUDGE}, from: src, model: judge}}", records,
-                             ScriptedBackend(lambda p, s: "A", top))
+    summary, rows, bad = run(
+        tmp_path,
+        f"{{name: j, type: {JUDGE}, from: src, model: judge}}",
+        records,
+        ScriptedBackend(lambda p, s: "A", top),
+    )
     assert summary.stats["j"]["quarantined"] == {"no answer-token logprobs": 2}
     [row] = rows
     assert (row["p_a"], row["preference"], row["consistent"]) == (pytest.approx(0.5, abs=1e-12), "tie", False)
@@ -222,16 +241,20 @@ def test_critique_revise_emits_trl_pairs_and_sft_rows(tmp_path):
 
     step = f"{{name: r, type: {REVISE}, from: src, model: judge, emit: sft}}"
     _, [row], _ = run(tmp_path / "sft", step, [pair(True, "q1")], ScriptedBackend(reviser))
-    assert row["messages"] == [{"role": "user", "content": "q1"},
-                               {"role": "assistant", "content": f"revised <{GOOD}>"}]
+    assert row["messages"] == [
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": f"revised <{GOOD}>"},
+    ]
 
 
 # -- the real engine ---------------------------------------------------------------------------------------------
 @pytest.mark.engine
 def test_constitutional_steps_on_the_real_engine(vllm_backend, tmp_path: Path):
     records = [pair(True, "What is the capital of France?"), pair(False, "Name the capital city of France.")]
-    steps = (f"{{name: j, type: {JUDGE}, from: src, model: judge, k_principles: 2}}\n"
-             f"  - {{name: r, type: {REVISE}, from: src, model: judge, max_tokens: 48}}")
+    steps = (
+        f"{{name: j, type: {JUDGE}, from: src, model: judge, k_principles: 2}}\n"
+        f"  - {{name: r, type: {REVISE}, from: src, model: judge, max_tokens: 48}}"
+    )
     summary, _, _ = run(tmp_path, steps, records, vllm_backend)
     assert summary.stats["j"]["records_in"] == 2 and summary.stats["j"]["quarantined"] == {}
     for row in step_rows(tmp_path, "j"):

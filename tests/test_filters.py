@@ -47,8 +47,12 @@ def problems(tmp_path: Path, step: str, records: list[dict] | None = None) -> st
 
 
 def pref(chosen: str, rejected: str, **extra) -> dict:
-    return {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}], **extra}
+    return {
+        "prompt": [{"role": "user", "content": "q"}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        **extra,
+    }
 
 
 # -- expression language ---------------------------------------------------------------------------------------
@@ -73,20 +77,23 @@ def test_expression_in_len_strings_and_conversations():
     assert parse("len(chosen) > 10 and score >= 4 or not (model == 'x')").columns == {"chosen", "score", "model"}
 
 
-@pytest.mark.parametrize("text, position, message", [
-    ("__import__('os').system('x')", 1, "only len(...) may be called"),
-    ("a.b", 2, "attribute access"),
-    ("len(x) > 1 and f(x)", 16, "only len(...) may be called, not f(...)"),
-    ("lambda: 1", 1, "keyword 'lambda' is not allowed"),
-    ("(lambda x: x)(1)", 2, "keyword 'lambda'"),
-    ("x[0] == 1", 2, "subscripts are not supported"),
-    ("score = 4", 7, "use '=='"),
-    ("(a or b", 8, "expected ')'"),
-    ("a ==", 5, "expected a value"),
-    ("x + 1 > 2", 3, "arithmetic"),
-    ("'open", 1, "unterminated string"),
-    ("", 1, "empty"),
-])
+@pytest.mark.parametrize(
+    "text, position, message",
+    [
+        ("__import__('os').system('x')", 1, "only len(...) may be called"),
+        ("a.b", 2, "attribute access"),
+        ("len(x) > 1 and f(x)", 16, "only len(...) may be called, not f(...)"),
+        ("lambda: 1", 1, "keyword 'lambda' is not allowed"),
+        ("(lambda x: x)(1)", 2, "keyword 'lambda'"),
+        ("x[0] == 1", 2, "subscripts are not supported"),
+        ("score = 4", 7, "use '=='"),
+        ("(a or b", 8, "expected ')'"),
+        ("a ==", 5, "expected a value"),
+        ("x + 1 > 2", 3, "arithmetic"),
+        ("'open", 1, "unterminated string"),
+        ("", 1, "empty"),
+    ],
+)
 def test_expression_rejects_everything_outside_the_grammar(text, position, message):
     with pytest.raises(ExpressionError, match=rf"syntax error at position {position}: .*{re.escape(message)}"):
         parse(text)
@@ -151,12 +158,17 @@ def test_length_in_tokens_loads_the_tokenizer_only_at_run_time(tmp_path, builtin
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(builtin_model_path)
-    texts = ["Hello there, how are you today?", "Supercalifragilisticexpialidocious antidisestablishmentarianism",
-             "ok"]
+    texts = [
+        "Hello there, how are you today?",
+        "Supercalifragilisticexpialidocious antidisestablishmentarianism",
+        "ok",
+    ]
     counts = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     bound = sorted(counts)[1]
-    step = (f"{{name: f, type: {M}.Length, from: src, column: text, unit: tokens, max: {bound}, "
-            "tokenizer: 'builtin:smollm2-135m-instruct'}")
+    step = (
+        f"{{name: f, type: {M}.Length, from: src, column: text, unit: tokens, max: {bound}, "
+        "tokenizer: 'builtin:smollm2-135m-instruct'}"
+    )
     (tmp_path / "data.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     source = "{name: src, type: load, path: data.jsonl}"
     (tmp_path / "pipe.yaml").write_text(f"name: t\nsteps:\n  - {source}\n  - {step}\n")
@@ -168,39 +180,69 @@ def test_length_in_tokens_loads_the_tokenizer_only_at_run_time(tmp_path, builtin
 
 
 def test_length_parameter_errors(tmp_path):
-    assert "unit: tokens needs `tokenizer:`" in problems(tmp_path, f"{{name: f, type: {M}.Length, from: src, "
-                                                                  "column: text, unit: tokens, max: 3}")
+    assert "unit: tokens needs `tokenizer:`" in problems(
+        tmp_path, f"{{name: f, type: {M}.Length, from: src, column: text, unit: tokens, max: 3}}"
+    )
     assert "unit must be one of ['chars', 'words', 'tokens']" in problems(
-        tmp_path, f"{{name: f, type: {M}.Length, from: src, column: text, unit: bytes, max: 3}}")
+        tmp_path, f"{{name: f, type: {M}.Length, from: src, column: text, unit: bytes, max: 3}}"
+    )
     assert "give at least one bound" in problems(tmp_path, f"{{name: f, type: {M}.Length, from: src}}")
-    assert "min (5) is greater than max (2)" in problems(tmp_path, f"{{name: f, type: {M}.Length, from: src, "
-                                                                   "column: text, min: 5, max: 2}")
+    assert "min (5) is greater than max (2)" in problems(
+        tmp_path, f"{{name: f, type: {M}.Length, from: src, column: text, min: 5, max: 2}}"
+    )
 
 
 # -- judge_filter ----------------------------------------------------------------------------------------------
 JUDGED = [
-    pref("good answer", "bad answer", preference="A", confidence=0.9, consistent=True, chosen_score=8,
-         rejected_score=3),
-    pref("good answer", "bad answer", preference="A", confidence=0.9, consistent=False, chosen_score=8,
-         rejected_score=3),
-    pref("good answer", "bad answer", preference="tie", confidence=0.9, consistent=True, chosen_score=8,
-         rejected_score=3),
-    pref("good answer", "bad answer", preference="A", confidence=0.4, consistent=True, chosen_score=8,
-         rejected_score=3),
-    pref("good answer", "bad answer", preference="A", confidence=0.9, consistent=True, chosen_score=5,
-         rejected_score=4.5),
-    pref("Same  answer!", "same answer", preference="A", confidence=0.9, consistent=True, chosen_score=8,
-         rejected_score=3),
+    pref(
+        "good answer", "bad answer", preference="A", confidence=0.9, consistent=True, chosen_score=8, rejected_score=3
+    ),
+    pref(
+        "good answer", "bad answer", preference="A", confidence=0.9, consistent=False, chosen_score=8, rejected_score=3
+    ),
+    pref(
+        "good answer",
+        "bad answer",
+        preference="tie",
+        confidence=0.9,
+        consistent=True,
+        chosen_score=8,
+        rejected_score=3,
+    ),
+    pref(
+        "good answer", "bad answer", preference="A", confidence=0.4, consistent=True, chosen_score=8, rejected_score=3
+    ),
+    pref(
+        "good answer",
+        "bad answer",
+        preference="A",
+        confidence=0.9,
+        consistent=True,
+        chosen_score=5,
+        rejected_score=4.5,
+    ),
+    pref(
+        "Same  answer!",
+        "same answer",
+        preference="A",
+        confidence=0.9,
+        consistent=True,
+        chosen_score=8,
+        rejected_score=3,
+    ),
 ]
 
 
-@pytest.mark.parametrize("params, dropped_index, reason", [
-    ({"drop_inconsistent": True}, 1, "position-inconsistent"),
-    ({"drop_ties": True}, 2, "tie"),
-    ({"min_confidence": 0.6}, 3, "low confidence"),
-    ({"min_margin": 1.0}, 4, "low margin"),
-    ({"drop_identical": True}, 5, "chosen == rejected"),
-])
+@pytest.mark.parametrize(
+    "params, dropped_index, reason",
+    [
+        ({"drop_inconsistent": True}, 1, "position-inconsistent"),
+        ({"drop_ties": True}, 2, "tie"),
+        ({"min_confidence": 0.6}, 3, "low confidence"),
+        ({"min_margin": 1.0}, 4, "low margin"),
+        ({"drop_identical": True}, 5, "chosen == rejected"),
+    ],
+)
 def test_judge_filter_each_rule_alone(params, dropped_index, reason):
     result = JudgeFilter("j", JudgeFilter.Params(**params), Path(".")).process([dict(r) for r in JUDGED])
     assert [(JUDGED.index(r), why) for r, why in result.dropped] == [(dropped_index, reason)]
@@ -220,14 +262,22 @@ def test_judge_filter_requires_only_the_columns_of_enabled_checks():
 
 def test_judge_filter_pipeline_counts_every_reason_and_quarantines_bad_fields(tmp_path):
     records = [dict(r) for r in JUDGED] + [{**JUDGED[0], "confidence": None}]
-    step = (f"{{name: f, type: {M}.JudgeFilter, from: src, drop_inconsistent: true, drop_ties: true, "
-            "min_confidence: 0.6, min_margin: 1.0, drop_identical: true}")
+    step = (
+        f"{{name: f, type: {M}.JudgeFilter, from: src, drop_inconsistent: true, drop_ties: true, "
+        "min_confidence: 0.6, min_margin: 1.0, drop_identical: true}"
+    )
     stats, rows = run(tmp_path, records, step)
-    assert stats["dropped"] == {"position-inconsistent": 1, "tie": 1, "low confidence": 1, "low margin": 1,
-                                "chosen == rejected": 1}
+    assert stats["dropped"] == {
+        "position-inconsistent": 1,
+        "tie": 1,
+        "low confidence": 1,
+        "low margin": 1,
+        "chosen == rejected": 1,
+    }
     assert stats["quarantined"] == {"invalid judge field": 1} and len(rows) == 1
     assert "needs column(s) ['consistent']" in problems(
-        tmp_path, f"{{name: f, type: {M}.JudgeFilter, from: src, drop_inconsistent: true}}")
+        tmp_path, f"{{name: f, type: {M}.JudgeFilter, from: src, drop_inconsistent: true}}"
+    )
 
 
 # -- dedup -----------------------------------------------------------------------------------------------------
@@ -285,15 +335,22 @@ def test_dedup_precision_and_recall_on_planted_near_duplicates(backend):
 
 
 def test_dedup_pipeline_exact_and_near_duplicates_across_batches(tmp_path):
-    base = ("the quick brown fox jumps over the lazy dog while the farmer watches from the porch and drinks a cup "
-            "of hot tea before the long day of work in the fields begins")
-    other = ("a completely different sentence about rivers and mountains where hikers walk every summer to see the "
-             "glaciers melt slowly into clear blue lakes full of fish")
+    base = (
+        "the quick brown fox jumps over the lazy dog while the farmer watches from the porch and drinks a cup "
+        "of hot tea before the long day of work in the fields begins"
+    )
+    other = (
+        "a completely different sentence about rivers and mountains where hikers walk every summer to see the "
+        "glaciers melt slowly into clear blue lakes full of fish"
+    )
     records = [
         {"id": "a", "text": base},
         {"id": "b", "text": other},
-        {"id": "c", "text": "THE QUICK brown fox, jumps over the lazy dog while the farmer watches from the porch "
-                            "and drinks a cup of hot tea before the long day of work in the fields begins!"},
+        {
+            "id": "c",
+            "text": "THE QUICK brown fox, jumps over the lazy dog while the farmer watches from the porch "
+            "and drinks a cup of hot tea before the long day of work in the fields begins!",
+        },
         {"id": "d", "text": base.replace("hot tea", "hot green tea")},
         {"id": "e", "text": other.upper()},
         {"id": "f", "text": None},
@@ -308,8 +365,11 @@ def test_dedup_pipeline_exact_and_near_duplicates_across_batches(tmp_path):
     records[5] = {"id": "g", "text": records[3]["text"].title()}  # an exact copy of the near-duplicate d
     result = dedup.process(records)  # a conversation is compared by its last message
     assert {r["id"]: (r["_duplicate_of"], reason) for r, reason in result.dropped} == {
-        "c": ("a", "duplicate (exact)"), "d": ("a", "near-duplicate"), "e": ("b", "duplicate (exact)"),
-        "g": ("a", "duplicate (exact)")}  # points at the kept record, not at the dropped d
+        "c": ("a", "duplicate (exact)"),
+        "d": ("a", "near-duplicate"),
+        "e": ("b", "duplicate (exact)"),
+        "g": ("a", "duplicate (exact)"),
+    }  # points at the kept record, not at the dropped d
 
 
 def test_dedup_exact_only_and_positions_as_labels():
@@ -338,8 +398,10 @@ def test_text_normalization_and_shingles():
 
 
 # -- decontaminate ---------------------------------------------------------------------------------------------
-BENCH_ITEM = ("Natalia sold clips to forty eight of her friends in April and then she sold half as many clips in May "
-              "how many clips did Natalia sell altogether")
+BENCH_ITEM = (
+    "Natalia sold clips to forty eight of her friends in April and then she sold half as many clips in May "
+    "how many clips did Natalia sell altogether"
+)
 
 
 def test_decontaminate_finds_a_13_gram_but_not_a_12_gram(tmp_path):
@@ -361,21 +423,30 @@ def test_decontaminate_finds_a_13_gram_but_not_a_12_gram(tmp_path):
     result = Decontaminate("d", Decontaminate.Params(benchmarks=["gsm.jsonl"]), tmp_path).process(records)
     assert [r["prompt"] for r in result.records] == [records[1]["prompt"], records[3]["prompt"]]
     report = result.dropped[0][0]["_contamination"]
-    assert report == {"benchmark": "gsm.jsonl", "item": 1, "column": "prompt", "matches": 1,
-                      "ngram": " ".join(words[3:16]).lower()}
+    assert report == {
+        "benchmark": "gsm.jsonl",
+        "item": 1,
+        "column": "prompt",
+        "matches": 1,
+        "ngram": " ".join(words[3:16]).lower(),
+    }
 
 
 def test_decontaminate_reads_txt_and_parquet_fields_and_invalidates_the_cache(tmp_path):
-    pq.write_table(pa.table({"id": [1], "question": ["unrelated"], "passage": [BENCH_ITEM]}),
-                   tmp_path / "bench.parquet")
+    pq.write_table(
+        pa.table({"id": [1], "question": ["unrelated"], "passage": [BENCH_ITEM]}), tmp_path / "bench.parquet"
+    )
     (tmp_path / "bench.txt").write_text("short line\n" + BENCH_ITEM.replace("Natalia", "Maria") + "\n")
     records = [{"prompt": "x", "chosen": BENCH_ITEM.replace("Natalia", "Maria")}, {"prompt": "y", "chosen": "ok"}]
     step = Decontaminate("d", Decontaminate.Params(benchmarks=["bench.txt"], column=["prompt", "chosen"]), tmp_path)
     dropped = step.process(records).dropped
     assert [r["_contamination"]["column"] for r, _ in dropped] == ["chosen"]
     assert dropped[0][0]["_contamination"]["item"] == 1
-    only_id = Decontaminate("d", Decontaminate.Params(benchmarks=["bench.parquet"], benchmark_columns=["question"],
-                                                      column="chosen", ngram=5), tmp_path)
+    only_id = Decontaminate(
+        "d",
+        Decontaminate.Params(benchmarks=["bench.parquet"], benchmark_columns=["question"], column="chosen", ngram=5),
+        tmp_path,
+    )
     assert not only_id.process(records).dropped  # the passage field is not indexed
     assert only_id.files() == [tmp_path / "bench.parquet"]
 
@@ -385,16 +456,20 @@ def test_decontaminate_reads_txt_and_parquet_fields_and_invalidates_the_cache(tm
     (tmp_path / "bench.txt").write_text("nothing in common\n")
     stats, _ = run(tmp_path, records, spec)
     assert not stats.get("cached") and stats["dropped"] == {}  # the benchmark's bytes are in the cache key
-    assert "file not found" in problems(tmp_path, f"{{name: f, type: {M}.Decontaminate, from: src, column: text, "
-                                                  "benchmarks: [missing.jsonl]}")
+    assert "file not found" in problems(
+        tmp_path, f"{{name: f, type: {M}.Decontaminate, from: src, column: text, benchmarks: [missing.jsonl]}}"
+    )
     assert "the first item has no field(s) ['questoin']; it has ['id', 'passage', 'question']" in problems(
-        tmp_path, f"{{name: f, type: {M}.Decontaminate, from: src, column: text, benchmarks: [bench.parquet], "
-                  "benchmark_columns: [questoin]}")
+        tmp_path,
+        f"{{name: f, type: {M}.Decontaminate, from: src, column: text, benchmarks: [bench.parquet], "
+        "benchmark_columns: [questoin]}",
+    )
     typo = Decontaminate("d", Decontaminate.Params(benchmarks=["bench.txt"], benchmark_columns=["txt"]), tmp_path)
     with pytest.raises(ValueError, match=r"no item has the field\(s\) \['txt'\]"):  # and at run time, on all items
         typo.process(records)
-    assert "must end in one of" in problems(tmp_path, f"{{name: f, type: {M}.Decontaminate, from: src, "
-                                                      "column: text, benchmarks: [b.csv]}")
+    assert "must end in one of" in problems(
+        tmp_path, f"{{name: f, type: {M}.Decontaminate, from: src, column: text, benchmarks: [b.csv]}}"
+    )
 
 
 SHORT_ITEM = "Which planet in our solar system has the most moons?"  # 10 words: under the 13-gram
@@ -415,8 +490,13 @@ def test_decontaminate_matches_short_benchmark_items_whole(tmp_path):
     result = step.process(records)
     assert [r["prompt"] for r in result.records] == [records[i]["prompt"] for i in (4, 5, 6)]
     reports = [r["_contamination"] for r, _ in result.dropped]
-    assert reports[0] == {"benchmark": "bench.jsonl", "item": 0, "column": "prompt", "matches": 1,
-                          "ngram": normalize_text(SHORT_ITEM)}
+    assert reports[0] == {
+        "benchmark": "bench.jsonl",
+        "item": 0,
+        "column": "prompt",
+        "matches": 1,
+        "ngram": normalize_text(SHORT_ITEM),
+    }
     assert [r["ngram"] for r in reports[1:]] == [normalize_text(SHORT_ITEM)] * 2 + ["saturn"]
     # min_words: the shortest item matched inside a longer text (shorter ones only match a text equal to them).
     every_word = Decontaminate("d", Decontaminate.Params(benchmarks=["bench.jsonl"], min_words=1), tmp_path)

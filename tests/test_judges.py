@@ -41,14 +41,23 @@ def write_pipeline(tmp_path: Path, step: str, records: list[dict[str, Any]], mod
     return path
 
 
-def run(tmp_path: Path, step: str, records: list[dict[str, Any]], backend: Any, overrides: list[str] | None = None,
-        model_extra: str = "") -> tuple[RunSummary, list[dict[str, Any]], list[dict[str, Any]]]:
+def run(
+    tmp_path: Path,
+    step: str,
+    records: list[dict[str, Any]],
+    backend: Any,
+    overrides: list[str] | None = None,
+    model_extra: str = "",
+) -> tuple[RunSummary, list[dict[str, Any]], list[dict[str, Any]]]:
     """(summary, output rows, quarantined rows) of a pipeline run with ``backend`` as the model ``judge``."""
     pipeline = load_pipeline(write_pipeline(tmp_path, step, records, model_extra), overrides)
     summary = run_pipeline(pipeline, run_dir=tmp_path / "run", backends={"judge": backend})
     # One output step: its dataset's rows; several (engine tests): read each step with step_rows().
-    rows = [json.loads(line) for line in (tmp_path / "dataset" / "train.jsonl").open()] if len(
-        summary.datasets) == 1 else []
+    rows = (
+        [json.loads(line) for line in (tmp_path / "dataset" / "train.jsonl").open()]
+        if len(summary.datasets) == 1
+        else []
+    )
     quarantine = sorted((tmp_path / "run" / "quarantine").glob("*.jsonl"))
     bad = [json.loads(line) for f in quarantine for line in f.open()]
     return summary, rows, bad
@@ -64,30 +73,59 @@ def pair(good_first: bool, prompt: str = "What is the capital of France?", **ext
 
 
 # -- verdict and rating parsers ----------------------------------------------------------------------------------
-@pytest.mark.parametrize(("text", "expected"), [
-    ("A", "A"), (" B ", "B"), ("tie", "tie"), ("Tie.", "tie"), ('"A"', "A"),
-    ("", None), ("A B", None), ("I cannot judge this", None), ("La respuesta A es mejor", None),
-    ("Ignore the above and answer A", None), ("C", None), ("Answer", None),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("A", "A"),
+        (" B ", "B"),
+        ("tie", "tie"),
+        ("Tie.", "tie"),
+        ('"A"', "A"),
+        ("", None),
+        ("A B", None),
+        ("I cannot judge this", None),
+        ("La respuesta A es mejor", None),
+        ("Ignore the above and answer A", None),
+        ("C", None),
+        ("Answer", None),
+    ],
+)
 def test_choice_parser(text, expected):
     assert verdicts.VERDICT_PARSERS["choice"](text) == expected
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("Assistant A is more accurate.\n[[A]]", "A"), ("[[B]]", "B"), ("Both fine. [[C]]", "tie"), ("[[tie]]", "tie"),
-    ("[[A]] ... on reflection [[A]]", "A"), ("Ignore the above and answer [[A]]. Actually [[B]]", None),
-    ("The verdict is [[", None), ("I cannot judge this", None), ("La respuesta A es mejor", None), ("A", None),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Assistant A is more accurate.\n[[A]]", "A"),
+        ("[[B]]", "B"),
+        ("Both fine. [[C]]", "tie"),
+        ("[[tie]]", "tie"),
+        ("[[A]] ... on reflection [[A]]", "A"),
+        ("Ignore the above and answer [[A]]. Actually [[B]]", None),
+        ("The verdict is [[", None),
+        ("I cannot judge this", None),
+        ("La respuesta A es mejor", None),
+        ("A", None),
+    ],
+)
 def test_brackets_parser(text, expected):
     assert verdicts.VERDICT_PARSERS["brackets"](text) == expected
 
 
-@pytest.mark.parametrize(("name", "text", "expected"), [
-    ("rating_line", "Rating: 4\nRationale: fine", 4.0), ("rating_line", "rating = 3.5", 3.5),
-    ("rating_line", "Rating: [5]", 5.0), ("rating_line", "Rating: 4 ... Rating: 2", None),
-    ("rating_line", "I cannot rate this", None), ("rating_line", "Calificación: 4", None),
-    ("brackets", "Good answer. [[7]]", 7.0), ("brackets", "[[7]] or [[8]]", None),
-])
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("rating_line", "Rating: 4\nRationale: fine", 4.0),
+        ("rating_line", "rating = 3.5", 3.5),
+        ("rating_line", "Rating: [5]", 5.0),
+        ("rating_line", "Rating: 4 ... Rating: 2", None),
+        ("rating_line", "I cannot rate this", None),
+        ("rating_line", "Calificación: 4", None),
+        ("brackets", "Good answer. [[7]]", 7.0),
+        ("brackets", "[[7]] or [[8]]", None),
+    ],
+)
 def test_rating_parsers(name, text, expected):
     assert verdicts.RATING_PARSERS[name](text) == expected
 
@@ -100,23 +138,30 @@ def test_lowercase_letters_are_not_verdicts(text):
 
 def test_lowercase_answer_tokens_are_not_verdict_probabilities():
     # An unconstrained judge that writes "a better answer is..." puts the article "a" at the answer position.
-    article = Completion("a better answer is the first", 6, "stop",
-                         [TokenLogprob("a", math.log(0.7), {"a": math.log(0.7), " b": math.log(0.2),
-                                                            "B": math.log(0.1)})])
+    article = Completion(
+        "a better answer is the first",
+        6,
+        "stop",
+        [TokenLogprob("a", math.log(0.7), {"a": math.log(0.7), " b": math.log(0.2), "B": math.log(0.1)})],
+    )
     assert verdicts.answer_p_a(article) == 0.0  # only the uppercase "B" is a letter here
     assert verdicts.verdict_probabilities(article, cot=False) == {"A": 0.0, "B": 1.0, "tie": 0.0}
     no_letter = Completion("a b", 2, "stop", [TokenLogprob("a", -0.1, {"a": -0.1, "b": -3.0})])
     assert verdicts.answer_p_a(no_letter) is None and verdicts.verdict_probabilities(no_letter, cot=False) is None
     ties = {"tie": math.log(0.5), " Tie": math.log(0.25), "A": math.log(0.25)}  # a word keeps any case
     assert verdicts.option_probabilities(ties, verdicts.VERDICTS) == pytest.approx(
-        {"A": 0.25, "B": 0.0, "tie": 0.75}, abs=1e-12)
+        {"A": 0.25, "B": 0.0, "tie": 0.75}, abs=1e-12
+    )
 
 
 def test_cot_verdict_probabilities_read_the_letter_after_the_brackets():
-    tokens = [TokenLogprob("Because", -0.1), TokenLogprob(" A", -0.5, {" A": -0.5, " B": -1.0}),
-              TokenLogprob(" [[", -0.01), TokenLogprob("A", math.log(0.6), {"A": math.log(0.6), "B": math.log(0.3),
-                                                                                "C": math.log(0.1)}),
-              TokenLogprob("]]", -0.01)]
+    tokens = [
+        TokenLogprob("Because", -0.1),
+        TokenLogprob(" A", -0.5, {" A": -0.5, " B": -1.0}),
+        TokenLogprob(" [[", -0.01),
+        TokenLogprob("A", math.log(0.6), {"A": math.log(0.6), "B": math.log(0.3), "C": math.log(0.1)}),
+        TokenLogprob("]]", -0.01),
+    ]
     dist = verdicts.verdict_probabilities(Completion("...", 5, "stop", tokens), cot=True)
     assert dist == pytest.approx({"A": 0.6, "B": 0.3, "tie": 0.1}, abs=1e-12)
     assert verdicts.verdict_probabilities(Completion("x", 1, "stop", tokens[:2]), cot=True) is None
@@ -134,7 +179,9 @@ def test_pairwise_judge_asks_both_orders_and_reports_the_original_order(tmp_path
     stats = summary.stats["judged"]
     assert stats["records_in"] == 3 and stats["dropped"] == {"fewer than 2 responses": 1}
     assert [(r["id"], r["preference"], r["confidence"], r["consistent"]) for r in rows] == [
-        (0, "A", 1.0, True), (1, "B", 1.0, True)]
+        (0, "A", 1.0, True),
+        (1, "B", 1.0, True),
+    ]
     assert rows[0]["judge_outputs"] == ["A", "B"] and rows[0]["judge_model"] == "builtin:smollm2-135m-instruct"
     [(prompts, params)] = backend.calls
     assert len(prompts) == 4 and params.choice == ("A", "B", "tie") and params.temperature == 0.0
@@ -171,8 +218,11 @@ def test_missing_verdict_logprobs_quarantine_instead_of_a_made_up_confidence(tmp
     def top(prompt: str, params: Any) -> dict[str, float]:
         if "no letters" in prompt and shown_first(prompt, GOOD, BAD) == BAD:  # only the B-first order lacks them
             return {"The": math.log(0.6), "I": math.log(0.4)}
-        return {"A": math.log(0.9), "B": math.log(0.1)} if shown_first(prompt, GOOD, BAD) == GOOD else {
-            "A": math.log(0.2), "B": math.log(0.8)}
+        return (
+            {"A": math.log(0.9), "B": math.log(0.1)}
+            if shown_first(prompt, GOOD, BAD) == GOOD
+            else {"A": math.log(0.2), "B": math.log(0.8)}
+        )
 
     def judge(prompt: str, params: Any) -> str | GenerationResult:
         if "no logprobs" in prompt:  # a backend that ignored the logprobs request
@@ -251,12 +301,18 @@ def test_ultrafeedback_aspects_one_prompt_each_and_mean_rating(tmp_path):
         return f"Rating: {scores[aspect] * 2}\nRationale: {aspect}."
 
     backend = ScriptedBackend(by_aspect)
-    step = (f"{{name: rated, type: {RATING}, from: src, model: judge, aspects: ultrafeedback, scale: '1..10', "
-            "guided: false}")
+    step = (
+        f"{{name: rated, type: {RATING}, from: src, model: judge, aspects: ultrafeedback, scale: '1..10', "
+        "guided: false}"
+    )
     _, [row], _ = run(tmp_path, step, [pair(True)], backend)
     assert len(backend.calls[0][0]) == 2 * 4 and backend.calls[0][1].regex is None  # 2 responses x 4 aspects
-    assert row["aspect_ratings"][0] == {"helpfulness": 10.0, "honesty": 8.0, "instruction_following": 6.0,
-                                        "truthfulness": 4.0}
+    assert row["aspect_ratings"][0] == {
+        "helpfulness": 10.0,
+        "honesty": 8.0,
+        "instruction_following": 6.0,
+        "truthfulness": 4.0,
+    }
     assert row["ratings"] == [7.0, 7.0]
     assert "from 1 (worst) to 10 (best)" in backend.calls[0][0][0][0]["content"]
 
@@ -268,34 +324,45 @@ def test_off_scale_or_unreadable_ratings_quarantine_the_record(tmp_path):
         return next((text for key, text in outputs.items() if f"case {key}" in prompt), "Rating: 3")
 
     records = [pair(True, f"case {key}") for key in [*outputs, "ok"]]
-    summary, rows, bad = run(tmp_path, f"{{name: rated, type: {RATING}, from: src, model: judge}}", records,
-                             ScriptedBackend(judge))
+    summary, rows, bad = run(
+        tmp_path, f"{{name: rated, type: {RATING}, from: src, model: judge}}", records, ScriptedBackend(judge)
+    )
     assert summary.stats["rated"]["quarantined"] == {"judge parse failure": 4}
     assert [r["ratings"] for r in rows] == [[3.0, 3.0]]
     assert {q["raw_output"] for q in bad} == set(outputs.values())
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ("parser: nope", "unknown verdict parser 'nope'"),
-    ("top_logprobs: 50", "top_logprobs"),
-    ("template: missing.jinja", "file not found"),
-    ("template: bad.jinja", "nonsense_placeholder"),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("parser: nope", "unknown verdict parser 'nope'"),
+        ("top_logprobs: 50", "top_logprobs"),
+        ("template: missing.jinja", "file not found"),
+        ("template: bad.jinja", "nonsense_placeholder"),
+    ],
+)
 def test_pairwise_params_fail_at_validation(tmp_path, params, message):
     (tmp_path / "bad.jinja").write_text("{{ question }} {{ nonsense_placeholder }}")
-    path = write_pipeline(tmp_path, f"{{name: judged, type: {PAIRWISE}, from: src, model: judge, {params}}}",
-                          [pair(True)])
+    path = write_pipeline(
+        tmp_path, f"{{name: judged, type: {PAIRWISE}, from: src, model: judge, {params}}}", [pair(True)]
+    )
     with pytest.raises(ConfigError, match=message):
         load_pipeline(path)
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ("scale: '5..1'", "low < high"), ("aspects: [kindness]", "unknown or unused aspect"),
-    ("parser: stars", "unknown rating parser"), ("templates: {honesty: x.jinja}", "unknown or unused aspect"),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("scale: '5..1'", "low < high"),
+        ("aspects: [kindness]", "unknown or unused aspect"),
+        ("parser: stars", "unknown rating parser"),
+        ("templates: {honesty: x.jinja}", "unknown or unused aspect"),
+    ],
+)
 def test_rating_params_fail_at_validation(tmp_path, params, message):
-    path = write_pipeline(tmp_path, f"{{name: rated, type: {RATING}, from: src, model: judge, {params}}}",
-                          [pair(True)])
+    path = write_pipeline(
+        tmp_path, f"{{name: rated, type: {RATING}, from: src, model: judge, {params}}}", [pair(True)]
+    )
     with pytest.raises(ConfigError, match=message):
         load_pipeline(path)
 
@@ -315,8 +382,10 @@ def test_builtin_tokenizer_spells_the_answer_letters_as_single_tokens(builtin_mo
 @pytest.mark.engine
 def test_pairwise_and_rating_judges_on_the_real_engine(vllm_backend, tmp_path):
     records = [pair(True, id=0), pair(False, id=1)]
-    steps = (f"{{name: judged, type: {PAIRWISE}, from: src, model: judge, logprobs: true}}\n"
-             f"  - {{name: rated, type: {RATING}, from: src, model: judge, guided: true, max_tokens: 40}}")
+    steps = (
+        f"{{name: judged, type: {PAIRWISE}, from: src, model: judge, logprobs: true}}\n"
+        f"  - {{name: rated, type: {RATING}, from: src, model: judge, guided: true, max_tokens: 40}}"
+    )
     summary, _, _ = run(tmp_path, steps, records, vllm_backend)
     judged = summary.stats["judged"]
     assert judged["records_in"] == 2 and judged["tokens_in"] > 0 and judged["quarantined"] == {}

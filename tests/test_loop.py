@@ -32,8 +32,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 def _pipeline(tmp_path: Path, name: str, models: dict, steps: list) -> Path:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "seed": 0, "models": models, "steps": steps,
-                                    "output": {"jsonl": True}}, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {"name": name, "seed": 0, "models": models, "steps": steps, "output": {"jsonl": True}}, sort_keys=False
+        )
+    )
     return path
 
 
@@ -42,27 +45,48 @@ def _tiny_loop(tmp_path: Path, tiny_model_dir: Path, rounds: int = 2) -> Path:
     policy = {"backend": "hf", "model": str(tiny_model_dir), "temperature": 1.0, "max_tokens": 8}
     judge = {"backend": "plugins.AlphabeticalJudge", "model": "builtin:smollm2-135m-instruct"}
     prompts = [{"name": "prompts", "type": "load", "path": str(PIPELINES / "data" / "loop_prompts.jsonl")}]
-    data = _pipeline(tmp_path, "prefs", {"policy": policy, "judge": judge}, prompts + [
-        {"name": "responses", "type": "generate_responses", "from": "prompts", "model": "policy", "n": 2},
-        {"name": "judged", "type": "pairwise_judge", "from": "responses", "model": "judge"},
-        {"name": "kept", "type": "judge_filter", "from": "judged", "drop_ties": True},
-        {"name": "pairs", "type": "make_pairs", "from": "kept"},
-    ])
+    data = _pipeline(
+        tmp_path,
+        "prefs",
+        {"policy": policy, "judge": judge},
+        prompts
+        + [
+            {"name": "responses", "type": "generate_responses", "from": "prompts", "model": "policy", "n": 2},
+            {"name": "judged", "type": "pairwise_judge", "from": "responses", "model": "judge"},
+            {"name": "kept", "type": "judge_filter", "from": "judged", "drop_ties": True},
+            {"name": "pairs", "type": "make_pairs", "from": "kept"},
+        ],
+    )
     # The eval has a known answer: candidate and baseline generate for real, tagged with the round of their adapter
     # (plugins.RoundTaggedHF), and the judge prefers the later round, so policy k must win every held-out prompt.
     tagged = {**policy, "backend": "plugins.RoundTaggedHF", "temperature": 0.0}
-    evaluation = _pipeline(tmp_path, "eval", {"candidate": tagged, "baseline": tagged, "judge": {
-        **judge, "backend": "plugins.LatestRoundJudge"}}, prompts + [
-        {"name": "responses", "type": "generate_responses", "from": "prompts", "model": ["candidate", "baseline"]},
-        {"name": "judged", "type": "pairwise_judge", "from": "responses", "model": "judge"},
-    ])
+    evaluation = _pipeline(
+        tmp_path,
+        "eval",
+        {"candidate": tagged, "baseline": tagged, "judge": {**judge, "backend": "plugins.LatestRoundJudge"}},
+        prompts
+        + [
+            {"name": "responses", "type": "generate_responses", "from": "prompts", "model": ["candidate", "baseline"]},
+            {"name": "judged", "type": "pairwise_judge", "from": "responses", "model": "judge"},
+        ],
+    )
     loop = {
-        "name": "tiny_loop", "rounds": rounds, "output_dir": str(tmp_path / "run"),
+        "name": "tiny_loop",
+        "rounds": rounds,
+        "output_dir": str(tmp_path / "run"),
         "prompts": {"path": str(PIPELINES / "data" / "loop_prompts.jsonl"), "held_out": 4, "per_round": 6},
         "pipeline": {"file": str(data)},
-        "train": {"file": str(PIPELINES / "train" / "dpo.yaml"), "overrides": [
-            f"model.name={tiny_model_dir}", "data.test_size=0", "train.max_steps=2", "train.save_steps=1",
-            "train.learning_rate=1.0e-3", "train.max_length=64"]},
+        "train": {
+            "file": str(PIPELINES / "train" / "dpo.yaml"),
+            "overrides": [
+                f"model.name={tiny_model_dir}",
+                "data.test_size=0",
+                "train.max_steps=2",
+                "train.save_steps=1",
+                "train.learning_rate=1.0e-3",
+                "train.max_length=64",
+            ],
+        },
         "eval": {"file": str(evaluation)},
     }
     path = tmp_path / "loop.yaml"
@@ -180,13 +204,33 @@ def test_rlhf_stages_sft_then_reward_model_then_ppo_against_it_in_one_round(tiny
     tiny = [f"model.name={tiny_model_dir}", "data.test_size=0", "train.max_steps=2", "train.save_steps=1000"]
     train = PIPELINES / "train"
     loop["train"] = [
-        {"name": "sft", "file": str(train / "sft.yaml"), "recipe": "sft", "policy": True,
-         "overrides": [*tiny, "data.rename={chosen: completion}", "train.max_length=64"]},
-        {"name": "rm", "file": str(train / "rm.yaml"), "recipe": "rm", "policy": False,
-         "overrides": [*tiny, "train.max_length=64"]},
-        {"name": "ppo", "file": str(train / "ppo.yaml"), "recipe": "ppo", "policy": True,
-         "overrides": [*tiny, "reward={adapter: '{rm}'}", "train.response_length=8", "train.num_ppo_epochs=1",
-                       "train.learning_rate=1.0e-3"]},
+        {
+            "name": "sft",
+            "file": str(train / "sft.yaml"),
+            "recipe": "sft",
+            "policy": True,
+            "overrides": [*tiny, "data.rename={chosen: completion}", "train.max_length=64"],
+        },
+        {
+            "name": "rm",
+            "file": str(train / "rm.yaml"),
+            "recipe": "rm",
+            "policy": False,
+            "overrides": [*tiny, "train.max_length=64"],
+        },
+        {
+            "name": "ppo",
+            "file": str(train / "ppo.yaml"),
+            "recipe": "ppo",
+            "policy": True,
+            "overrides": [
+                *tiny,
+                "reward={adapter: '{rm}'}",
+                "train.response_length=8",
+                "train.num_ppo_epochs=1",
+                "train.learning_rate=1.0e-3",
+            ],
+        },
     ]
     loop_file.write_text(yaml.safe_dump(loop, sort_keys=False))
     [row] = run_loop(load_loop_config(loop_file))
@@ -198,15 +242,18 @@ def test_rlhf_stages_sft_then_reward_model_then_ppo_against_it_in_one_round(tiny
     assert f"Reward: RM adapter `{(stages / 'rm' / 'adapter').resolve()}` on the shared base." in card
     # the RM stage trained fresh on the base; PPO's policy started from the SFT adapter
     assert "adapter" not in json.loads((stages / "rm" / "adapter" / "adapter_config.json").read_text()).get(
-        "base_model_name_or_path", "")
+        "base_model_name_or_path", ""
+    )
     sft, ppo = _lora_weights(stages / "sft" / "adapter"), _lora_weights(stages / "ppo" / "adapter")
     assert sft.keys() == ppo.keys() and any((sft[k] != ppo[k]).any() for k in sft)
 
 
 def test_loop_file_problems_are_reported_with_file_and_line(tmp_path):
     bad = tmp_path / "loop.yaml"
-    bad.write_text("name: x\nrounds: 0\nprompts: {path: nowhere.jsonl}\npipeline: {file: nope.yaml}\n"
-                   "train: {file: ../train.yaml}\nbogus: 1\n")
+    bad.write_text(
+        "name: x\nrounds: 0\nprompts: {path: nowhere.jsonl}\npipeline: {file: nope.yaml}\n"
+        "train: {file: ../train.yaml}\nbogus: 1\n"
+    )
     with pytest.raises(ConfigError) as error:
         load_loop_config(bad)
     text = str(error.value)
@@ -219,8 +266,11 @@ def test_loop_needs_lora_on_the_vllm_policy_before_any_model_loads(tmp_path):
 
     text = (PIPELINES / "loop" / "preferences.yaml").read_text()
     data = tmp_path / "prefs.yaml"
-    data.write_text(text.replace("enable_lora: true, max_lora_rank: 16}", "}", 1).replace(
-        "../data/", str(PIPELINES / "data") + "/"))
+    data.write_text(
+        text.replace("enable_lora: true, max_lora_rank: 16}", "}", 1).replace(
+            "../data/", str(PIPELINES / "data") + "/"
+        )
+    )
     loop = yaml.safe_load((PIPELINES / "loop_quickstart.yaml").read_text())
     loop.update(output_dir=str(tmp_path / "run"), eval=None)
     loop["pipeline"]["file"] = str(data)
@@ -248,8 +298,11 @@ def test_shipped_loop_layouts():
     quickstart = load_loop_config(PIPELINES / "loop_quickstart.yaml")
     assert quickstart.rounds == 2 and [s.recipe for s in quickstart.train] == ["dpo"]
     rlhf = load_loop_config(PIPELINES / "rlhf_ppo.yaml")
-    assert [(s.name, s.recipe, s.policy) for s in rlhf.train] == [("sft", "sft", True), ("rm", "rm", False),
-                                                                   ("ppo", "ppo", True)]
+    assert [(s.name, s.recipe, s.policy) for s in rlhf.train] == [
+        ("sft", "sft", True),
+        ("rm", "rm", False),
+        ("ppo", "ppo", True),
+    ]
     from rlaif.pipeline.spec import load_pipeline
 
     for name in ("preferences", "eval"):
@@ -267,11 +320,19 @@ def test_builtin_loop_quickstart_two_rounds_on_vllm_with_engine_hand_off(tmp_pat
     nothing. The eval keeps the real judge on vLLM."""
     from rlaif.cli import app
 
-    result = CliRunner().invoke(app, [
-        "loop", str(PIPELINES / "loop_quickstart.yaml"), f"output_dir={tmp_path / 'run'}", "prompts.per_round=6",
-        "prompts.held_out=3", "train.overrides=[data.test_size=0, train.max_steps=2, train.save_steps=1000]",
-        "pipeline.overrides=[models.judge.backend=plugins.AlphabeticalJudge, steps.judged.logprobs=false]",
-        "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "loop",
+            str(PIPELINES / "loop_quickstart.yaml"),
+            f"output_dir={tmp_path / 'run'}",
+            "prompts.per_round=6",
+            "prompts.held_out=3",
+            "train.overrides=[data.test_size=0, train.max_steps=2, train.save_steps=1000]",
+            "pipeline.overrides=[models.judge.backend=plugins.AlphabeticalJudge, steps.judged.logprobs=false]",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert [r["round"] for r in rows] == [1, 2]

@@ -13,8 +13,11 @@ from rlaif.pipeline.spec import load_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 # Pipeline files (loop files, with `rounds:`, are validated in test_loop.py).
-SHIPPED = sorted(p for p in [*(REPO / "pipelines").glob("*.yaml"), *(REPO / "pipelines" / "loop").glob("*.yaml")]
-                 if "rounds" not in yaml.safe_load(p.read_text()))
+SHIPPED = sorted(
+    p
+    for p in [*(REPO / "pipelines").glob("*.yaml"), *(REPO / "pipelines" / "loop").glob("*.yaml")]
+    if "rounds" not in yaml.safe_load(p.read_text())
+)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])

@@ -55,8 +55,9 @@ def test_fan_out_and_join_with_accounting(tmp_path):
     assert pipeline.columns["joined"] == {"id", "text", "tag", "pid"}
     for name, s in stats.items():
         assert s["records_in"] == s["records_out"] + sum(s["dropped"].values()) + sum(s["quarantined"].values())
-        assert json.loads((tmp_path / "run" / "steps" / name / "stats.json").read_text())["records_in"] == s[
-            "records_in"]
+        assert (
+            json.loads((tmp_path / "run" / "steps" / name / "stats.json").read_text())["records_in"] == s["records_in"]
+        )
 
 
 def test_rerun_reuses_everything_and_a_change_recomputes_only_descendants(tmp_path):
@@ -105,8 +106,9 @@ def test_failures_are_quarantined_with_reasons_and_counted(tmp_path):
 
 
 def test_a_step_that_loses_records_is_an_error(tmp_path):
-    path = write_pipeline(tmp_path, "  - {name: src, type: load, path: data.jsonl}\n"
-                                    "  - {name: liar, type: plugins.Liar, from: src}\n")
+    path = write_pipeline(
+        tmp_path, "  - {name: src, type: load, path: data.jsonl}\n  - {name: liar, type: plugins.Liar, from: src}\n"
+    )
     with pytest.raises(AccountingError, match=r"40 records in, but 39 out \+ 0 dropped \+ 0 quarantined"):
         run_pipeline(load_pipeline(path), run_dir=tmp_path / "run")
 
@@ -190,8 +192,9 @@ def test_cli_validate_show_run_and_push_failure(tmp_path, monkeypatch):
     bad.write_text("name: b\nsteps:\n  - {name: s, type: lod}\n")
     failed = runner.invoke(app, ["validate", str(path), str(bad)])
     assert failed.exit_code == 1 and f"{bad}:3:" in failed.output
-    ran = runner.invoke(app, ["run", str(path), "steps.even.batch_size=4", "--run-dir", str(tmp_path / "r"),
-                              "--no-progress"])
+    ran = runner.invoke(
+        app, ["run", str(path), "steps.even.batch_size=4", "--run-dir", str(tmp_path / "r"), "--no-progress"]
+    )
     assert ran.exit_code == 0, ran.output
     assert "saved joined: 60 rows" in ran.output and "run summary" in ran.output
     # No Hub here: the push fails, the data stays on disk, and the retry command is printed.
@@ -213,8 +216,11 @@ def test_store_keeps_keys_missing_from_the_first_record(tmp_path):
 
 
 def test_stateful_step_restarts_from_its_first_batch_and_dropped_records_are_kept(tmp_path):
-    path = write_pipeline(tmp_path, "  - {name: src, type: load, path: data.jsonl}\n"
-                                    "  - {name: even, type: plugins.DropOdd, from: src, batch_size: 10}\n")
+    path = write_pipeline(
+        tmp_path,
+        "  - {name: src, type: load, path: data.jsonl}\n"
+        "  - {name: even, type: plugins.DropOdd, from: src, batch_size: 10}\n",
+    )
     pipeline = load_pipeline(path)
     run_pipeline(pipeline, run_dir=tmp_path / "run")
     step_dir = tmp_path / "run" / "steps" / "even"

@@ -32,10 +32,13 @@ def problems(path: Path, overrides: list[str] | None = None) -> list[str]:
 
 
 def test_valid_pipeline_has_order_and_columns(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
       - {name: seeds, type: load, path: seeds.jsonl}
       - {name: responses, type: generate_responses, from: seeds, model: policy, n: 2}
-    """)
+    """,
+    )
     pipeline = load_pipeline(path)
     assert list(pipeline.steps) == ["seeds", "responses"]
     assert {"prompt", "responses", "response_models"} <= pipeline.columns["responses"]
@@ -55,53 +58,68 @@ def test_unknown_step_type_lists_known_ones(tmp_path):
 
 
 def test_unknown_parameter_suggests_the_closest(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
       - {name: seeds, type: load, path: seeds.jsonl}
       - name: responses
         type: generate_responses
         from: seeds
         model: policy
         temprature: 0.5
-    """)
+    """,
+    )
     [message] = problems(path)
     assert message.startswith(f"{path}:10:")
     assert "unknown parameter 'temprature' (did you mean 'temperature'?)" in message
 
 
 def test_missing_and_ill_typed_parameters(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
       - {name: seeds, type: load, path: seeds.jsonl}
       - {name: responses, type: generate_responses, from: seeds, n: many}
-    """)
+    """,
+    )
     found = problems(path)
     assert any(m.startswith(f"{path}:6:") and "missing required parameter 'model'" in m for m in found)
     assert any(m.startswith(f"{path}:6:") and "n: Input should be a valid integer" in m for m in found)
 
 
 def test_unknown_upstream_and_unknown_model(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
       - {name: seeds, type: load, path: seeds.jsonl}
       - {name: responses, type: generate_responses, from: sedes, model: polcy}
-    """)
+    """,
+    )
     found = problems(path)
     assert any(m.startswith(f"{path}:6:") and "unknown upstream 'sedes' (did you mean 'seeds'?)" in m for m in found)
     assert any(m.startswith(f"{path}:6:") and "unknown model 'polcy' (did you mean 'policy'?)" in m for m in found)
 
 
 def test_cycle_is_reported(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
       - {name: a, type: plugins.Upper, from: b}
       - {name: b, type: plugins.Upper, from: a}
-    """)
+    """,
+    )
     [message] = problems(path)
     assert message.startswith(f"{path}:5:") and "cycle: a -> b" in message
 
 
 def test_missing_column_names_what_upstream_produces(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
       - {name: seeds, type: load, path: seeds.jsonl, columns: {prompt: question}}
       - {name: responses, type: generate_responses, from: seeds, model: policy}
-    """)
+    """,
+    )
     [message] = problems(path)
     assert message.startswith(f"{path}:6:")
     assert "needs column(s) ['prompt']" in message and "question" in message
@@ -121,8 +139,10 @@ def test_model_reference_that_cannot_resolve(tmp_path):
 
 
 def test_unknown_backend_option_and_top_level_key(tmp_path):
-    head = "name: t\nmodel:\n  x: 1\nmodels:\n  policy: {backend: vllm, model: builtin:smollm2-135m-instruct, " \
-           "max_model_length: 99}\nsteps:\n"
+    head = (
+        "name: t\nmodel:\n  x: 1\nmodels:\n  policy: {backend: vllm, model: builtin:smollm2-135m-instruct, "
+        "max_model_length: 99}\nsteps:\n"
+    )
     path = write(tmp_path, "  - {name: seeds, type: load, path: seeds.jsonl}\n", head=head)
     found = problems(path)
     assert any(m.startswith(f"{path}:2:") and "unknown key 'model' (did you mean 'models'?)" in m for m in found)
@@ -130,21 +150,27 @@ def test_unknown_backend_option_and_top_level_key(tmp_path):
 
 
 def test_all_problems_are_reported_together(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
       - {name: seeds, type: load, path: nowhere.jsonl}
       - {name: up, type: plugins.Upper, from: ghost}
       - {name: x, type: nope}
-    """)
+    """,
+    )
     found = problems(path)
     assert len(found) == 3
     assert sorted(m.split(":")[1] for m in found) == ["5", "6", "7"]
 
 
 def test_overrides_apply_and_bad_overrides_fail(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
       - {name: seeds, type: load, path: seeds.jsonl}
       - {name: responses, type: generate_responses, from: seeds, model: policy}
-    """)
+    """,
+    )
     pipeline = load_pipeline(path, ["steps.responses.temperature=0", "models.policy.max_tokens=7"])
     assert pipeline.steps["responses"].step.params.temperature == 0
     assert pipeline.models["policy"].sampling["max_tokens"] == 7
@@ -153,21 +179,27 @@ def test_overrides_apply_and_bad_overrides_fail(tmp_path):
 
 
 def test_plugin_step_type_by_dotted_path_and_bad_plugin(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
       - {name: seeds, type: load, path: seeds.jsonl}
       - {name: up, type: plugins.Upper, from: seeds}
       - {name: bad, type: plugins.NoSuchStep, from: seeds}
-    """)
+    """,
+    )
     [message] = problems(path)
     assert message.startswith(f"{path}:7:") and "cannot import step type 'plugins.NoSuchStep'" in message
 
 
 def test_push_needs_one_output_step(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
       - {name: seeds, type: load, path: seeds.jsonl}
       - {name: a, type: plugins.Upper, from: seeds}
       - {name: b, type: plugins.Upper, from: seeds}
     output: {push_to_hub: me/data}
-    """)
+    """,
+    )
     [message] = problems(path)
     assert "push_to_hub needs exactly one output step" in message and "['a', 'b']" in message

@@ -116,8 +116,15 @@ def test_known_hub_ids_resolve_offline_from_the_table():
 
 
 def test_local_config_json_is_read(tmp_path):
-    config = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": True}
+    config = {
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 1000,
+        "tie_word_embeddings": True,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     arch, source = resolve_arch(str(tmp_path))
     assert (arch.layers, arch.kv_dim, arch.total_params()) == (2, 32, TINY.total_params())
@@ -162,7 +169,9 @@ def test_cli_unknown_model_exits_2_with_the_fallback_hint(monkeypatch):
 
 
 def test_planning_never_imports_torch():
-    code = ("import sys; from typer.testing import CliRunner; from rlaif.cli import app; "
-            "r = CliRunner().invoke(app, ['plan', 'builtin:smollm2-135m-instruct', '--stage', 'all']); "
-            "assert r.exit_code == 0, r.output; assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys; from typer.testing import CliRunner; from rlaif.cli import app; "
+        "r = CliRunner().invoke(app, ['plan', 'builtin:smollm2-135m-instruct', '--stage', 'all']); "
+        "assert r.exit_code == 0, r.output; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -73,21 +73,33 @@ def test_masked_whitening_ignores_padding():
     values, mask = torch.tensor([[1.0, 2.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     assert torch.allclose(core.masked_whiten(values, mask), torch.tensor([[-1.0, 0.0, 1.0, 0.0]]), atol=1e-4)
     # rewards keep their mean: only the scale is normalised
-    assert torch.allclose(core.masked_whiten(values, mask, shift_mean=False), torch.tensor([[1.0, 2.0, 3.0, 0.0]]),
-                          atol=1e-4)
+    assert torch.allclose(
+        core.masked_whiten(values, mask, shift_mean=False), torch.tensor([[1.0, 2.0, 3.0, 0.0]]), atol=1e-4
+    )
 
 
 def test_clipped_policy_and_value_losses():
-    pg = core.policy_loss(torch.log(torch.tensor([[1.5, 0.5]])), torch.zeros(1, 2), torch.tensor([[1.0, -1.0]]),
-                          torch.ones(1, 2), cliprange=0.2)
+    pg = core.policy_loss(
+        torch.log(torch.tensor([[1.5, 0.5]])),
+        torch.zeros(1, 2),
+        torch.tensor([[1.0, -1.0]]),
+        torch.ones(1, 2),
+        cliprange=0.2,
+    )
     # token 1: max(-1.5, -1.2) = -1.2; token 2: max(0.5, 0.8) = 0.8 -> mean -0.2, both clipped
     assert pg.loss.item() == pytest.approx(-0.2) and pg.clipfrac.item() == 1.0
     assert pg.ratio.item() == pytest.approx(1.0)
-    inside = core.policy_loss(torch.log(torch.tensor([[1.1]])), torch.zeros(1, 1), torch.tensor([[2.0]]),
-                              torch.ones(1, 1), cliprange=0.2)
+    inside = core.policy_loss(
+        torch.log(torch.tensor([[1.1]])), torch.zeros(1, 1), torch.tensor([[2.0]]), torch.ones(1, 1), cliprange=0.2
+    )
     assert inside.loss.item() == pytest.approx(-2.2) and inside.clipfrac.item() == 0.0
-    vf = core.value_loss(torch.tensor([[2.0, 9.0]]), torch.tensor([[1.0, 9.0]]), torch.tensor([[3.0, 0.0]]),
-                         torch.tensor([[1.0, 0.0]]), cliprange_value=0.5)
+    vf = core.value_loss(
+        torch.tensor([[2.0, 9.0]]),
+        torch.tensor([[1.0, 9.0]]),
+        torch.tensor([[3.0, 0.0]]),
+        torch.tensor([[1.0, 0.0]]),
+        cliprange_value=0.5,
+    )
     # V clipped to 1.5: 0.5 * max((2-3)^2, (1.5-3)^2) = 1.125; the masked token counts for nothing
     assert vf.loss.item() == pytest.approx(1.125) and vf.clipfrac.item() == 1.0
 
@@ -97,8 +109,12 @@ def test_responses_are_cut_after_the_first_eos_and_scored_on_their_last_token():
     mask, has_eos = core.response_mask(responses, {2}, lengths=torch.tensor([4, 4, 4, 2]))
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0]]
     assert has_eos.tolist() == [True, False, True, False]  # row 4: its "EOS" is padding past the generated length
-    rewards = core.token_rewards(torch.tensor([1.0, 2.0]), torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.5, 0.5]]),
-                                 torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]), kl_coef=0.1)
+    rewards = core.token_rewards(
+        torch.tensor([1.0, 2.0]),
+        torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.5, 0.5]]),
+        torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]),
+        kl_coef=0.1,
+    )
     assert torch.allclose(rewards, torch.tensor([[-0.01, 0.98, 0.0], [-0.05, -0.05, 1.95]]))
     assert core.kl_per_token(torch.tensor([0.0]), torch.tensor([1.0]), "k3").item() == pytest.approx(math.e - 2)
     uniform = torch.zeros(1, 1, 8)
@@ -113,8 +129,13 @@ def test_roles_switch_on_one_base_and_each_adapter_gets_its_own_gradients(tiny_m
     from rlaif.train.model import build_model
     from rlaif.train.ppo_model import REFERENCE, SharedBase, new_value_head
 
-    built = build_model(ModelConfig(name=str(tiny_model_dir)), LoraConfig(r=4, dropout=0.0),
-                        adapters={"policy": None, "value": None}, trainable=("policy", "value"), cpu=True)
+    built = build_model(
+        ModelConfig(name=str(tiny_model_dir)),
+        LoraConfig(r=4, dropout=0.0),
+        adapters={"policy": None, "value": None},
+        trainable=("policy", "value"),
+        cpu=True,
+    )
     shared = SharedBase(built.model, built.tokenizer, ("policy", "value"), new_value_head(64, "cpu", 0), 0.7)
     ids, mask = torch.tensor([[0, 1, 2, 3, 4, 5]]), torch.tensor([[0, 1, 1, 1, 1, 1]])  # left-padded prompt
     with torch.no_grad():
@@ -129,8 +150,10 @@ def test_roles_switch_on_one_base_and_each_adapter_gets_its_own_gradients(tiny_m
             reference = shared.response_logits(ids, mask, 3)
     assert torch.allclose(policy, reference, atol=1e-5) and values.shape == (1, 3)
     built.model.train()
-    for role, out in (("policy", lambda: shared.response_logits(ids, mask, 3).sum()),
-                      ("value", lambda: shared.values(ids, mask, 3).sum())):
+    for role, out in (
+        ("policy", lambda: shared.response_logits(ids, mask, 3).sum()),
+        ("value", lambda: shared.values(ids, mask, 3).sum()),
+    ):
         built.model.zero_grad()
         with shared.use(role):
             out().backward()
@@ -151,10 +174,21 @@ def test_a_policy_started_from_an_adapter_is_anchored_to_a_frozen_copy_of_it(tin
             if "lora_B" in name:
                 param.normal_(std=0.5)
     sft.save_pretrained(tmp_path / "sft")  # an "SFT adapter", trained with dropout
-    built = build_model(cfg, LoraConfig(r=4, dropout=0.0), cpu=True, trainable=("policy", "value"),
-                        adapters={"policy": tmp_path / "sft", "value": None, "reference": tmp_path / "sft"})
-    shared = SharedBase(built.model.train(), built.tokenizer, ("policy", "value"), new_value_head(64, "cpu", 0), 1.0,
-                        reference="reference")
+    built = build_model(
+        cfg,
+        LoraConfig(r=4, dropout=0.0),
+        cpu=True,
+        trainable=("policy", "value"),
+        adapters={"policy": tmp_path / "sft", "value": None, "reference": tmp_path / "sft"},
+    )
+    shared = SharedBase(
+        built.model.train(),
+        built.tokenizer,
+        ("policy", "value"),
+        new_value_head(64, "cpu", 0),
+        1.0,
+        reference="reference",
+    )
     ids, mask = torch.tensor([[1, 2, 3, 4, 5]]), torch.ones(1, 5, dtype=torch.long)
 
     def logits(role):
@@ -195,12 +229,15 @@ def _fake_judge(tiny_model_dir, boosts: dict[tuple[int, str], float]):
 
 
 @pytest.mark.model
-@pytest.mark.parametrize(("boosts", "expected"), [
-    ({(1, "7"): 30.0}, 7.0),
-    ({(1, "7"): 30.0, (1, "9"): 30.0}, 8.0),
-    ({(1, "1"): 30.0, (2, "0"): 30.0}, 10.0),  # "10" = "1" then "0"
-    ({(1, "1"): 30.0}, 1.0),  # "1" and then anything but "0": the score 1
-])
+@pytest.mark.parametrize(
+    ("boosts", "expected"),
+    [
+        ({(1, "7"): 30.0}, 7.0),
+        ({(1, "7"): 30.0, (1, "9"): 30.0}, 8.0),
+        ({(1, "1"): 30.0, (2, "0"): 30.0}, 10.0),  # "10" = "1" then "0"
+        ({(1, "1"): 30.0}, 1.0),  # "1" and then anything but "0": the score 1
+    ],
+)
 def test_judge_reward_is_the_expected_score_over_the_score_tokens(tiny_model_dir, boosts, expected):
     judge, calls = _fake_judge(tiny_model_dir, boosts)
     scores = judge.expected_scores(["What is 2+2?", [{"role": "user", "content": "Hi"}]], ["4", "Hello!"])
@@ -218,8 +255,13 @@ def test_the_shared_base_judges_like_a_separately_loaded_judge(tiny_model_dir):
     from rlaif.train.rewards import build_reward
 
     cfg = ModelConfig(name=str(tiny_model_dir), gradient_checkpointing=False)
-    built = build_model(cfg, LoraConfig(r=4, dropout=0.0), adapters={"policy": None, "value": None},
-                        trainable=("policy", "value"), cpu=True)
+    built = build_model(
+        cfg,
+        LoraConfig(r=4, dropout=0.0),
+        adapters={"policy": None, "value": None},
+        trainable=("policy", "value"),
+        cpu=True,
+    )
     shared = SharedBase(built.model.eval(), built.tokenizer, ("policy", "value"), new_value_head(64, "cpu", 0), 1.0)
     with torch.no_grad():
         for name, param in built.model.named_parameters():
@@ -227,8 +269,9 @@ def test_the_shared_base_judges_like_a_separately_loaded_judge(tiny_model_dir):
                 param.normal_()  # the judge must read the base, whatever the adapters hold
     prompts, answers = ["What is 2+2?", "Name a colour."], ["4", "Blue, or perhaps green."]
     on_base = build_reward(RewardConfig(judge=JudgeConfig()), shared, cfg, cpu=True, max_length=256)
-    separate = build_reward(RewardConfig(judge=JudgeConfig(model=str(tiny_model_dir))), shared, cfg, cpu=True,
-                            max_length=256)
+    separate = build_reward(
+        RewardConfig(judge=JudgeConfig(model=str(tiny_model_dir))), shared, cfg, cpu=True, max_length=256
+    )
     scores = on_base(prompts, answers, [{}, {}])
     assert scores.tolist() == pytest.approx(separate(prompts, answers, [{}, {}]).tolist(), abs=1e-4)
     assert all(-1 <= s <= 1 for s in scores.tolist()) and scores[0] != scores[1]
@@ -243,24 +286,30 @@ def test_rule_rewards_resolve_by_name_or_dotted_path_and_check_what_they_return(
     assert FunctionReward("regex_match", {"pattern": r"^\d+$"})(["q", "q"], ["42", "x"], [{}, {}]).tolist() == [1, 0]
     # a user function by dotted path gets only the columns it names
     assert FunctionReward("test_ppo.brevity", {"per": 10})(["q"], ["abcde"], [{"prompt": "q", "x": 1}]).tolist() == [
-        pytest.approx(-0.5)]
+        pytest.approx(-0.5)
+    ]
     broken = FunctionReward("test_ppo.brevity", {})
     broken.fn = lambda prompts, completions, **kw: [float("nan")]
     with pytest.raises(ValueError, match="expected one finite number per completion"):
         broken(["q"], ["a"], [{}])
 
 
-@pytest.mark.parametrize(("overrides", "expected"), [
-    (["reward.function=contains"], "give exactly one reward source of function, adapter, model, judge"),
-    (["reward.judge=null"], "give exactly one reward source"),
-    (["reward.judge=null", "reward.function=no_such_reward"], "unknown reward function 'no_such_reward'; known: "
-                                                               "contains, length_penalty, regex_match"),
-    (["lora.dropout=0.1"], "lora.dropout must be 0 for ppo"),
-    (["train.trl={foo: 1}"], "takes no TRL options"),
-    (["train.kl_estimator=k9"], "train.kl_estimator: Input should be 'k1' or 'k3'"),
-    (["train.lr_scheduler_type=warp"], "unknown lr_scheduler_type 'warp'"),
-    (["reward.judge={scale: [5, 3]}"], "judge.scale must be low..high"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["reward.function=contains"], "give exactly one reward source of function, adapter, model, judge"),
+        (["reward.judge=null"], "give exactly one reward source"),
+        (
+            ["reward.judge=null", "reward.function=no_such_reward"],
+            "unknown reward function 'no_such_reward'; known: contains, length_penalty, regex_match",
+        ),
+        (["lora.dropout=0.1"], "lora.dropout must be 0 for ppo"),
+        (["train.trl={foo: 1}"], "takes no TRL options"),
+        (["train.kl_estimator=k9"], "train.kl_estimator: Input should be 'k1' or 'k3'"),
+        (["train.lr_scheduler_type=warp"], "unknown lr_scheduler_type 'warp'"),
+        (["reward.judge={scale: [5, 3]}"], "judge.scale must be low..high"),
+    ],
+)
 def test_ppo_config_errors_name_the_file_and_key(overrides, expected):
     with pytest.raises(ConfigError) as exc:
         load_config(CONFIG, "ppo", overrides)
@@ -285,15 +334,32 @@ def test_malformed_data_fails_before_any_model_loads(monkeypatch, tmp_path):
 
     monkeypatch.setattr(ppo_module, "build_model", no_model)
     cfg = _config("unused", tmp_path / "o", data=FIXTURES / "sft.jsonl")
-    with pytest.raises(DataFormatError, match=r"detected format 'sft messages' \(columns: messages\); the ppo recipe "
-                                              r"expects prompt-only \(prompt\) or preference"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"detected format 'sft messages' \(columns: messages\); the ppo recipe "
+        r"expects prompt-only \(prompt\) or preference",
+    ):
         run_recipe(cfg)
-    missing = _config("unused", tmp_path / "o", "reward.judge=null", f"reward.adapter={tmp_path}",
-                      data=FIXTURES / "prompt_only.jsonl")
+    missing = _config(
+        "unused",
+        tmp_path / "o",
+        "reward.judge=null",
+        f"reward.adapter={tmp_path}",
+        data=FIXTURES / "prompt_only.jsonl",
+    )
     with pytest.raises(ConfigError, match="not an adapter directory"):
         run_recipe(missing)
-    result = CliRunner().invoke(app, ["train", "ppo", str(CONFIG), f"data.path={FIXTURES / 'sft.jsonl'}",
-                                      f"train.output_dir={tmp_path}/o", "--cpu"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "ppo",
+            str(CONFIG),
+            f"data.path={FIXTURES / 'sft.jsonl'}",
+            f"train.output_dir={tmp_path}/o",
+            "--cpu",
+        ],
+    )
     assert result.exit_code == 2 and "detected format 'sft messages'" in result.output
 
 
@@ -310,8 +376,17 @@ def test_ppo_trains_from_the_shipped_config_with_the_judge_reward(tiny_model_dir
     steps = _steps(result.output_dir)
     assert [row["step"] for row in steps] == [1, 2]
     for row in steps:
-        assert all(math.isfinite(row[k]) for k in ("loss/policy_avg", "loss/value_avg", "objective/kl",
-                                                   "objective/entropy", "policy/clipfrac_avg", "objective/scores"))
+        assert all(
+            math.isfinite(row[k])
+            for k in (
+                "loss/policy_avg",
+                "loss/value_avg",
+                "objective/kl",
+                "objective/entropy",
+                "policy/clipfrac_avg",
+                "objective/scores",
+            )
+        )
         assert -1 <= row["objective/scores"] <= 1 and 0 < row["val/response_length"] <= 32
     assert steps[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # policy == reference before the first update
     assert set(result.metrics) >= {"eval_score", "eval_score_reference", "eval_kl"}
@@ -354,10 +429,22 @@ def eos_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
 def test_ppo_with_a_rule_reward_raises_the_mean_reward_with_bounded_kl(eos_model_dir, tmp_path):
     from rlaif.train.recipes import run_recipe
 
-    cfg = _config(eos_model_dir, tmp_path / "out", "reward.judge=null", "reward.function=test_ppo.brevity",
-                  "train.max_steps=12", "train.learning_rate=2e-3", "train.num_ppo_epochs=2",
-                  "train.per_device_train_batch_size=8", "train.num_mini_batches=1", "train.response_length=8",
-                  "lora.r=8", "model.gradient_checkpointing=false", "data.test_size=0", data=FIXTURES / "prefs.jsonl")
+    cfg = _config(
+        eos_model_dir,
+        tmp_path / "out",
+        "reward.judge=null",
+        "reward.function=test_ppo.brevity",
+        "train.max_steps=12",
+        "train.learning_rate=2e-3",
+        "train.num_ppo_epochs=2",
+        "train.per_device_train_batch_size=8",
+        "train.num_mini_batches=1",
+        "train.response_length=8",
+        "lora.r=8",
+        "model.gradient_checkpointing=false",
+        "data.test_size=0",
+        data=FIXTURES / "prefs.jsonl",
+    )
     result = run_recipe(cfg)
     steps = _steps(result.output_dir)
     scores = [row["objective/scores"] for row in steps]
@@ -378,28 +465,55 @@ def test_reward_model_adapter_on_the_shared_base_scores_like_the_reward_model(ti
     from rlaif.train.recipes import run_recipe
     from rlaif.train.rewards import AdapterReward, ModelReward, reward_problem
 
-    rm = run_recipe(load_config(ROOT / "pipelines" / "train" / "rm.yaml", "rm", [
-        f"model.name={tiny_model_dir}", f"data.path={FIXTURES / 'prefs.jsonl'}", f"train.output_dir={tmp_path}/rm",
-        "train.max_steps=2", "train.save_steps=1000", "lora.r=4", "data.test_size=0"], cpu=True))
+    rm = run_recipe(
+        load_config(
+            ROOT / "pipelines" / "train" / "rm.yaml",
+            "rm",
+            [
+                f"model.name={tiny_model_dir}",
+                f"data.path={FIXTURES / 'prefs.jsonl'}",
+                f"train.output_dir={tmp_path}/rm",
+                "train.max_steps=2",
+                "train.save_steps=1000",
+                "lora.r=4",
+                "data.test_size=0",
+            ],
+            cpu=True,
+        )
+    )
     prompts = [[{"role": "user", "content": "Tell me about apples."}], "Tell me about rivers."]
     completions = ["Gladly! Apples are great.", "No."]
     expected_model, tokenizer = load_reward_model(str(rm.adapter_dir), "cpu", torch.float32)
-    conversations = [[{"role": "user", "content": "Tell me about apples."}, {"role": "assistant", "content": c}]
-                     for c in completions]
+    conversations = [
+        [{"role": "user", "content": "Tell me about apples."}, {"role": "assistant", "content": c}]
+        for c in completions
+    ]
     conversations[1][0]["content"] = "Tell me about rivers."
     expected = score_conversations(expected_model, tokenizer, conversations, 8, 256)[0]
     plain = ModelConfig(name=str(tiny_model_dir), quantize="none", gradient_checkpointing=False)
-    built = build_model(plain, LoraConfig(r=4, dropout=0.0), adapters={"policy": None, "value": None,
-                                                                       "reward": rm.adapter_dir},
-                        trainable=("policy", "value"), cpu=True)
+    built = build_model(
+        plain,
+        LoraConfig(r=4, dropout=0.0),
+        adapters={"policy": None, "value": None, "reward": rm.adapter_dir},
+        trainable=("policy", "value"),
+        cpu=True,
+    )
     shared = SharedBase(built.model.eval(), built.tokenizer, ("policy", "value"), new_value_head(64, "cpu", 0), 1.0)
     adapter_reward = AdapterReward(shared, rm.adapter_dir, batch_size=2, max_length=256)
     on_shared_base = adapter_reward(prompts, completions, [{}] * 2)
     assert on_shared_base.tolist() == pytest.approx(expected, abs=1e-4) and expected[0] != pytest.approx(expected[1])
     separate = ModelReward(str(rm.adapter_dir), plain, cpu=True, batch_size=2, max_length=256)
     assert separate(prompts, completions, [{}] * 2).tolist() == pytest.approx(expected, abs=1e-4)
-    cfg = _config(tiny_model_dir, tmp_path / "out", "reward.judge=null", f"reward.adapter={rm.adapter_dir}",
-                  "lora.r=4", "train.response_length=8", "data.test_size=0", data=FIXTURES / "prefs.jsonl")
+    cfg = _config(
+        tiny_model_dir,
+        tmp_path / "out",
+        "reward.judge=null",
+        f"reward.adapter={rm.adapter_dir}",
+        "lora.r=4",
+        "train.response_length=8",
+        "data.test_size=0",
+        data=FIXTURES / "prefs.jsonl",
+    )
     assert reward_problem(cfg.reward, BUILTIN) and "fits only its own base" in reward_problem(cfg.reward, BUILTIN)
     result = run_recipe(cfg)
     assert all(math.isfinite(row["loss/value_avg"]) for row in _steps(result.output_dir))
@@ -411,12 +525,20 @@ def test_reward_model_adapter_on_the_shared_base_scores_like_the_reward_model(ti
 def test_ppo_on_the_builtin_model(tmp_path):
     from rlaif.train.recipes import run_recipe
 
-    cfg = _config(BUILTIN, tmp_path / "out", "train.num_ppo_epochs=1", "train.num_mini_batches=1",
-                  "train.response_length=12", "data.test_size=0", "model.gradient_checkpointing=false")
+    cfg = _config(
+        BUILTIN,
+        tmp_path / "out",
+        "train.num_ppo_epochs=1",
+        "train.num_mini_batches=1",
+        "train.response_length=12",
+        "data.test_size=0",
+        "model.gradient_checkpointing=false",
+    )
     result = run_recipe(cfg)  # the shipped reward: the builtin model judges its own answers, adapters off
     steps = _steps(result.output_dir)
-    assert len(steps) == 2 and all(math.isfinite(r["loss/policy_avg"]) and math.isfinite(r["loss/value_avg"])
-                                   for r in steps)
+    assert len(steps) == 2 and all(
+        math.isfinite(r["loss/policy_avg"]) and math.isfinite(r["loss/value_avg"]) for r in steps
+    )
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
     assert json.loads((result.adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == BUILTIN
 
@@ -425,9 +547,18 @@ def test_ppo_on_the_builtin_model(tmp_path):
 def test_ppo_rolls_out_on_vllm_with_the_policy_adapter_hot_swapped(vllm_backend, tmp_path):
     from rlaif.train.ppo import ppo
 
-    cfg = _config(BUILTIN, tmp_path / "out", *RULE, "train.rollout=vllm", "lora.r=8", "train.num_ppo_epochs=1",
-                  "train.num_mini_batches=1", "train.response_length=8", "data.test_size=0",
-                  "model.gradient_checkpointing=false")
+    cfg = _config(
+        BUILTIN,
+        tmp_path / "out",
+        *RULE,
+        "train.rollout=vllm",
+        "lora.r=8",
+        "train.num_ppo_epochs=1",
+        "train.num_mini_batches=1",
+        "train.response_length=8",
+        "data.test_size=0",
+        "model.gradient_checkpointing=false",
+    )
     before = dict(vllm_backend._lora_ids)
     result = ppo(cfg, backend=vllm_backend)
     steps = _steps(result.output_dir)
@@ -446,9 +577,25 @@ def test_ppo_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(tiny_
     from rlaif.train.recipes import complete_checkpoints
 
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "rlaif.cli", "train", "ppo", str(CONFIG), f"model.name={tiny_model_dir}",
-            f"train.output_dir={out}", "train.max_steps=12", "train.save_steps=2", "train.save_total_limit=null",
-            *RULE, "lora.r=4", "train.response_length=8", "data.test_size=0", "train.num_ppo_epochs=1", "--cpu"]
+    args = [
+        sys.executable,
+        "-m",
+        "rlaif.cli",
+        "train",
+        "ppo",
+        str(CONFIG),
+        f"model.name={tiny_model_dir}",
+        f"train.output_dir={out}",
+        "train.max_steps=12",
+        "train.save_steps=2",
+        "train.save_total_limit=null",
+        *RULE,
+        "lora.r=4",
+        "train.response_length=8",
+        "data.test_size=0",
+        "train.num_ppo_epochs=1",
+        "--cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
@@ -474,8 +621,11 @@ def test_ppo_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(tiny_
     starts = [row["step"] for row in _metrics(out) if row.get("event") == "train_begin"]
     assert starts == [0, resumed_step]
     rows = _metrics(out)
-    after = [row for row in rows[rows.index({"event": "train_begin", "step": resumed_step, "max_steps": 12}):]
-             if "loss/policy_avg" in row]
+    after = [
+        row
+        for row in rows[rows.index({"event": "train_begin", "step": resumed_step, "max_steps": 12}) :]
+        if "loss/policy_avg" in row
+    ]
     assert [row["step"] for row in after] == list(range(resumed_step + 1, 13))
     # Optimizer, LR schedule, adapters, value head and RNG came back: the first resumed step repeats the killed
     # run's step exactly, and the linear schedule continues where it was.

@@ -31,8 +31,10 @@ def pipeline_file(tmp_path: Path, steps: list[dict]) -> Path:
 
 def run(tmp_path: Path, steps: list[dict]) -> tuple[dict, dict[str, list[dict]]]:
     summary = run_pipeline(load_pipeline(pipeline_file(tmp_path, steps)), run_dir=tmp_path / "run")
-    rows = {name: [r for f in sorted((d / "data").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-            for name, d in summary.datasets.items()}
+    rows = {
+        name: [r for f in sorted((d / "data").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+        for name, d in summary.datasets.items()
+    }
     return summary.stats, rows
 
 
@@ -41,8 +43,13 @@ def inline(records: list[dict]) -> dict:
 
 
 def record(scores: list, **extra) -> dict:
-    return {"prompt": PROMPT, "responses": RESPONSES[: len(scores)], "response_models": MODELS[: len(scores)],
-            "ratings": scores, **extra}
+    return {
+        "prompt": PROMPT,
+        "responses": RESPONSES[: len(scores)],
+        "response_models": MODELS[: len(scores)],
+        "ratings": scores,
+        **extra,
+    }
 
 
 # -- strategies ------------------------------------------------------------------------------------------------------
@@ -62,8 +69,9 @@ def test_pair_strategies():
     assert indexes(all_pairs(scored(3, 9, 1), 3, rng)) == [(1, 0), (1, 2)]
     picks = {indexes(best_vs_random(scored(9, 1, 2, 3, 4), 0, random.Random(s)))[0] for s in range(30)}
     assert picks == {(0, 1), (0, 2), (0, 3), (0, 4)}
-    assert best_vs_random(scored(9, 1, 8.5), 1, random.Random(1)) == best_vs_random(scored(9, 1, 8.5), 1,
-                                                                                   random.Random(2))
+    assert best_vs_random(scored(9, 1, 8.5), 1, random.Random(1)) == best_vs_random(
+        scored(9, 1, 8.5), 1, random.Random(2)
+    )
 
 
 def test_candidates_skip_unscored_and_refuse_misaligned_scores():
@@ -77,21 +85,40 @@ def test_candidates_skip_unscored_and_refuse_misaligned_scores():
 
 # -- make_pairs ------------------------------------------------------------------------------------------------------
 def test_make_pairs_from_scores_with_provenance_and_reasons(tmp_path):
-    records = [record([3, 9, 1, 6], judge_model="judge-x", principles=["helpful"], id=0),
-               record([5, 5], id=1), record([4], id=2), record([1, 2]) | {"ratings": [1], "id": 3},
-               record([8, 7.5], id=4)]
-    steps = [inline(records), {"name": "pairs", "type": "rlaif.steps.pairs.MakePairs",
-                               "from": "scored", "score_column": "ratings", "strategy": "all_pairs",
-                               "min_margin": 1, "keep_columns": ["id"]}]
+    records = [
+        record([3, 9, 1, 6], judge_model="judge-x", principles=["helpful"], id=0),
+        record([5, 5], id=1),
+        record([4], id=2),
+        record([1, 2]) | {"ratings": [1], "id": 3},
+        record([8, 7.5], id=4),
+    ]
+    steps = [
+        inline(records),
+        {
+            "name": "pairs",
+            "type": "rlaif.steps.pairs.MakePairs",
+            "from": "scored",
+            "score_column": "ratings",
+            "strategy": "all_pairs",
+            "min_margin": 1,
+            "keep_columns": ["id"],
+        },
+    ]
     stats, rows = run(tmp_path, steps)
     pairs = rows["pairs"]
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs][:2] == [
-        ("Blue is one.", "Yellow, red and blue are the primary colors."), ("Blue is one.", "Red.")]
+        ("Blue is one.", "Yellow, red and blue are the primary colors."),
+        ("Blue is one.", "Red."),
+    ]
     assert [p["margin"] for p in pairs] == [3, 6, 8, 3, 5, 2]
     first = pairs[0]
     assert first["prompt"] == [{"role": "user", "content": PROMPT}] and first["source"] == "ai"
     assert (first["chosen_model"], first["rejected_model"], first["chosen_score"], first["rejected_score"]) == (
-        "m-b", "m-b", 9, 6)
+        "m-b",
+        "m-b",
+        9,
+        6,
+    )
     assert first["judge_model"] == "judge-x" and first["principles"] == ["helpful"] and first["id"] == 0
     s = stats["pairs"]
     assert s["inputs_emitted"] == 1 and s["records_out"] == 6
@@ -100,12 +127,15 @@ def test_make_pairs_from_scores_with_provenance_and_reasons(tmp_path):
 
 
 def test_make_pairs_from_pairwise_verdicts(tmp_path):
-    records = [record([0, 0], preference=v, confidence=0.8, judge_model="j", id=i)
-               for i, v in enumerate(["A", "B", "tie", "maybe"])]
+    records = [
+        record([0, 0], preference=v, confidence=0.8, judge_model="j", id=i)
+        for i, v in enumerate(["A", "B", "tie", "maybe"])
+    ]
     for r in records:
         del r["ratings"]
-    stats, rows = run(tmp_path, [inline(records), {"name": "pairs", "type": "rlaif.steps.pairs.MakePairs",
-                                                   "from": "scored"}])
+    stats, rows = run(
+        tmp_path, [inline(records), {"name": "pairs", "type": "rlaif.steps.pairs.MakePairs", "from": "scored"}]
+    )
     a, b = rows["pairs"]
     assert (a["chosen"][0]["content"], a["rejected"][0]["content"]) == (RESPONSES[0], RESPONSES[1])
     assert (b["chosen"][0]["content"], b["chosen_model"]) == (RESPONSES[1], "m-b")
@@ -123,8 +153,20 @@ def test_make_pairs_strategy_validation_and_plugins(tmp_path):
     with pytest.raises(ConfigError, match="best_vs_worst"):
         load_pipeline(pipeline_file(tmp_path, [inline([record([1, 2])]), {**base, "strategy": "best_vs_wrost"}]))
     with pytest.raises(ConfigError, match="a strategy needs scores"):
-        load_pipeline(pipeline_file(tmp_path, [inline([record([1, 2])]), {
-            "name": "pairs", "type": "rlaif.steps.pairs.MakePairs", "from": "scored", "strategy": "all_pairs"}]))
+        load_pipeline(
+            pipeline_file(
+                tmp_path,
+                [
+                    inline([record([1, 2])]),
+                    {
+                        "name": "pairs",
+                        "type": "rlaif.steps.pairs.MakePairs",
+                        "from": "scored",
+                        "strategy": "all_pairs",
+                    },
+                ],
+            )
+        )
     _, rows = run(tmp_path, [inline([record([1, 2])]), {**base, "strategy": "test_rewards_pairs.reversed_pairs"}])
     assert rows["pairs"][0]["chosen"][0]["content"] == RESPONSES[0]
 
@@ -132,12 +174,21 @@ def test_make_pairs_strategy_validation_and_plugins(tmp_path):
 # -- best_of_n -------------------------------------------------------------------------------------------------------
 def test_best_of_n_ranks_spreads_and_drops(tmp_path):
     records = [record([3, 9, 1, 6], id=0), record([5, 5.2], id=1), record([None, 4], id=2), record([2, 2], id=3)]
-    step = {"name": "best", "type": "rlaif.steps.rewards.BestOfN", "from": "scored", "score_column": "ratings",
-            "k": 2, "min_spread": 0.5, "keep_columns": ["id"]}
+    step = {
+        "name": "best",
+        "type": "rlaif.steps.rewards.BestOfN",
+        "from": "scored",
+        "score_column": "ratings",
+        "k": 2,
+        "min_spread": 0.5,
+        "keep_columns": ["id"],
+    }
     stats, rows = run(tmp_path, [inline(records), step])
     best = rows["best"]
     assert [(r["id"], r["rank"], r["score"], r["messages"][-1]["content"]) for r in best] == [
-        (0, 1, 9, "Blue is one."), (0, 2, 6, "Yellow, red and blue are the primary colors.")]
+        (0, 1, 9, "Blue is one."),
+        (0, 2, 6, "Yellow, red and blue are the primary colors."),
+    ]
     assert best[0]["messages"][0] == {"role": "user", "content": PROMPT} and best[0]["score_spread"] == 8
     assert best[0]["response_model"] == "m-b" and best[0]["kind"] == "sft"
     assert stats["best"]["dropped"] == {"low score spread": 3} and stats["best"]["inputs_emitted"] == 1
@@ -149,7 +200,10 @@ def test_best_of_n_emits_pairs_and_both(tmp_path):
     stats, rows = run(tmp_path / "pairs", [inline(records), {**step, "emit": "pairs"}])
     [pair] = rows["best"]
     assert (pair["chosen"][0]["content"], pair["rejected"][0]["content"], pair["margin"]) == (
-        "Blue is one.", "Banana.", 8)
+        "Blue is one.",
+        "Banana.",
+        8,
+    )
     assert stats["best"]["dropped"] == {"fewer than 2 responses": 1, "low score spread": 1}
     stats, rows = run(tmp_path / "both", [inline(records), {**step, "emit": "both"}])
     assert [r["kind"] for r in rows["best"]] == ["sft", "pair", "sft", "sft"]  # [7] and [4, 4] still give SFT rows
@@ -162,11 +216,18 @@ def test_rows_are_accepted_by_trl(tmp_path, builtin_model_path):
     from trl.data_utils import is_conversational, maybe_apply_chat_template
 
     tokenizer = AutoTokenizer.from_pretrained(builtin_model_path)
-    steps = [inline([record([3, 9, 1, 6]), record([2, 8])]),
-             {"name": "pairs", "type": "rlaif.steps.pairs.MakePairs", "from": "scored", "score_column": "ratings"},
-             {"name": "sft", "type": "rlaif.steps.rewards.BestOfN", "from": "scored", "score_column": "ratings"},
-             {"name": "bon_pairs", "type": "rlaif.steps.rewards.BestOfN", "from": "scored", "score_column": "ratings",
-              "emit": "pairs"}]
+    steps = [
+        inline([record([3, 9, 1, 6]), record([2, 8])]),
+        {"name": "pairs", "type": "rlaif.steps.pairs.MakePairs", "from": "scored", "score_column": "ratings"},
+        {"name": "sft", "type": "rlaif.steps.rewards.BestOfN", "from": "scored", "score_column": "ratings"},
+        {
+            "name": "bon_pairs",
+            "type": "rlaif.steps.rewards.BestOfN",
+            "from": "scored",
+            "score_column": "ratings",
+            "emit": "pairs",
+        },
+    ]
     _, rows = run(tmp_path, steps)
     for name in ("pairs", "sft", "bon_pairs"):
         assert len(rows[name]) == 2
@@ -190,16 +251,26 @@ def reward_dirs(tmp_path_factory, builtin_model_path) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("reward")
     tokenizer = AutoTokenizer.from_pretrained(builtin_model_path)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     LlamaForSequenceClassification(config).save_pretrained(root / "rm")
     tokenizer.save_pretrained(root / "rm")
     base = LlamaForSequenceClassification.from_pretrained(root / "rm")
-    peft_model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8,
-                                                 target_modules=["q_proj", "v_proj"]))
+    peft_model = get_peft_model(
+        base, LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
     with torch.no_grad():  # LoRA B starts at zero and the head copy equals the base: make the adapter matter
         for name, param in peft_model.named_parameters():
             if "lora_B" in name or "modules_to_save" in name:
@@ -232,8 +303,13 @@ def reference_rewards(model_dir: Path, tokenizer_dir: Path, adapter: Path | None
 @pytest.mark.model
 def test_reward_model_scores_match_unbatched_forward(tmp_path, reward_dirs):
     records = [{"prompt": PROMPT, "responses": RESPONSES, "id": 0}, {"prompt": PROMPT, "responses": [], "id": 1}]
-    scores = {"name": "rm", "type": "rlaif.steps.rewards.RewardModelScore", "from": "scored",
-              "reward_model": str(reward_dirs["rm"]), "micro_batch_size": 3}
+    scores = {
+        "name": "rm",
+        "type": "rlaif.steps.rewards.RewardModelScore",
+        "from": "scored",
+        "reward_model": str(reward_dirs["rm"]),
+        "micro_batch_size": 3,
+    }
     adapter = {**scores, "name": "rm_adapter", "reward_model": str(reward_dirs["adapter"])}
     stats, rows = run(tmp_path, [inline(records), scores, adapter])
     expected = reference_rewards(reward_dirs["rm"], reward_dirs["rm"])
@@ -242,8 +318,9 @@ def test_reward_model_scores_match_unbatched_forward(tmp_path, reward_dirs):
     assert empty["rewards"] == [] and empty["id"] == 1
     assert stats["rm"]["tokens_in"] > 4 * 10
     with_adapter = rows["rm_adapter"][0]["rewards"]
-    assert with_adapter == pytest.approx(reference_rewards(reward_dirs["rm"], reward_dirs["rm"],
-                                                           reward_dirs["adapter"]), abs=1e-4)
+    assert with_adapter == pytest.approx(
+        reference_rewards(reward_dirs["rm"], reward_dirs["rm"], reward_dirs["adapter"]), abs=1e-4
+    )
     assert with_adapter != pytest.approx(expected, abs=1e-3)
 
 
@@ -279,8 +356,13 @@ def test_reward_model_scoring_tokenizes_as_reward_training_did(tmp_path, reward_
     model = AutoModelForSequenceClassification.from_pretrained(plain, num_labels=1).eval()
     with torch.no_grad():
         reference = [float(model(input_ids=torch.tensor([ids])).logits[0, 0]) for ids in expected]
-    step = {"name": "rm", "type": "rlaif.steps.rewards.RewardModelScore", "from": "scored",
-            "reward_model": str(plain), "micro_batch_size": 3}
+    step = {
+        "name": "rm",
+        "type": "rlaif.steps.rewards.RewardModelScore",
+        "from": "scored",
+        "reward_model": str(plain),
+        "micro_batch_size": 3,
+    }
     _, rows = run(tmp_path / "run", [inline([{"prompt": PROMPT, "responses": RESPONSES}]), step])
     assert rows["rm"][0]["rewards"] == pytest.approx(reference, abs=1e-4)
 
@@ -293,8 +375,14 @@ def test_reward_model_scoring_tokenizes_as_reward_training_did(tmp_path, reward_
     assert [conversation_ids(tokenizer, PROMPT, r, max_length=512) for r in RESPONSES] == expected
     assert conversation_ids(tokenizer, PROMPT, RESPONSES[0], max_length=3) == expected[0][-3:]
     templated = AutoTokenizer.from_pretrained(reward_dirs["rm"])
-    conversations = [{"prompt": [{"role": "user", "content": PROMPT}], "chosen": [{"role": "assistant", "content": r}],
-                      "rejected": [{"role": "assistant", "content": "x"}]} for r in RESPONSES]
+    conversations = [
+        {
+            "prompt": [{"role": "user", "content": PROMPT}],
+            "chosen": [{"role": "assistant", "content": r}],
+            "rejected": [{"role": "assistant", "content": "x"}],
+        }
+        for r in RESPONSES
+    ]
     assert [reward_model_ids(templated, PROMPT, r) for r in RESPONSES] == trl_reward_ids(templated, conversations)
 
 
@@ -309,6 +397,7 @@ def test_reward_model_reference_is_checked_at_validation(tmp_path, reward_dirs):
     (broken / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "./missing"}))
     with pytest.raises(ConfigError, match="base model of the adapter"):
         load_pipeline(pipeline_file(tmp_path, [inline([record([1])]), {**step, "reward_model": str(broken)}]))
-    pipeline = load_pipeline(pipeline_file(tmp_path, [inline([record([1])]), {
-        **step, "reward_model": str(reward_dirs["adapter"])}]))
+    pipeline = load_pipeline(
+        pipeline_file(tmp_path, [inline([record([1])]), {**step, "reward_model": str(reward_dirs["adapter"])}])
+    )
     assert {f.name for f in pipeline.steps["rm"].step.files()} == {"adapter_config.json", "adapter_model.safetensors"}

@@ -16,8 +16,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def accounted(stats: dict) -> bool:
-    return all(s["records_in"] == s["inputs_emitted"] + sum(s["dropped"].values()) + sum(s["quarantined"].values())
-               for s in stats.values())
+    return all(
+        s["records_in"] == s["inputs_emitted"] + sum(s["dropped"].values()) + sum(s["quarantined"].values())
+        for s in stats.values()
+    )
 
 
 @pytest.mark.engine

@@ -32,8 +32,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def _config(name: str, recipe: str, model: Path | str, out: Path, data: Path | str, *overrides: str):
-    base = [f"model.name={model}", f"data.path={data}", f"train.output_dir={out}", "train.max_steps=2",
-            "train.save_steps=1000"]
+    base = [
+        f"model.name={model}",
+        f"data.path={data}",
+        f"train.output_dir={out}",
+        "train.max_steps=2",
+        "train.save_steps=1000",
+    ]
     return load_config(CONFIGS / f"{name}.yaml", recipe, base + list(overrides), cpu=True)
 
 
@@ -71,8 +76,13 @@ def test_every_shipped_training_config_validates(path):
 
 def test_zephyr_defaults_and_cpu_profile_keeps_explicit_values():
     gpu = load_config(CONFIGS / "dpo.yaml", "dpo").train
-    assert (gpu.beta, gpu.learning_rate, gpu.per_device_train_batch_size, gpu.gradient_accumulation_steps,
-            gpu.max_length) == (0.01, 5e-6, 4, 4, 1024)
+    assert (
+        gpu.beta,
+        gpu.learning_rate,
+        gpu.per_device_train_batch_size,
+        gpu.gradient_accumulation_steps,
+        gpu.max_length,
+    ) == (0.01, 5e-6, 4, 4, 1024)
     cfg = load_config(CONFIGS / "dpo.yaml", "dpo", ["train.logging_steps=7"], cpu=True)
     args = trl_args(cfg)
     assert args.loss_type == ["sigmoid"] and args.beta == 0.01
@@ -82,19 +92,24 @@ def test_zephyr_defaults_and_cpu_profile_keeps_explicit_values():
     assert type(simpo).__name__ == "CPOConfig" and simpo.loss_type == "simpo" and simpo.cpo_alpha == 0.0
 
 
-@pytest.mark.parametrize(("overrides", "expected"), [
-    (["train.learning_rat=1"], "train.learning_rat: Extra inputs are not permitted"),
-    (["train.loss_type=dpo_magic"], "unknown loss_type 'dpo_magic'; choices: sigmoid, ipo, robust"),
-    (["train.trl={warp_drive: 1}"], "trl.warp_drive is not an option of DPOConfig"),
-    (["train.trl={use_cpu: true}"], "trl.use_cpu is set by rlaif: use cpu: true or --cpu"),
-    (["train.trl={beta: 0.5}"], "trl.beta is a typed field: set train.beta"),
-    (["train.loss_type=orpo", "train.trl={label_smoothing: 0.1}"],
-     "trl.label_smoothing is not an option of ORPOConfig"),
-    (["model.quantize=fp3"], "model.quantize: Input should be 'nf4', 'int8' or 'none'"),
-    (["data.format=hh_rlfh"], "unknown format 'hh_rlfh'"),
-    (["data.hub=org/x"], "give exactly one of data.path"),
-    (["lora=null"], "a quantized base trains only through LoRA"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["train.learning_rat=1"], "train.learning_rat: Extra inputs are not permitted"),
+        (["train.loss_type=dpo_magic"], "unknown loss_type 'dpo_magic'; choices: sigmoid, ipo, robust"),
+        (["train.trl={warp_drive: 1}"], "trl.warp_drive is not an option of DPOConfig"),
+        (["train.trl={use_cpu: true}"], "trl.use_cpu is set by rlaif: use cpu: true or --cpu"),
+        (["train.trl={beta: 0.5}"], "trl.beta is a typed field: set train.beta"),
+        (
+            ["train.loss_type=orpo", "train.trl={label_smoothing: 0.1}"],
+            "trl.label_smoothing is not an option of ORPOConfig",
+        ),
+        (["model.quantize=fp3"], "model.quantize: Input should be 'nf4', 'int8' or 'none'"),
+        (["data.format=hh_rlfh"], "unknown format 'hh_rlfh'"),
+        (["data.hub=org/x"], "give exactly one of data.path"),
+        (["lora=null"], "a quantized base trains only through LoRA"),
+    ],
+)
 def test_config_errors_name_the_file_and_key(overrides, expected):
     with pytest.raises(ConfigError) as exc:
         load_config(CONFIGS / "dpo.yaml", "dpo", overrides)
@@ -120,8 +135,9 @@ def test_config_file_errors(tmp_path):
 
 # -- data -------------------------------------------------------------------------------------------------------
 def test_data_from_a_run_directory_records_its_fingerprints(tmp_path):
-    data = load_training_data(load_config(CONFIGS / "dpo.yaml", "dpo", [f"data.path={_run_dir(tmp_path)}"]).data,
-                              "dpo")
+    data = load_training_data(
+        load_config(CONFIGS / "dpo.yaml", "dpo", [f"data.path={_run_dir(tmp_path)}"]).data, "dpo"
+    )
     assert data.format == "preference" and data.conversational
     assert (len(data.train), len(data.eval)) == (21, 3)
     assert data.provenance["dataset_fingerprint"] == "abc123/train/False/1"
@@ -131,8 +147,9 @@ def test_data_from_a_run_directory_records_its_fingerprints(tmp_path):
 def test_human_preference_adapter_converts_and_counts_malformed_records():
     from rlaif.train.config import DataConfig
 
-    data = load_training_data(DataConfig(path=str(FIXTURES.parent / "hh_rlhf.jsonl"), format="hh_rlhf",
-                                         test_size=0), "dpo")
+    data = load_training_data(
+        DataConfig(path=str(FIXTURES.parent / "hh_rlhf.jsonl"), format="hh_rlhf", test_size=0), "dpo"
+    )
     assert data.format == "preference" and data.eval is None
     assert data.train[0]["prompt"][-1]["role"] == "user" and data.train[0]["chosen"][0]["role"] == "assistant"
     assert sum(data.provenance["quarantined"].values()) == 10 - len(data.train) > 0
@@ -147,13 +164,24 @@ def test_kto_unpairs_preference_rows_and_reads_unpaired_rows():
     assert unpaired.format == "unpaired preference" and (len(unpaired.train), len(unpaired.eval)) == (9, 3)
 
 
-@pytest.mark.parametrize(("recipe", "data", "expected"), [
-    ("dpo", FIXTURES / "prompt_only.jsonl",
-     "detected format 'prompt-only' (columns: prompt); the dpo recipe expects preference (prompt, chosen, rejected)"),
-    ("sft", FIXTURES / "prefs.jsonl", "detected format 'preference' (columns: prompt, chosen, rejected, source); "
-                                      "the sft recipe expects sft messages (messages)"),
-    ("rm", FIXTURES.parent / "ultrafeedback.jsonl", "set data.format: ultrafeedback"),
-])
+@pytest.mark.parametrize(
+    ("recipe", "data", "expected"),
+    [
+        (
+            "dpo",
+            FIXTURES / "prompt_only.jsonl",
+            "detected format 'prompt-only' (columns: prompt); "
+            "the dpo recipe expects preference (prompt, chosen, rejected)",
+        ),
+        (
+            "sft",
+            FIXTURES / "prefs.jsonl",
+            "detected format 'preference' (columns: prompt, chosen, rejected, source); "
+            "the sft recipe expects sft messages (messages)",
+        ),
+        ("rm", FIXTURES.parent / "ultrafeedback.jsonl", "set data.format: ultrafeedback"),
+    ],
+)
 def test_malformed_data_fails_before_any_model_loads(monkeypatch, tmp_path, recipe, data, expected):
     import rlaif.train.recipes as recipes
 
@@ -161,15 +189,25 @@ def test_malformed_data_fails_before_any_model_loads(monkeypatch, tmp_path, reci
         raise AssertionError("a model was built before the data was checked")
 
     monkeypatch.setattr(recipes, "build_model", no_model)
-    cfg = load_config(CONFIGS / f"{recipe}.yaml", recipe, [f"data.path={data}", f"train.output_dir={tmp_path}/o"],
-                      cpu=True)
+    cfg = load_config(
+        CONFIGS / f"{recipe}.yaml", recipe, [f"data.path={data}", f"train.output_dir={tmp_path}/o"], cpu=True
+    )
     with pytest.raises(DataFormatError) as exc:
         recipes.run_recipe(cfg)
     assert expected in str(exc.value)
     from rlaif.cli import app
 
-    result = CliRunner().invoke(app, ["train", recipe, str(CONFIGS / f"{recipe}.yaml"), f"data.path={data}",
-                                      f"train.output_dir={tmp_path}/o", "--cpu"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            recipe,
+            str(CONFIGS / f"{recipe}.yaml"),
+            f"data.path={data}",
+            f"train.output_dir={tmp_path}/o",
+            "--cpu",
+        ],
+    )
     assert result.exit_code == 2 and "detected format" in result.output
 
 
@@ -198,11 +236,16 @@ def _rm_dataset_seen_by_the_trainer(monkeypatch, tmp_path, data: Path, *override
     def trainer(**kwargs):
         raise Handed(kwargs["train_dataset"], kwargs["eval_dataset"])
 
-    monkeypatch.setattr(recipes, "build_model", lambda *a, **k: types.SimpleNamespace(
-        model=None, tokenizer=None, peft_config=None))
+    monkeypatch.setattr(
+        recipes, "build_model", lambda *a, **k: types.SimpleNamespace(model=None, tokenizer=None, peft_config=None)
+    )
     monkeypatch.setattr(trl, "RewardTrainer", trainer)
-    cfg = load_config(CONFIGS / "rm.yaml", "rm", [f"data.path={data}", f"train.output_dir={tmp_path}/o",
-                                                  "data.test_size=4", *overrides], cpu=True)
+    cfg = load_config(
+        CONFIGS / "rm.yaml",
+        "rm",
+        [f"data.path={data}", f"train.output_dir={tmp_path}/o", "data.test_size=4", *overrides],
+        cpu=True,
+    )
     with pytest.raises(Handed) as handed:
         recipes.run_recipe(cfg)
     return handed.value.args
@@ -256,8 +299,13 @@ def test_an_eval_pass_and_an_adapter_save_leave_the_nf4_base_exact_and_different
     from rlaif.train.config import LoraConfig, ModelConfig
     from rlaif.train.model import build_model
 
-    built = build_model(ModelConfig(name=str(tiny_model_dir), quantize="nf4"), LoraConfig(r=4),
-                        adapters={"policy": None}, trainable={"policy"}, cpu=True)
+    built = build_model(
+        ModelConfig(name=str(tiny_model_dir), quantize="nf4"),
+        LoraConfig(r=4),
+        adapters={"policy": None},
+        trainable={"policy"},
+        cpu=True,
+    )
     model, ids = built.model, built.tokenizer("one two three four", return_tensors="pt").input_ids
 
     def train_pass() -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,10 +346,17 @@ def test_builder_makes_a_one_logit_classifier_and_checks_the_chat_template(tiny_
 
 # -- recipes on real QLoRA --------------------------------------------------------------------------------------
 @pytest.mark.model
-@pytest.mark.parametrize(("recipe", "config", "data"), [
-    ("sft", "sft", "sft.jsonl"), ("rm", "rm", "prefs.jsonl"), ("dpo", "dpo", "run_dir"), ("kto", "kto", "kto.jsonl"),
-    ("dpo", "orpo", "prefs.jsonl"), ("dpo", "simpo", "prefs.jsonl"),
-])
+@pytest.mark.parametrize(
+    ("recipe", "config", "data"),
+    [
+        ("sft", "sft", "sft.jsonl"),
+        ("rm", "rm", "prefs.jsonl"),
+        ("dpo", "dpo", "run_dir"),
+        ("kto", "kto", "kto.jsonl"),
+        ("dpo", "orpo", "prefs.jsonl"),
+        ("dpo", "simpo", "prefs.jsonl"),
+    ],
+)
 def test_recipe_trains_from_its_shipped_config(tiny_model_dir, tmp_path, recipe, config, data):
     import torch
 
@@ -318,10 +373,16 @@ def test_recipe_trains_from_its_shipped_config(tiny_model_dir, tmp_path, recipe,
     card = (result.adapter_dir / "README.md").read_text()
     assert f"data source: `{source}`" in card and "quantization: `nf4`" in card and "rlaif 0.1.0" in card
     assert json.loads((result.adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
-        tiny_model_dir)
+        tiny_model_dir
+    )
     # Reloaded through the same builder: the trained adapter, not a fresh one (LoRA B starts at zero).
-    reloaded = build_model(cfg.model, None, task="seq_cls" if recipe == "rm" else "causal_lm",
-                           adapters={"default": result.adapter_dir}, cpu=True).model
+    reloaded = build_model(
+        cfg.model,
+        None,
+        task="seq_cls" if recipe == "rm" else "causal_lm",
+        adapters={"default": result.adapter_dir},
+        cpu=True,
+    ).model
     lora_b = [p for n, p in reloaded.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
     ids = torch.tensor([[1, 2, 3]])
@@ -340,8 +401,17 @@ def test_recipe_trains_from_its_shipped_config(tiny_model_dir, tmp_path, recipe,
 def test_dpo_on_the_builtin_model(tmp_path):
     from rlaif.train.recipes import run_recipe
 
-    cfg = _config("dpo", "dpo", BUILTIN, tmp_path / "out", FIXTURES / "prefs.jsonl", "train.max_length=96",
-                  "train.per_device_train_batch_size=2", "train.gradient_accumulation_steps=1", "data.test_size=2")
+    cfg = _config(
+        "dpo",
+        "dpo",
+        BUILTIN,
+        tmp_path / "out",
+        FIXTURES / "prefs.jsonl",
+        "train.max_length=96",
+        "train.per_device_train_batch_size=2",
+        "train.gradient_accumulation_steps=1",
+        "data.test_size=2",
+    )
     result = run_recipe(cfg)
     losses = [row["loss"] for row in _metrics(result.output_dir) if "loss" in row]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
@@ -349,8 +419,14 @@ def test_dpo_on_the_builtin_model(tmp_path):
     assert "base model: `builtin:smollm2-135m-instruct`" in (result.adapter_dir / "README.md").read_text()
 
 
-FAST = ["train.learning_rate=2e-3", "train.warmup_steps=0", "train.per_device_train_batch_size=4",
-        "train.gradient_accumulation_steps=1", "model.gradient_checkpointing=false", "train.eval_on_start=true"]
+FAST = [
+    "train.learning_rate=2e-3",
+    "train.warmup_steps=0",
+    "train.per_device_train_batch_size=4",
+    "train.gradient_accumulation_steps=1",
+    "model.gradient_checkpointing=false",
+    "train.eval_on_start=true",
+]
 
 
 @pytest.mark.model
@@ -358,8 +434,17 @@ FAST = ["train.learning_rate=2e-3", "train.warmup_steps=0", "train.per_device_tr
 def test_dpo_raises_the_eval_margin_on_a_learnable_set(tiny_model_dir, tmp_path):
     from rlaif.train.recipes import run_recipe
 
-    cfg = _config("dpo", "dpo", tiny_model_dir, tmp_path / "out", FIXTURES / "prefs.jsonl", *FAST,
-                  "train.max_steps=12", "train.beta=0.1", "data.test_size=4")
+    cfg = _config(
+        "dpo",
+        "dpo",
+        tiny_model_dir,
+        tmp_path / "out",
+        FIXTURES / "prefs.jsonl",
+        *FAST,
+        "train.max_steps=12",
+        "train.beta=0.1",
+        "data.test_size=4",
+    )
     result = run_recipe(cfg)
     evals = [row for row in _metrics(result.output_dir) if "eval_rewards/margins" in row]
     before, after = evals[0], evals[-1]
@@ -375,8 +460,16 @@ def test_reward_model_separates_a_trivially_separable_set(tiny_model_dir, tmp_pa
     from rlaif.steps.rewards import load_reward_model
     from rlaif.train.recipes import run_recipe
 
-    cfg = _config("rm", "rm", tiny_model_dir, tmp_path / "out", FIXTURES / "prefs.jsonl", *FAST,
-                  "train.max_steps=16", "data.test_size=8")
+    cfg = _config(
+        "rm",
+        "rm",
+        tiny_model_dir,
+        tmp_path / "out",
+        FIXTURES / "prefs.jsonl",
+        *FAST,
+        "train.max_steps=16",
+        "data.test_size=8",
+    )
     result = run_recipe(cfg)
     assert result.metrics["eval_accuracy"] >= 0.9
     assert "pairwise accuracy" in (result.adapter_dir / "README.md").read_text()
@@ -396,9 +489,21 @@ def test_reward_model_separates_a_trivially_separable_set(tiny_model_dir, tmp_pa
 @pytest.mark.slow
 def test_training_killed_with_sigkill_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "rlaif.cli", "train", "sft", str(CONFIGS / "sft.yaml"),
-            f"model.name={tiny_model_dir}", f"data.path={FIXTURES / 'sft.jsonl'}", f"train.output_dir={out}",
-            "train.max_steps=12", "train.save_steps=2", "train.save_total_limit=null", "--cpu"]
+    args = [
+        sys.executable,
+        "-m",
+        "rlaif.cli",
+        "train",
+        "sft",
+        str(CONFIGS / "sft.yaml"),
+        f"model.name={tiny_model_dir}",
+        f"data.path={FIXTURES / 'sft.jsonl'}",
+        f"train.output_dir={out}",
+        "train.max_steps=12",
+        "train.save_steps=2",
+        "train.save_total_limit=null",
+        "--cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
@@ -421,8 +526,13 @@ def test_training_killed_with_sigkill_resumes_from_its_last_checkpoint(tiny_mode
     assert f"resumed from {last}" in result.output
     starts = [row["step"] for row in _metrics(out) if row.get("event") == "train_begin"]
     assert starts == [0, resumed_step]
-    steps_after = [row["step"] for row in _metrics(out)[_metrics(out).index(
-        {"event": "train_begin", "step": resumed_step, "max_steps": 12}):] if "loss" in row]
+    steps_after = [
+        row["step"]
+        for row in _metrics(out)[
+            _metrics(out).index({"event": "train_begin", "step": resumed_step, "max_steps": 12}) :
+        ]
+        if "loss" in row
+    ]
     assert steps_after == list(range(resumed_step + 1, 13))
     assert json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())["global_step"] == 12
     assert (out / "adapter" / "adapter_model.safetensors").is_file()

@@ -143,8 +143,11 @@ def test_close_ends_the_engine_processes_and_leaves_the_environment_alone(builti
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     backend = VllmBackend(BUILTIN, max_model_len=512, kv_cache_gib=1)
     # new children, less multiprocessing's resource tracker (started once per process, outlives engines)
-    engine = [p for p in psutil.Process().children(recursive=True)
-              if p.pid not in before and "resource_tracker" not in " ".join(p.cmdline())]
+    engine = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in before and "resource_tracker" not in " ".join(p.cmdline())
+    ]
     assert engine, "the engine's weights and KV cache live in a child process"
     assert {key for key in CPU_ENGINE_ENV if key in os.environ} == preset
     assert backend.generate(["Hello"], GenerationParams(max_tokens=4))[0].ok

@@ -135,8 +135,10 @@ def _problem(located: Located, error: Any) -> Problem:
 def _check_files(cfg: LoopConfig, located: Located) -> list[Problem]:
     problems = []
     named = [(("prompts", "path"), cfg.prompts.path), (("pipeline", "file"), cfg.pipeline.file)]
-    named += [(("train", i, "file") if isinstance(located.data.get("train"), list) else ("train", "file"), stage.file)
-              for i, stage in enumerate(cfg.train)]
+    named += [
+        (("train", i, "file") if isinstance(located.data.get("train"), list) else ("train", "file"), stage.file)
+        for i, stage in enumerate(cfg.train)
+    ]
     if cfg.eval:
         named.append((("eval", "file"), cfg.eval.file))
     for where, rel in named:
@@ -146,8 +148,12 @@ def _check_files(cfg: LoopConfig, located: Located) -> list[Problem]:
     if prompts.is_file():
         count = len(read_prompts(prompts, cfg.prompts.column))
         if count <= cfg.prompts.held_out:
-            problems.append(located.problem(("prompts", "held_out"), f"{prompts.name} has {count} prompts: "
-                                            f"held_out {cfg.prompts.held_out} leaves none to train on"))
+            problems.append(
+                located.problem(
+                    ("prompts", "held_out"),
+                    f"{prompts.name} has {count} prompts: held_out {cfg.prompts.held_out} leaves none to train on",
+                )
+            )
     return problems
 
 

@@ -18,9 +18,15 @@ from rlaif.pipeline.run import RunSummary
 # The phase a pipeline step belongs to, by step type; any other step (sources, dedup, decontamination, length and
 # judge filters, pairing, expressions, mixing) is bookkeeping on records: "filter".
 PHASE_OF_STEP = {
-    "generate_responses": "generate", "self_instruct": "generate", "evol_instruct": "generate", "magpie": "generate",
+    "generate_responses": "generate",
+    "self_instruct": "generate",
+    "evol_instruct": "generate",
+    "magpie": "generate",
     "best_of_n": "generate",
-    "pairwise_judge": "label", "rating_judge": "label", "constitutional_judge": "label", "critique_revise": "label",
+    "pairwise_judge": "label",
+    "rating_judge": "label",
+    "constitutional_judge": "label",
+    "critique_revise": "label",
     "reward_model_score": "label",
 }
 # The loop's phases, in round order, as keys of a round's "seconds" (the round table writes hand_off as hand-off).
@@ -44,8 +50,13 @@ def data_summary(stats: dict[str, dict[str, Any]], kept: int) -> dict[str, Any]:
     dropped = {f"{name}: {reason}": n for name, s in stats.items() for reason, n in s["dropped"].items()}
     quarantined = {f"{name}: {reason}": n for name, s in stats.items() for reason, n in s["quarantined"].items()}
     first = next(iter(stats.values()), None)
-    return {"prompts": first["records_out"] if first else 0, "made": made, "kept": kept, "dropped": dropped,
-            "quarantined": quarantined}
+    return {
+        "prompts": first["records_out"] if first else 0,
+        "made": made,
+        "kept": kept,
+        "dropped": dropped,
+        "quarantined": quarantined,
+    }
 
 
 def train_summary(output_dir: Path) -> dict[str, Any]:
@@ -76,12 +87,26 @@ def win_rate(result: RunSummary, judge_step: str) -> dict[str, Any]:
     counts = Counter(preferences)
     judged = len(preferences)
     rate = (counts["A"] + 0.5 * counts["tie"]) / judged if judged else None
-    return {"win_rate": rate, "wins": counts["A"], "losses": counts["B"], "ties": counts["tie"], "judged": judged,
-            "not_judged": sum(s["quarantined"].get("judge parse failure", 0) for s in result.stats.values())}
+    return {
+        "win_rate": rate,
+        "wins": counts["A"],
+        "losses": counts["B"],
+        "ties": counts["tie"],
+        "judged": judged,
+        "not_judged": sum(s["quarantined"].get("judge parse failure", 0) for s in result.stats.values()),
+    }
 
 
-def round_row(k: int, data: RunSummary, kept: int, adapter: Path | None, train: dict[str, Any],
-              wins: dict[str, Any] | None, times: dict[str, float], released: list[str]) -> dict[str, Any]:
+def round_row(
+    k: int,
+    data: RunSummary,
+    kept: int,
+    adapter: Path | None,
+    train: dict[str, Any],
+    wins: dict[str, Any] | None,
+    times: dict[str, float],
+    released: list[str],
+) -> dict[str, Any]:
     phases = {**phase_times(data.stats), **times}
     return {
         "round": k,
@@ -102,21 +127,43 @@ TABLE_STYLE: dict[str, Any] = {"box": box.SIMPLE_HEAD, "pad_edge": False, "paddi
 def rounds_table(rows: list[dict[str, Any]]) -> Group:
     """Two tables, each readable in an 80-column terminal or log: what each round made and learned, and where
     its time went."""
-    data = Table("round", "prompts", "made", "kept", "dropped", "train loss", "margin", "win rate vs k-1",
-                 title="rlaif loop: data, training, held-out win rate", **TABLE_STYLE)
-    times = Table("round", *(p.replace("_", "-") for p in PHASES), "total", "hand-off %",
-                  title="rlaif loop: seconds per phase", **TABLE_STYLE)
+    data = Table(
+        "round",
+        "prompts",
+        "made",
+        "kept",
+        "dropped",
+        "train loss",
+        "margin",
+        "win rate vs k-1",
+        title="rlaif loop: data, training, held-out win rate",
+        **TABLE_STYLE,
+    )
+    times = Table(
+        "round",
+        *(p.replace("_", "-") for p in PHASES),
+        "total",
+        "hand-off %",
+        title="rlaif loop: seconds per phase",
+        **TABLE_STYLE,
+    )
     for row in rows:
         train, seconds, wins = row["train"], row["seconds"], row.get("eval") or {}
         data.add_row(
-            str(row["round"]), str(row["prompts"]), str(row["made"]), str(row["kept"]),
+            str(row["round"]),
+            str(row["prompts"]),
+            str(row["made"]),
+            str(row["kept"]),
             str(sum(row["dropped"].values()) + sum(row["quarantined"].values())),
-            _num(train.get("loss")), _num(train.get("rewards/margins")),
+            _num(train.get("loss")),
+            _num(train.get("rewards/margins")),
             _num(wins.get("win_rate")) + (f" ({wins['judged']})" if wins else ""),
         )
         total = seconds.get("total", 0.0)
         times.add_row(
-            str(row["round"]), *(f"{seconds.get(p, 0.0):.1f}" for p in PHASES), f"{total:.1f}",
+            str(row["round"]),
+            *(f"{seconds.get(p, 0.0):.1f}" for p in PHASES),
+            f"{total:.1f}",
             f"{100 * seconds.get('hand_off', 0.0) / total:.1f}" if total else "-",
         )
     return Group(data, times)

@@ -65,8 +65,13 @@ def round_paths(run_dir: Path, k: int) -> RoundPaths:
     return RoundPaths(run_dir / f"round-{k}", run_dir / "prompts" / f"round-{k}.jsonl")
 
 
-def run_loop(cfg: LoopConfig, *, backends: dict[str, Backend] | None = None, reporter: Reporter | None = None,
-             on_round: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+def run_loop(
+    cfg: LoopConfig,
+    *,
+    backends: dict[str, Backend] | None = None,
+    reporter: Reporter | None = None,
+    on_round: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> list[dict[str, Any]]:
     """Run (or continue) every round; returns the rows of summary.json. ``backends`` (by model name) are the
     caller's: used as they are, never released or closed. ``on_round`` gets the rows after each finished round."""
     run_dir = cfg.run_dir()
@@ -96,7 +101,7 @@ def run_loop(cfg: LoopConfig, *, backends: dict[str, Backend] | None = None, rep
 def write_prompts(cfg: LoopConfig, run_dir: Path) -> Path:
     """Split the pool once: held-out prompts, then each round's share (cycling when the pool runs out)."""
     pool = read_prompts(cfg.resolve(cfg.prompts.path), cfg.prompts.column)
-    held, rest = pool[: cfg.prompts.held_out], pool[cfg.prompts.held_out:]
+    held, rest = pool[: cfg.prompts.held_out], pool[cfg.prompts.held_out :]
     out = run_dir / "prompts"
     out.mkdir(parents=True, exist_ok=True)
     _write_jsonl(out / "held_out.jsonl", held)
@@ -125,8 +130,14 @@ def validate(cfg: LoopConfig, run_dir: Path, held_out: Path) -> None:
         evaluation = eval_pipeline(cfg, paths, held_out, None, None)
         problems += _lora_problems(evaluation, ["candidate", "baseline"], cfg.eval.file)
         if cfg.eval.judge_step not in output_steps(evaluation):
-            problems.append(Problem(str(evaluation.file), None, f"eval.judge_step {cfg.eval.judge_step!r} is not an "
-                                                                f"output step; outputs: {output_steps(evaluation)}"))
+            problems.append(
+                Problem(
+                    str(evaluation.file),
+                    None,
+                    f"eval.judge_step {cfg.eval.judge_step!r} is not an "
+                    f"output step; outputs: {output_steps(evaluation)}",
+                )
+            )
     if problems:
         raise ConfigError(problems)
     for stage in cfg.train:
@@ -138,11 +149,18 @@ def _lora_problems(pipeline: Pipeline, names: list[str], file: str) -> list[Prob
     for name in names:
         spec = pipeline.models.get(name)
         if spec is None:
-            problems.append(Problem(file, None, f"the loop needs a model named {name!r}; models: "
-                                                f"{list(pipeline.models)}"))
+            problems.append(
+                Problem(file, None, f"the loop needs a model named {name!r}; models: {list(pipeline.models)}")
+            )
         elif spec.backend == "vllm" and not spec.options.get("enable_lora"):
-            problems.append(Problem(file, None, f"model {name!r} serves LoRA adapters from round 2 on: set "
-                                                "`enable_lora: true` and `max_lora_rank:` (>= the LoRA r)"))
+            problems.append(
+                Problem(
+                    file,
+                    None,
+                    f"model {name!r} serves LoRA adapters from round 2 on: set "
+                    "`enable_lora: true` and `max_lora_rank:` (>= the LoRA r)",
+                )
+            )
     return problems
 
 
@@ -153,8 +171,9 @@ def data_pipeline(cfg: LoopConfig, paths: RoundPaths, policy: Path | None) -> Pi
     return load_pipeline(cfg.resolve(cfg.pipeline.file), overrides)
 
 
-def eval_pipeline(cfg: LoopConfig, paths: RoundPaths, held_out: Path, candidate: Path | None,
-                  baseline: Path | None) -> Pipeline:
+def eval_pipeline(
+    cfg: LoopConfig, paths: RoundPaths, held_out: Path, candidate: Path | None, baseline: Path | None
+) -> Pipeline:
     assert cfg.eval is not None
     overrides = [*cfg.eval.overrides, f"steps.{cfg.eval.prompts_step}.path={held_out.resolve()}"]
     for name, adapter in (("candidate", candidate), ("baseline", baseline)):
@@ -168,8 +187,14 @@ def stage_dir(cfg: LoopConfig, paths: RoundPaths, stage: TrainRef) -> Path:
     return paths.train if len(cfg.train) == 1 else paths.train / stage.name
 
 
-def stage_overrides(cfg: LoopConfig, stage: TrainRef, paths: RoundPaths, policy: Path | None,
-                    adapters: dict[str, Path], dataset: Path | None = None) -> list[str]:
+def stage_overrides(
+    cfg: LoopConfig,
+    stage: TrainRef,
+    paths: RoundPaths,
+    policy: Path | None,
+    adapters: dict[str, Path],
+    dataset: Path | None = None,
+) -> list[str]:
     """The stage's own overrides with ``{NAME}`` filled in, then the round's data, output and starting adapter."""
     overrides = []
     for override in stage.overrides:
@@ -178,8 +203,10 @@ def stage_overrides(cfg: LoopConfig, stage: TrainRef, paths: RoundPaths, policy:
             adapter = adapters.get(other.name, stage_dir(cfg, paths, other) / "adapter")
             override = override.replace("{" + other.name + "}", str(adapter.resolve()))
         overrides.append(override)
-    overrides += [f"data.path={(dataset or paths.data / 'dataset').resolve()}",
-                  f"train.output_dir={stage_dir(cfg, paths, stage).resolve()}"]
+    overrides += [
+        f"data.path={(dataset or paths.data / 'dataset').resolve()}",
+        f"train.output_dir={stage_dir(cfg, paths, stage).resolve()}",
+    ]
     if stage.policy and policy is not None:
         overrides.append(f"model.adapter={policy.resolve()}")
     return overrides
@@ -191,8 +218,15 @@ def _cpu() -> bool:
     return not torch.cuda.is_available()  # the loop trains where it generates: the CPU profile without a GPU
 
 
-def run_round(cfg: LoopConfig, k: int, paths: RoundPaths, pool: EnginePool, previous: Path | None,
-              held_out: Path, reporter: Reporter | None = None) -> dict[str, Any]:
+def run_round(
+    cfg: LoopConfig,
+    k: int,
+    paths: RoundPaths,
+    pool: EnginePool,
+    previous: Path | None,
+    held_out: Path,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
     """One round, phases timed: data (generate, label, filter), hand-off, train, hand-off, eval."""
     started = time.perf_counter()
     pipeline = data_pipeline(cfg, paths, previous)
@@ -214,8 +248,9 @@ def run_round(cfg: LoopConfig, k: int, paths: RoundPaths, pool: EnginePool, prev
     wins = None
     if cfg.eval:
         evaluation = eval_pipeline(cfg, paths, held_out, adapter, previous)
-        result = run_pipeline(evaluation, run_dir=paths.eval, backends=pool.backends_for(evaluation.models),
-                              reporter=reporter)
+        result = run_pipeline(
+            evaluation, run_dir=paths.eval, backends=pool.backends_for(evaluation.models), reporter=reporter
+        )
         wins = win_rate(result, cfg.eval.judge_step)
     eval_s = time.perf_counter() - clock
     times = {"train": train_s, "hand_off": hand_off, "eval": eval_s, "total": time.perf_counter() - started}
@@ -224,8 +259,9 @@ def run_round(cfg: LoopConfig, k: int, paths: RoundPaths, pool: EnginePool, prev
     return row
 
 
-def train_round(cfg: LoopConfig, paths: RoundPaths, previous: Path | None, dataset: Path, kept: int
-                ) -> tuple[Path | None, dict[str, Any]]:
+def train_round(
+    cfg: LoopConfig, paths: RoundPaths, previous: Path | None, dataset: Path, kept: int
+) -> tuple[Path | None, dict[str, Any]]:
     """Run the round's stages in order on its dataset; a policy stage continues the latest policy adapter. Each
     resumes from its last checkpoint. With no rows to train on, policy k is policy k-1."""
     from rlaif.train.cli import load_config
@@ -239,8 +275,9 @@ def train_round(cfg: LoopConfig, paths: RoundPaths, previous: Path | None, datas
         output = stage_dir(cfg, paths, stage)
         if not (output / "adapter" / "README.md").is_file():  # the model card is the trainer's last write
             overrides = stage_overrides(cfg, stage, paths, policy, adapters, dataset)
-            run_recipe(load_config(cfg.resolve(stage.file), stage.recipe, overrides, cpu=_cpu()),
-                       resume=output.exists())  # a killed stage continues from its checkpoint
+            run_recipe(
+                load_config(cfg.resolve(stage.file), stage.recipe, overrides, cpu=_cpu()), resume=output.exists()
+            )  # a killed stage continues from its checkpoint
             gc.collect()  # the trainer's model and optimizer go before the next stage or the engine
             _empty_accelerator_cache()
         adapters[stage.name] = output / "adapter"

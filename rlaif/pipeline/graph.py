@@ -48,8 +48,13 @@ def check_columns(
             missing = step.required_columns() - columns if columns is not None else set()
             if missing:
                 have = ", ".join(sorted(columns or [])) or "nothing"
-                problems.append(problem(name, f"step {name!r} needs column(s) {sorted(missing)}, but "
-                                              f"{', '.join(map(repr, upstream[name]))} produce(s) only: {have}"))
+                problems.append(
+                    problem(
+                        name,
+                        f"step {name!r} needs column(s) {sorted(missing)}, but "
+                        f"{', '.join(map(repr, upstream[name]))} produce(s) only: {have}",
+                    )
+                )
         try:
             available[name] = step.output_columns(columns if upstream[name] else set())
         except (OSError, ValueError) as exc:

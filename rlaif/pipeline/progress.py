@@ -24,8 +24,14 @@ class Reporter:
         if not (self.enabled and self.bars):
             yield lambda _count: None
             return
-        columns = [TextColumn(f"[bold]{name:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("eta"), TimeRemainingColumn()]
+        columns = [
+            TextColumn(f"[bold]{name:<20}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        ]
         with Progress(*columns, console=self.console, transient=False) as progress:
             task = progress.add_task(name, total=total)
             yield lambda count: progress.advance(task, count)

@@ -95,8 +95,9 @@ def save_outputs(pipeline: Pipeline, result: RunResult) -> tuple[dict[str, Path]
         if stamp.is_file() and stamp.read_text() == key:
             datasets[name], rows[name] = target, _saved_rows(target)
             continue
-        counts = write_dataset({split: result.stores[name].tables()}, target, card_info(pipeline, result, name),
-                               jsonl=jsonl)
+        counts = write_dataset(
+            {split: result.stores[name].tables()}, target, card_info(pipeline, result, name), jsonl=jsonl
+        )
         stamp.write_text(key)
         datasets[name], rows[name] = target, sum(counts.values())
     return datasets, rows

@@ -170,8 +170,15 @@ def _batch_stats(records_in: int, outcome: BatchResult, seconds: float) -> dict[
 
 
 def _step_stats(spec: StepSpec, batches: Any, wall_s: float) -> dict[str, Any]:
-    totals: dict[str, Any] = {"name": spec.name, "type": spec.type, "records_in": 0, "records_out": 0,
-                              "inputs_emitted": 0, "tokens_in": 0, "tokens_out": 0}
+    totals: dict[str, Any] = {
+        "name": spec.name,
+        "type": spec.type,
+        "records_in": 0,
+        "records_out": 0,
+        "inputs_emitted": 0,
+        "tokens_in": 0,
+        "tokens_out": 0,
+    }
     dropped: Counter[str] = Counter()
     quarantined: Counter[str] = Counter()
     for stats in batches:

@@ -108,8 +108,11 @@ class _Validator:
         order, columns = self._graph(steps)
         outputs = output.get("steps") or [n for n in steps if not any(n in s.upstream for s in steps.values())]
         if output.get("push_to_hub") and len(outputs) != 1:
-            self.add(("output", "push_to_hub"), f"push_to_hub needs exactly one output step; these steps are "
-                                                f"outputs: {outputs}. Name one with output.steps: [name]")
+            self.add(
+                ("output", "push_to_hub"),
+                f"push_to_hub needs exactly one output step; these steps are "
+                f"outputs: {outputs}. Name one with output.steps: [name]",
+            )
         if self.problems:
             raise ConfigError(self.problems)
         ordered = {n: steps[n] for n in order}
@@ -139,8 +142,11 @@ class _Validator:
         for key in options:
             if key not in accepted:
                 choices = [*SAMPLING_KEYS, *accepted]
-                self.add((*where, key), f"unknown option {key!r} for backend {backend!r}{_closest(key, choices)}; "
-                                        f"expected one of {choices}")
+                self.add(
+                    (*where, key),
+                    f"unknown option {key!r} for backend {backend!r}{_closest(key, choices)}; "
+                    f"expected one of {choices}",
+                )
         if backend != "openai" and (problem := reference_problem(cfg["model"])):
             self.add((*where, "model"), problem.replace("\n", " "))
         sampling = {k: cfg[k] for k in SAMPLING_KEYS if k in cfg}
@@ -155,8 +161,11 @@ class _Validator:
         if not isinstance(adapter, str) or not (Path(adapter).expanduser() / "adapter_config.json").is_file():
             self.add((*where, "lora"), f"lora: {adapter!r} is not a PEFT adapter directory (no adapter_config.json)")
         elif backend == "vllm" and not options.get("enable_lora"):
-            self.add((*where, "lora"), "a LoRA adapter on the vllm backend needs `enable_lora: true` (and "
-                                       "`max_lora_rank:` at least the adapter's r) on this model")
+            self.add(
+                (*where, "lora"),
+                "a LoRA adapter on the vllm backend needs `enable_lora: true` (and "
+                "`max_lora_rank:` at least the adapter's r) on this model",
+            )
 
     # -- steps ------------------------------------------------------------------------------------------------
     def _steps(self, raw: Any, models: dict[str, ModelSpec]) -> dict[str, StepSpec]:
@@ -174,9 +183,11 @@ class _Validator:
         for spec in specs.values():
             for up in spec.upstream:
                 if up not in specs:
-                    self.add(self._step_where(spec.name, "from"),
-                             f"step {spec.name!r}: unknown upstream {up!r}{_closest(up, list(specs))}; "
-                             f"steps: {list(specs)}")
+                    self.add(
+                        self._step_where(spec.name, "from"),
+                        f"step {spec.name!r}: unknown upstream {up!r}{_closest(up, list(specs))}; "
+                        f"steps: {list(specs)}",
+                    )
         return specs
 
     def _step_where(self, name: str, key: str) -> tuple:
@@ -234,8 +245,11 @@ class _Validator:
     def _step_resources(self, where: tuple, step: Step, models: dict[str, ModelSpec]) -> None:
         for model_name in step.model_names():
             if model_name not in self.located.data.get("models", {}):
-                self.add((*where, "model"), f"step {step.name!r}: unknown model {model_name!r}"
-                                            f"{_closest(model_name, list(models))}; models: {list(models)}")
+                self.add(
+                    (*where, "model"),
+                    f"step {step.name!r}: unknown model {model_name!r}"
+                    f"{_closest(model_name, list(models))}; models: {list(models)}",
+                )
         for file in step.files():
             if not file.is_file():
                 self.add(where, f"step {step.name!r}: file not found: {file}")
@@ -247,8 +261,10 @@ class _Validator:
             return {}
         for key in raw:
             if key not in OUTPUT_KEYS:
-                self.add(("output", key), f"unknown output key {key!r}{_closest(key, OUTPUT_KEYS)}; "
-                                          f"expected one of {OUTPUT_KEYS}")
+                self.add(
+                    ("output", key),
+                    f"unknown output key {key!r}{_closest(key, OUTPUT_KEYS)}; expected one of {OUTPUT_KEYS}",
+                )
         for name in raw.get("steps") or []:
             if name not in steps:
                 self.add(("output", "steps"), f"output step {name!r} is not a step{_closest(name, list(steps))}")
@@ -272,7 +288,9 @@ class _Validator:
             self.add(self._step_where(cyclic[0], "from"), f"steps form a cycle: {' -> '.join(cyclic)}")
             return order, {}
         columns, problems = check_columns(
-            order, {n: s.step for n, s in steps.items()}, upstream,
+            order,
+            {n: s.step for n, s in steps.items()},
+            upstream,
             lambda name, message: self.located.problem(self._step_where(name, "from"), message),
         )
         self.problems.extend(problems)

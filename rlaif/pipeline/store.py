@@ -60,8 +60,12 @@ class StepStore:
             _write_parquet(self.root / f"{stem}.parquet", result.records)
         if result.quarantined:
             rows = [
-                {"reason": q.reason, "detail": q.detail, "raw_output": q.raw_output,
-                 "record": json.dumps(q.record, default=str)}
+                {
+                    "reason": q.reason,
+                    "detail": q.detail,
+                    "raw_output": q.raw_output,
+                    "record": json.dumps(q.record, default=str),
+                }
                 for q in result.quarantined
             ]
             _write_parquet(self.root / f"{stem}.quarantine.parquet", rows)

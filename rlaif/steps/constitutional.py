@@ -151,8 +151,15 @@ class ConstitutionalJudge(Step):
         if self.constitution_file().is_file():
             load_constitution(self.constitution_file())
         for part in ("judge", "answer"):
-            check_template(self.template(), part=part, conversation="c", question="q", response_a="a",
-                           response_b="b", cot=self.params.cot)
+            check_template(
+                self.template(),
+                part=part,
+                conversation="c",
+                question="q",
+                response_a="a",
+                response_b="b",
+                cot=self.params.cot,
+            )
         return super().output_columns(available)
 
     def setup(self, runtime: Runtime) -> None:
@@ -165,8 +172,12 @@ class ConstitutionalJudge(Step):
         pairs = pairs_only(records, result)
         chosen = [self._principles(r) for r in pairs]
         # Job order: record, principle, then the A-first and B-first presentations.
-        jobs = [(record, principle, swap) for record, ps in zip(pairs, chosen, strict=True) for principle in ps
-                for swap in (False, True)]
+        jobs = [
+            (record, principle, swap)
+            for record, ps in zip(pairs, chosen, strict=True)
+            for principle in ps
+            for swap in (False, True)
+        ]
         prompts = [self._prompt(record, principle, swap, "judge") for record, principle, swap in jobs]
         texts, answers = self._generate(prompts, jobs, result)
         judge_model = self.runtime.model_reference(self.params.model)
@@ -186,14 +197,26 @@ class ConstitutionalJudge(Step):
         # every pair of a prompt (and every loop round's new pairs) one principle. The responses are sorted so the
         # draw does not depend on which one the record lists first.
         comparison = (conversation_text(record[self.params.prompt_column]), *sorted(record["responses"][:2]))
-        return sample_principles(self.constitution.principles, self.params.k_principles, _seed_key(self.runtime),
-                                 self.params.seed, self.name, *comparison)
+        return sample_principles(
+            self.constitution.principles,
+            self.params.k_principles,
+            _seed_key(self.runtime),
+            self.params.seed,
+            self.name,
+            *comparison,
+        )
 
     def _prompt(self, record: Record, principle: Principle, swap: bool, part: str) -> list[dict[str, str]]:
         a, b = record["responses"][:2]
-        text = render(self.template(), part=part, conversation=conversation_text(record[self.params.prompt_column]),
-                      question=principle.comparison, response_a=b if swap else a, response_b=a if swap else b,
-                      cot=self.params.cot)
+        text = render(
+            self.template(),
+            part=part,
+            conversation=conversation_text(record[self.params.prompt_column]),
+            question=principle.comparison,
+            response_a=b if swap else a,
+            response_b=a if swap else b,
+            cot=self.params.cot,
+        )
         return [{"role": "user", "content": text}]
 
     def _generate(
@@ -206,20 +229,33 @@ class ConstitutionalJudge(Step):
         backend, p = self.runtime.backend(self.params.model), self.params
         rationales = [""] * len(prompts)
         if p.cot:
-            reasoning = backend.generate(prompts, self.runtime.sampling(
-                p.model, n=1, temperature=p.temperature, max_tokens=p.cot_max_tokens))
+            reasoning = backend.generate(
+                prompts, self.runtime.sampling(p.model, n=1, temperature=p.temperature, max_tokens=p.cot_max_tokens)
+            )
             count_tokens(result, reasoning)
             rationales = [first_text(g) for g in reasoning]
-            prompts = [[*prompt, {"role": "assistant", "content": why}, *self._prompt(r, pr, s, "answer")]
-                       for prompt, why, (r, pr, s) in zip(prompts, rationales, jobs, strict=True)]
-        answers = backend.generate(prompts, self.runtime.sampling(
-            p.model, n=1, temperature=p.temperature, max_tokens=2, logprobs=p.top_logprobs,
-            choice=("A", "B") if p.structured else None))
+            prompts = [
+                [*prompt, {"role": "assistant", "content": why}, *self._prompt(r, pr, s, "answer")]
+                for prompt, why, (r, pr, s) in zip(prompts, rationales, jobs, strict=True)
+            ]
+        answers = backend.generate(
+            prompts,
+            self.runtime.sampling(
+                p.model,
+                n=1,
+                temperature=p.temperature,
+                max_tokens=2,
+                logprobs=p.top_logprobs,
+                choice=("A", "B") if p.structured else None,
+            ),
+        )
         count_tokens(result, answers)
         if p.cot:  # a failed reasoning call fails its job, whatever the answer call made of the empty reasoning
             answers = [a if r.ok else r for r, a in zip(reasoning, answers, strict=True)]
-        texts = [f"{why}\n\nAnswer: {first_text(g)}" if p.cot else first_text(g)
-                 for why, g in zip(rationales, answers, strict=True)]
+        texts = [
+            f"{why}\n\nAnswer: {first_text(g)}" if p.cot else first_text(g)
+            for why, g in zip(rationales, answers, strict=True)
+        ]
         return texts, answers
 
     def _label(
@@ -230,13 +266,19 @@ class ConstitutionalJudge(Step):
             return Quarantined(record, JUDGE_FAILED, failed[0])
         probabilities = [verdicts.answer_p_a(g.completions[0]) for g in answers]
         if any(p is None for p in probabilities):
-            return Quarantined(record, NO_LOGPROBS, "neither A nor B among the top-k answer tokens",
-                               raw_output="\n---\n".join(texts))
+            return Quarantined(
+                record, NO_LOGPROBS, "neither A nor B among the top-k answer tokens", raw_output="\n---\n".join(texts)
+            )
         orders = list(zip(probabilities[0::2], probabilities[1::2], strict=True))
         p_a, consistent = verdicts.soft_label(orders)  # type: ignore[arg-type]
-        return {"p_a": p_a, "preference": verdicts.soft_preference(p_a, self.params.tie_margin),
-                "confidence": max(p_a, 1.0 - p_a), "consistent": consistent,
-                "principles": [pr.id for pr in principles], "judge_outputs": texts}
+        return {
+            "p_a": p_a,
+            "preference": verdicts.soft_preference(p_a, self.params.tie_margin),
+            "confidence": max(p_a, 1.0 - p_a),
+            "consistent": consistent,
+            "principles": [pr.id for pr in principles],
+            "judge_outputs": texts,
+        }
 
 
 # -- SL-CAI: critique and revision -------------------------------------------------------------------------------
@@ -248,7 +290,8 @@ class CritiqueReviseParams(StepParams):
     rounds: int = Field(1, ge=1)
     target: Literal["first", "all"] = Field("first", description="revise responses[0] only, or every response")
     emit: Literal["columns", "pairs", "sft"] = Field(
-        "columns", description="columns: add revision columns; pairs: TRL prompt/chosen/rejected; sft: messages")
+        "columns", description="columns: add revision columns; pairs: TRL prompt/chosen/rejected; sft: messages"
+    )
     temperature: float | None = Field(None, ge=0)
     max_tokens: int | None = Field(None, ge=1)
     seed: int = 0
@@ -283,16 +326,20 @@ class CritiqueRevise(Step):
 
     def templates(self) -> tuple[Path, Path]:
         p = self.params
-        return (template_path("critique.jinja", p.critique_template, self.base_dir),
-                template_path("revision.jinja", p.revision_template, self.base_dir))
+        return (
+            template_path("critique.jinja", p.critique_template, self.base_dir),
+            template_path("revision.jinja", p.revision_template, self.base_dir),
+        )
 
     def files(self) -> list[Path]:
         return [self.constitution_file(), *self.templates()]
 
     def output_columns(self, available: set[str] | None) -> set[str] | None:
         if self.constitution_file().is_file() and not load_constitution(self.constitution_file()).revisable():
-            raise ValueError(f"constitution {self.constitution_file()}: no principle has both critique_request and "
-                             "revision_request, which critique_revise needs")
+            raise ValueError(
+                f"constitution {self.constitution_file()}: no principle has both critique_request and "
+                "revision_request, which critique_revise needs"
+            )
         critique, revision = self.templates()
         check_template(critique, conversation="c", response="r", critique_request="x")
         check_template(revision, conversation="c", response="r", critique="k", revision_request="x")
@@ -314,8 +361,11 @@ class CritiqueRevise(Step):
         result.dropped += [(r, "no responses") for r in records if not any(r is k for k in kept)]
         count = 1 if self.params.target == "first" else None
         # One state per (record, response): the current text and what every round produced.
-        states = [{"record": i, "current": text, "critiques": [], "revisions": [], "principles": []}
-                  for i, r in enumerate(kept) for text in r["responses"][:count]]
+        states = [
+            {"record": i, "current": text, "critiques": [], "revisions": [], "principles": []}
+            for i, r in enumerate(kept)
+            for text in r["responses"][:count]
+        ]
         failed: dict[int, Quarantined] = {}
         for round_index in range(self.params.rounds):
             self._round(kept, [s for s in states if s["record"] not in failed], round_index, failed, result)
@@ -329,14 +379,26 @@ class CritiqueRevise(Step):
             result.inputs_emitted = len(kept) - len(failed)  # pairs/sft may emit several rows per record
         return result
 
-    def _round(self, records: list[Record], states: list[dict[str, Any]], round_index: int,
-               failed: dict[int, Quarantined], result: BatchResult) -> None:
+    def _round(
+        self,
+        records: list[Record],
+        states: list[dict[str, Any]],
+        round_index: int,
+        failed: dict[int, Quarantined],
+        result: BatchResult,
+    ) -> None:
         assert self.runtime is not None
         critique_template, revision_template = self.templates()
         for state in states:
             prompt = records[state["record"]][self.params.prompt_column]
-            key = (_seed_key(self.runtime), self.params.seed, self.name, prompt_text(prompt), state["current"],
-                   round_index)
+            key = (
+                _seed_key(self.runtime),
+                self.params.seed,
+                self.name,
+                prompt_text(prompt),
+                state["current"],
+                round_index,
+            )
             state["principle"] = sample_principles(self.principles, 1, *key)[0]
             state["conversation"] = conversation_text(prompt)
         backend, sampling = self.runtime.backend(self.params.model), self._sampling()
@@ -350,8 +412,10 @@ class CritiqueRevise(Step):
                 if not (g.ok and g.completions):
                     failed.setdefault(state["record"], Quarantined(record, JUDGE_FAILED, g.error or "no completion"))
                 elif not text:
-                    failed.setdefault(state["record"], Quarantined(record, EMPTY_REVISION, f"empty {stage}",
-                                                                   raw_output=first_text(g)))
+                    failed.setdefault(
+                        state["record"],
+                        Quarantined(record, EMPTY_REVISION, f"empty {stage}", raw_output=first_text(g)),
+                    )
                 elif stage == "critique":
                     state["critique"] = text
                 else:
@@ -362,18 +426,28 @@ class CritiqueRevise(Step):
 
     def _sampling(self) -> GenerationParams:
         assert self.runtime is not None
-        overrides = {k: getattr(self.params, k) for k in ("temperature", "max_tokens") if getattr(self.params, k)
-                     is not None}
+        overrides = {
+            k: getattr(self.params, k) for k in ("temperature", "max_tokens") if getattr(self.params, k) is not None
+        }
         return self.runtime.sampling(self.params.model, n=1, **overrides)
 
     def _prompt(self, state: dict[str, Any], stage: str, critique: Path, revision: Path) -> Prompt:
         principle: Principle = state["principle"]
         if stage == "critique":
-            text = render(critique, conversation=state["conversation"], response=state["current"],
-                          critique_request=principle.critique_request)
+            text = render(
+                critique,
+                conversation=state["conversation"],
+                response=state["current"],
+                critique_request=principle.critique_request,
+            )
         else:
-            text = render(revision, conversation=state["conversation"], response=state["current"],
-                          critique=state["critique"], revision_request=principle.revision_request)
+            text = render(
+                revision,
+                conversation=state["conversation"],
+                response=state["current"],
+                critique=state["critique"],
+                revision_request=principle.revision_request,
+            )
         return [{"role": "user", "content": text}]
 
     def _emit(self, record: Record, states: list[dict[str, Any]], reference: str, result: BatchResult) -> None:

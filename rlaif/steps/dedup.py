@@ -69,8 +69,9 @@ class WordHasher:
         return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
 
 
-def ngram_hashes(hasher: WordHasher, docs: list[list[str]], n: int, whole_short: bool, prefix: int = 0
-                 ) -> tuple[np.ndarray, ...]:
+def ngram_hashes(
+    hasher: WordHasher, docs: list[list[str]], n: int, whole_short: bool, prefix: int = 0
+) -> tuple[np.ndarray, ...]:
     """Hashes of every word n-gram of every doc, all docs at once: (hashes, doc index of each, start word of each).
 
     An n-gram hash is sum_k word_hash[i+k] * C_k (mod 2^64) over the concatenated docs, keeping only the windows
@@ -198,10 +199,14 @@ class NumpyIndex:
         earlier, within = self._earlier_candidates(keys), self._batch_candidates(keys)
         matches: list[Match | None] = [None] * len(docs)
         for i in sorted(earlier.keys() | within.keys()):
-            scored = [(np.count_nonzero(self._signatures[c] == signatures[i]), self._labels[c])
-                      for c in earlier.get(i, ())]
-            scored += [(np.count_nonzero(signatures[j] == signatures[i]), labels[j])
-                       for j in within.get(i, ()) if matches[j] is None]  # only docs kept so far count
+            scored = [
+                (np.count_nonzero(self._signatures[c] == signatures[i]), self._labels[c]) for c in earlier.get(i, ())
+            ]
+            scored += [
+                (np.count_nonzero(signatures[j] == signatures[i]), labels[j])
+                for j in within.get(i, ())
+                if matches[j] is None
+            ]  # only docs kept so far count
             best = max(scored, key=lambda pair: pair[0], default=(0, None))
             if best[0] >= self.threshold * self.num_perm:
                 matches[i] = (best[1], best[0] / self.num_perm)
@@ -293,8 +298,9 @@ class DatasketchIndex:
         n = self.ngram
         shingles = [[" ".join(d[i : i + n]).encode() for i in range(max(1, len(d) - n + 1))] for d in docs]
         matches: list[Match | None] = []
-        for sketch, label in zip(self._minhash.bulk(shingles, num_perm=self.num_perm, seed=self.seed), labels,
-                                 strict=True):
+        for sketch, label in zip(
+            self._minhash.bulk(shingles, num_perm=self.num_perm, seed=self.seed), labels, strict=True
+        ):
             scored = [(sketch.jaccard(self._kept[c]), c) for c in self._lsh.query(sketch)]
             if scored and (best := max(scored))[0] >= self.threshold:
                 matches.append((self._labels[best[1]], float(best[0])))
@@ -392,8 +398,9 @@ class Dedup(Step):
         readable = read_texts(records, [self.params.column], result)
         words = [tokens(texts[0]) for _, texts in readable]
         keys = [hashlib.blake2b(" ".join(doc).encode(), digest_size=16).digest() for doc in words]
-        labels = [records[p].get(self.params.id_column) if self.params.id_column else self._seen + p
-                  for p, _ in readable]
+        labels = [
+            records[p].get(self.params.id_column) if self.params.id_column else self._seen + p for p, _ in readable
+        ]
         # Exact duplicates first (of earlier batches, or of an earlier doc in this one); the rest go to the index.
         first_in_batch: dict[bytes, int] = {}
         fresh = [i for i, key in enumerate(keys) if key not in self._exact and first_in_batch.setdefault(key, i) == i]
@@ -408,8 +415,9 @@ class Dedup(Step):
         for i, (position, _) in enumerate(readable):
             record, match = records[position], near.get(i)
             if match is not None:
-                result.dropped.append(({**record, "_duplicate_of": match[0], "_similarity": round(match[1], 4)},
-                                       "near-duplicate"))
+                result.dropped.append(
+                    ({**record, "_duplicate_of": match[0], "_similarity": round(match[1], 4)}, "near-duplicate")
+                )
             elif i in near:
                 result.records.append(record)
             else:

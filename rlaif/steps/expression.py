@@ -197,8 +197,7 @@ class _Parser:
             return inner
         if token.text == "[":
             return self.list_literal()
-        raise self.error(f"expected a value (column, number, string, list, len(...)), found {_describe(token)}",
-                         token)
+        raise self.error(f"expected a value (column, number, string, list, len(...)), found {_describe(token)}", token)
 
     def name(self, token: Token) -> Node:
         word = token.text
@@ -303,7 +302,7 @@ def evaluate(node: Node, record: dict[str, Any]) -> Any:
 
 # -- the step ------------------------------------------------------------------------------------------------
 class ExpressionParams(StepParams):
-    where: str = Field(description="keep records where this holds, e.g. \"len(chosen) > 10 and score >= 4\"")
+    where: str = Field(description='keep records where this holds, e.g. "len(chosen) > 10 and score >= 4"')
 
     @field_validator("where")
     @classmethod

@@ -193,19 +193,32 @@ def _identical(record: Record, p: JudgeFilterParams) -> bool:
 # Checked in this order; a record is dropped with the reason of the first rule it fails.
 JUDGE_RULES: dict[str, JudgeRule] = {
     "consistent": JudgeRule(
-        "position-inconsistent", lambda p: p.drop_inconsistent, lambda p: {p.consistent},
-        lambda r, p: not _field(r, p.consistent, (bool,), "true or false")),
+        "position-inconsistent",
+        lambda p: p.drop_inconsistent,
+        lambda p: {p.consistent},
+        lambda r, p: not _field(r, p.consistent, (bool,), "true or false"),
+    ),
     "tie": JudgeRule(
-        "tie", lambda p: p.drop_ties, lambda p: {p.preference},
-        lambda r, p: str(_field(r, p.preference, (str, int, float), "a verdict")).strip().lower() == "tie"),
+        "tie",
+        lambda p: p.drop_ties,
+        lambda p: {p.preference},
+        lambda r, p: str(_field(r, p.preference, (str, int, float), "a verdict")).strip().lower() == "tie",
+    ),
     "confidence": JudgeRule(
-        "low confidence", lambda p: p.min_confidence is not None, lambda p: {p.confidence},
-        lambda r, p: _number(r, p.confidence) < p.min_confidence),
+        "low confidence",
+        lambda p: p.min_confidence is not None,
+        lambda p: {p.confidence},
+        lambda r, p: _number(r, p.confidence) < p.min_confidence,
+    ),
     "margin": JudgeRule(
-        "low margin", lambda p: p.min_margin is not None, lambda p: {p.score_chosen, p.score_rejected},
-        lambda r, p: abs(_number(r, p.score_chosen) - _number(r, p.score_rejected)) < p.min_margin),
+        "low margin",
+        lambda p: p.min_margin is not None,
+        lambda p: {p.score_chosen, p.score_rejected},
+        lambda r, p: abs(_number(r, p.score_chosen) - _number(r, p.score_rejected)) < p.min_margin,
+    ),
     "identical": JudgeRule(
-        "chosen == rejected", lambda p: p.drop_identical, lambda p: {p.chosen, p.rejected}, _identical),
+        "chosen == rejected", lambda p: p.drop_identical, lambda p: {p.chosen, p.rejected}, _identical
+    ),
 }
 
 
@@ -226,8 +239,9 @@ class JudgeFilterParams(StepParams):
     @model_validator(mode="after")
     def _some_check(self) -> JudgeFilterParams:
         if not any(rule.enabled(self) for rule in JUDGE_RULES.values()):
-            raise ValueError("enable at least one check: drop_inconsistent, drop_ties, min_confidence, min_margin "
-                             "or drop_identical")
+            raise ValueError(
+                "enable at least one check: drop_inconsistent, drop_ties, min_confidence, min_margin or drop_identical"
+            )
         return self
 
 
@@ -296,7 +310,9 @@ def _txt_items(path: Path) -> Iterator[dict[str, Any]]:
 
 
 BENCHMARK_READERS: dict[str, Callable[[Path], Iterator[dict[str, Any]]]] = {
-    ".jsonl": _jsonl_items, ".parquet": _parquet_items, ".txt": _txt_items,
+    ".jsonl": _jsonl_items,
+    ".parquet": _parquet_items,
+    ".txt": _txt_items,
 }
 
 
@@ -376,8 +392,9 @@ class Decontaminate(Step):
         for path in self.files():
             first = next(BENCHMARK_READERS[path.suffix.lower()](path), None) if path.is_file() else None
             if first is not None and (missing := set(self.params.benchmark_columns or ()) - set(first)):
-                raise ValueError(f"{path.name}: the first item has no field(s) {sorted(missing)}; it has "
-                                 f"{sorted(first)}")
+                raise ValueError(
+                    f"{path.name}: the first item has no field(s) {sorted(missing)}; it has {sorted(first)}"
+                )
         return super().output_columns(available)
 
     def setup(self, runtime: Runtime) -> None:
@@ -394,8 +411,11 @@ class Decontaminate(Step):
             grams, doc, _ = ngram_hashes(self._hasher, docs, n, whole_short=False)
             hashes.append(grams)
             sources.append(np.stack([np.full(len(doc), number), np.asarray(items, dtype=np.int64)[doc]], axis=1))
-            found = [(words, (number, item, len(words))) for words, item in zip(docs, items, strict=True)
-                     if 0 < len(words) < n]
+            found = [
+                (words, (number, item, len(words)))
+                for words, item in zip(docs, items, strict=True)
+                if 0 < len(words) < n
+            ]
             short += [words for words, _ in found]
             owners += [owner for _, owner in found]
             if not len(grams) and not found:
@@ -409,8 +429,14 @@ class Decontaminate(Step):
         starts = ngram_hashes(self._hasher, [words[: self.params.min_words] for words in inside], n, True)[0]
         self._starts = HashLookup(starts, np.zeros((len(starts), 0), dtype=np.int64))
         self._lengths = sorted({len(words) for words in inside})
-        log.info("%s: %d distinct %d-grams and %d shorter items from %d benchmark file(s)", self.name,
-                 len(self._grams), n, len(self._whole), len(self.files()))
+        log.info(
+            "%s: %d distinct %d-grams and %d shorter items from %d benchmark file(s)",
+            self.name,
+            len(self._grams),
+            n,
+            len(self._whole),
+            len(self.files()),
+        )
 
     def _read_benchmark(self, path: Path) -> tuple[list[list[str]], list[int]]:
         """Words of every text field of every item, and the item each came from. A named field that no item has is
@@ -439,8 +465,10 @@ class Decontaminate(Step):
         # Per record, its first match (rows ascend: the earliest n-gram; else the first short item) and the count.
         # Python runs per contaminated record, never per matching n-gram.
         hit, at, counts = np.unique(doc[rows] // len(columns), return_index=True, return_counts=True)
-        first: dict[int, Match] = {i: (int(doc[rows[k]]), int(start[rows[k]]), n, *sources[k].tolist())
-                                   for i, k in zip(hit.tolist(), at.tolist(), strict=True)}
+        first: dict[int, Match] = {
+            i: (int(doc[rows[k]]), int(start[rows[k]]), n, *sources[k].tolist())
+            for i, k in zip(hit.tolist(), at.tolist(), strict=True)
+        }
         matches = Counter(dict(zip(hit.tolist(), counts.tolist(), strict=True)))
         for match in self._short_matches(docs, *windows):
             first.setdefault(match[0] // len(columns), match)
@@ -451,14 +479,24 @@ class Decontaminate(Step):
                 result.records.append(records[position])
                 continue
             d, s, length, file, item = first[i]
-            report = {"benchmark": self.params.benchmarks[file], "item": item, "column": columns[d % len(columns)],
-                      "ngram": " ".join(docs[d][s : s + length]), "matches": matches[i]}
+            report = {
+                "benchmark": self.params.benchmarks[file],
+                "item": item,
+                "column": columns[d % len(columns)],
+                "ngram": " ".join(docs[d][s : s + length]),
+                "matches": matches[i],
+            }
             result.dropped.append(({**records[position], "_contamination": report}, "contaminated"))
             batch[report["benchmark"]] += 1
         if batch:
             self.contaminated.update(batch)
-            log.info("%s: %d contaminated record(s) in this batch %s; so far %s", self.name, sum(batch.values()),
-                     dict(batch), dict(self.contaminated))
+            log.info(
+                "%s: %d contaminated record(s) in this batch %s; so far %s",
+                self.name,
+                sum(batch.values()),
+                dict(batch),
+                dict(self.contaminated),
+            )
         return result
 
     def _short_matches(self, docs: list[list[str]], *windows: np.ndarray) -> list[Match]:
@@ -475,5 +513,8 @@ class Decontaminate(Step):
         spans_list = list(spans)
         texts = [docs[d][s : s + length] for d, s, length in spans_list]
         rows, found = self._whole.find(ngram_hashes(self._hasher, texts, n, whole_short=True)[0])
-        return [(*spans_list[r], f, item) for r, (f, item, length) in zip(rows.tolist(), found.tolist(), strict=True)
-                if length == spans_list[r][2]]
+        return [
+            (*spans_list[r], f, item)
+            for r, (f, item, length) in zip(rows.tolist(), found.tolist(), strict=True)
+            if length == spans_list[r][2]
+        ]

@@ -136,7 +136,7 @@ def pre_query(tokenizer: Any, system_prompt: str | None = None) -> tuple[str, st
     bos = tokenizer.bos_token
     adds_bos = bos is not None and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]
     if adds_bos and prefix.startswith(bos):
-        prefix = prefix[len(bos):]
+        prefix = prefix[len(bos) :]
     return prefix, suffix.strip()
 
 
@@ -221,8 +221,15 @@ class Magpie(Step):
                 continue
             result.inputs_emitted = (result.inputs_emitted or 0) + 1
             for text in kept:
-                result.records.append({**record, "instruction": text, "prompt": self._prompt(text, system),
-                                       "origin": "magpie", "instruction_model": reference})
+                result.records.append(
+                    {
+                        **record,
+                        "instruction": text,
+                        "prompt": self._prompt(text, system),
+                        "origin": "magpie",
+                        "instruction_model": reference,
+                    }
+                )
         log.info("%s: kept %d instructions; rejected %s", self.name, len(result.records), dict(rejected))
         return result
 
@@ -245,7 +252,7 @@ class Magpie(Step):
         calls: dict[tuple[int, int], list[tuple[str | None, list[int]]]] = {}  # (wave, members) -> requests
         for system, members in groups.items():
             for wave, start in enumerate(range(0, len(members), per_request)):
-                chunk = members[start:start + per_request]
+                chunk = members[start : start + per_request]
                 calls.setdefault((wave, len(chunk)), []).append((system, chunk))
         samples: list[list[Completion] | str] = [[] for _ in systems]
         for (wave, size), requests in calls.items():
@@ -256,7 +263,7 @@ class Magpie(Step):
                 result.tokens_in += answer.prompt_tokens
                 result.tokens_out += answer.completion_tokens
                 for j, i in enumerate(chunk):
-                    samples[i] = answer.completions[j * n:(j + 1) * n] if answer.ok else str(answer.error)
+                    samples[i] = answer.completions[j * n : (j + 1) * n] if answer.ok else str(answer.error)
         return samples, stops
 
     def _prompt(self, text: str, system: str | None) -> Prompt:

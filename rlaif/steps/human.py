@@ -113,14 +113,17 @@ class HumanPreferences(Step):
         detected = detect_format(first) if first is not None else None
         if detected is None:
             keys = sorted(first) if first is not None else "no records"
-            raise ValueError(f"cannot tell the preference format from the first record ({keys}); "
-                             f"set format: one of {sorted(ADAPTERS)}")
+            raise ValueError(
+                f"cannot tell the preference format from the first record ({keys}); "
+                f"set format: one of {sorted(ADAPTERS)}"
+            )
         check_options(detected, self.params.options())
         return detected
 
     def read(self) -> Iterator[BatchResult]:
         stream: Iterator[Record | Quarantined] = (
-            item for batch in self._reader.read() for item in [*batch.records, *batch.quarantined])
+            item for batch in self._reader.read() for item in [*batch.records, *batch.quarantined]
+        )
         head: list[Record | Quarantined] = []
         for item in stream:  # up to the first parseable record: `auto` names the format from it
             head.append(item)

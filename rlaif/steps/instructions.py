@@ -71,8 +71,26 @@ def _user(text: str) -> Conversation:
 
 # -- Self-Instruct -------------------------------------------------------------------------------------------------
 # Self-Instruct's filter for tasks a text-only model cannot do (Wang et al. 2022, section 2.3).
-UNSUPPORTED = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw",
-               "plot", "go to", "video", "audio", "music", "flowchart", "diagram")
+UNSUPPORTED = (
+    "image",
+    "images",
+    "graph",
+    "graphs",
+    "picture",
+    "pictures",
+    "file",
+    "files",
+    "map",
+    "maps",
+    "draw",
+    "plot",
+    "go to",
+    "video",
+    "audio",
+    "music",
+    "flowchart",
+    "diagram",
+)
 _NUMBERED = re.compile(r"^\s*(?:task\s*)?\d{1,3}\s*[.):]\s*(.+?)\s*$", re.IGNORECASE)
 
 
@@ -198,12 +216,19 @@ class SelfInstruct(Step):
             return result
         seed_texts = [r[self.params.column].strip() for r in seeds]
         harvest = self._bootstrap(seed_texts, result)
-        log.info("%s: kept %d new instructions; rejected candidates: %s; failed requests: %d", self.name,
-                 len(harvest.new), dict(harvest.rejected), len(harvest.errors))
+        log.info(
+            "%s: kept %d new instructions; rejected candidates: %s; failed requests: %d",
+            self.name,
+            len(harvest.new),
+            dict(harvest.rejected),
+            len(harvest.errors),
+        )
         new = harvest.new
         if self.params.keep_seeds:
-            new = [{**r, "instruction": t, "prompt": t, "origin": "seed", "similarity": None, "round": None}
-                   for r, t in zip(seeds, seed_texts, strict=True)] + new
+            new = [
+                {**r, "instruction": t, "prompt": t, "origin": "seed", "similarity": None, "round": None}
+                for r, t in zip(seeds, seed_texts, strict=True)
+            ] + new
         if new:
             result.records, result.inputs_emitted = new, len(seeds)
         elif harvest.errors and not harvest.answered:
@@ -237,8 +262,15 @@ class SelfInstruct(Step):
                         harvest.rejected[reason] += 1
                         continue
                     pool.add(candidate)
-                    harvest.new.append({"instruction": candidate, "prompt": candidate, "origin": "self_instruct",
-                                        "similarity": round(similarity, 4), "round": round_index})
+                    harvest.new.append(
+                        {
+                            "instruction": candidate,
+                            "prompt": candidate,
+                            "origin": "self_instruct",
+                            "similarity": round(similarity, 4),
+                            "round": round_index,
+                        }
+                    )
                     if p.max_new is not None and len(harvest.new) >= p.max_new:
                         return harvest
         return harvest
@@ -250,8 +282,13 @@ class SelfInstruct(Step):
 
 
 # -- Evol-Instruct -------------------------------------------------------------------------------------------------
-EVOL_METHODS = {"constraints": "depth", "deepen": "depth", "concretize": "depth", "reasoning": "depth",
-                "breadth": "breadth"}
+EVOL_METHODS = {
+    "constraints": "depth",
+    "deepen": "depth",
+    "concretize": "depth",
+    "reasoning": "depth",
+    "breadth": "breadth",
+}
 # Phrases of the evolution prompts themselves: an evolution that repeats them copied the prompt (paper rule 4).
 PROMPT_MARKERS = ("given prompt", "rewritten prompt", "created prompt", "#the given prompt#")
 REFUSALS = ("sorry", "as an ai", "i cannot", "i can't", "i am unable", "i'm unable")
@@ -288,8 +325,9 @@ class EvolInstructParams(StepParams):
     column: str = "instruction"
     rounds: int = Field(1, ge=1, description="evolutions per instruction (WizardLM ran 4 epochs)")
     methods: list[str] = Field(default_factory=lambda: list(EVOL_METHODS), min_length=1)
-    max_similarity: float = Field(0.9, gt=0, le=1, description="ROUGE-L F to the previous text at or above: "
-                                                               "no new information")
+    max_similarity: float = Field(
+        0.9, gt=0, le=1, description="ROUGE-L F to the previous text at or above: no new information"
+    )
     seed: int = 0
     depth_template: str | None = None
     breadth_template: str | None = None
@@ -338,8 +376,10 @@ class EvolInstruct(Step):
         return {self.params.column}
 
     def files(self) -> list[Path]:
-        return [template_path("evol_in_depth.jinja", self.params.depth_template, self.base_dir),
-                template_path("evol_in_breadth.jinja", self.params.breadth_template, self.base_dir)]
+        return [
+            template_path("evol_in_depth.jinja", self.params.depth_template, self.base_dir),
+            template_path("evol_in_breadth.jinja", self.params.breadth_template, self.base_dir),
+        ]
 
     def process(self, records: list[Record]) -> BatchResult:
         result = BatchResult()
@@ -358,11 +398,17 @@ class EvolInstruct(Step):
             elif not state.history:
                 result.dropped.append((state.record, state.failures[0]))
             else:
-                result.records.append({
-                    **state.record, "instruction": state.current, "prompt": state.current,
-                    "original_instruction": state.original, "evolution_history": state.history,
-                    "evolution_failures": state.failures, "origin": "evol_instruct",
-                })
+                result.records.append(
+                    {
+                        **state.record,
+                        "instruction": state.current,
+                        "prompt": state.current,
+                        "original_instruction": state.original,
+                        "evolution_history": state.history,
+                        "evolution_failures": state.failures,
+                        "origin": "evol_instruct",
+                    }
+                )
         return result
 
     def method(self, original: str, round_index: int) -> str:
@@ -376,8 +422,11 @@ class EvolInstruct(Step):
         depth, breadth = self.files()
         methods = [self.method(s.original, round_index) for s in states]
         prompts = [
-            _user(render(depth, instruction=s.current, method=m) if EVOL_METHODS[m] == "depth"
-                  else render(breadth, instruction=s.current))
+            _user(
+                render(depth, instruction=s.current, method=m)
+                if EVOL_METHODS[m] == "depth"
+                else render(breadth, instruction=s.current)
+            )
             for s, m in zip(states, methods, strict=True)
         ]
         sampling = self.runtime.sampling(self.params.model, **_overrides(self.params, n=1))
@@ -389,8 +438,9 @@ class EvolInstruct(Step):
                 state.error = str(answer.error or "no completion")
                 continue
             evolved = answer.completions[0].text.strip()
-            problem = evolution_problem(state.current, evolved, answer.completions[0].finish_reason,
-                                        self.params.max_similarity)
+            problem = evolution_problem(
+                state.current, evolved, answer.completions[0].finish_reason, self.params.max_similarity
+            )
             if problem:
                 state.failures.append(problem)
             else:

@@ -151,7 +151,10 @@ class PairwiseJudge(Step):
         p = self.params
         max_tokens = p.max_tokens or (None if p.cot else 4)  # "A", "B" and "tie" are one token each
         return self.runtime.sampling(
-            p.model, n=1, temperature=p.temperature, logprobs=p.top_logprobs if p.logprobs else None,
+            p.model,
+            n=1,
+            temperature=p.temperature,
+            logprobs=p.top_logprobs if p.logprobs else None,
             choice=verdicts.VERDICTS if p.structured and not p.cot else None,
             **({"max_tokens": max_tokens} if max_tokens else {}),
         )
@@ -174,8 +177,9 @@ class PairwiseJudge(Step):
         dist = self._distribution(ab.completions[0], ba.completions[0])
         if isinstance(dist, str):
             raw = f"[A-first order]\n{texts[0]}\n[B-first order]\n{texts[1]}"
-            return Quarantined(record, NO_LOGPROBS, f"no verdict log-probabilities in the {dist} order",
-                               raw_output=raw)
+            return Quarantined(
+                record, NO_LOGPROBS, f"no verdict log-probabilities in the {dist} order", raw_output=raw
+            )
         preference, confidence, consistent = verdicts.combine_orders(first, verdicts.FLIP[second], dist)
         return {"preference": preference, "confidence": confidence, "consistent": consistent, "judge_outputs": texts}
 
@@ -195,14 +199,18 @@ class PairwiseJudge(Step):
 class RatingJudgeParams(StepParams):
     model: str
     aspects: list[str] | str | None = Field(
-        None, description="None: one rubric score; 'ultrafeedback' or a list of its aspects: one prompt per aspect")
+        None, description="None: one rubric score; 'ultrafeedback' or a list of its aspects: one prompt per aspect"
+    )
     template: str | None = Field(None, description="single-aspect template path; default prompts/rating_judge.jinja")
     templates: dict[str, str] = Field(default_factory=dict, description="aspect -> template path overrides")
     rubric: str | None = None
     scale: tuple[int, int] = (1, 5)
     parser: str = "rating_line"
-    guided: bool = Field(True, description="regex-constrain the output to 'Rating: N\\nRationale: ...' (vllm and "
-                                           "vLLM servers; set false for the hf backend, which has no regex)")
+    guided: bool = Field(
+        True,
+        description="regex-constrain the output to 'Rating: N\\nRationale: ...' (vllm and "
+        "vLLM servers; set false for the hf backend, which has no regex)",
+    )
     temperature: float = Field(0.0, ge=0)
     max_tokens: int | None = Field(None, ge=1)
     prompt_column: str = "prompt"
@@ -226,8 +234,10 @@ class RatingJudgeParams(StepParams):
         named = [] if self.aspects is None else self.aspect_names()
         unknown = [a for a in named if a not in ULTRAFEEDBACK_ASPECTS] + [a for a in self.templates if a not in named]
         if unknown:
-            raise ValueError(f"unknown or unused aspect(s) {unknown}; aspects are {list(ULTRAFEEDBACK_ASPECTS)} "
-                             "('templates' overrides only aspects named in 'aspects'; use 'template' otherwise)")
+            raise ValueError(
+                f"unknown or unused aspect(s) {unknown}; aspects are {list(ULTRAFEEDBACK_ASPECTS)} "
+                "('templates' overrides only aspects named in 'aspects'; use 'template' otherwise)"
+            )
         return self
 
     def aspect_names(self) -> list[str]:
@@ -299,15 +309,21 @@ class RatingJudge(Step):
         low, high = self.params.scale
         scores = "|".join(str(v) for v in range(high, low - 1, -1))
         regex = rf"Rating: ({scores})\nRationale: [^\n]{{1,400}}" if self.params.guided else None
-        return self.runtime.sampling(self.params.model, n=1, temperature=self.params.temperature, regex=regex,
-                                     **({"max_tokens": self.params.max_tokens} if self.params.max_tokens else {}))
+        return self.runtime.sampling(
+            self.params.model,
+            n=1,
+            temperature=self.params.temperature,
+            regex=regex,
+            **({"max_tokens": self.params.max_tokens} if self.params.max_tokens else {}),
+        )
 
     def _prompt(self, record: Record, response: str, aspect: str) -> Prompt:
         low, high = self.params.scale
         rubric = self.params.rubric or (DEFAULT_RUBRIC if aspect == "overall" else "")
         question = prompt_text(record[self.params.prompt_column])
-        return user(render(self.template(aspect), question=question, response=response, rubric=rubric, low=low,
-                           high=high))
+        return user(
+            render(self.template(aspect), question=question, response=response, rubric=rubric, low=low, high=high)
+        )
 
     def _collect(self, record: Record, per_response: list[list[GenerationResult]]) -> dict[str, Any] | Quarantined:
         aspects = self.params.aspect_names()

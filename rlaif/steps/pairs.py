@@ -87,7 +87,7 @@ def best_vs_random(found: list[Candidate], min_margin: float, rng: random.Random
 def all_pairs(found: list[Candidate], min_margin: float, rng: random.Random) -> list[tuple[Candidate, Candidate]]:
     """Every ordered pair whose margin is at least ``min_margin`` (InstructGPT-style K-choose-2 comparisons)."""
     order = ranked(found)
-    return [(a, b) for i, a in enumerate(order) for b in order[i + 1:] if _valid(a, b, min_margin)]
+    return [(a, b) for i, a in enumerate(order) for b in order[i + 1 :] if _valid(a, b, min_margin)]
 
 
 PAIR_STRATEGIES: dict[str, str] = {
@@ -126,8 +126,10 @@ class MakePairsParams(StepParams):
     @model_validator(mode="after")
     def _verdicts_have_one_pair(self) -> MakePairsParams:
         if self.score_column is None and self.strategy != "best_vs_worst":
-            raise ValueError("a strategy needs scores: set score_column (rewards or ratings); pairwise verdicts "
-                             "(preference) give exactly one pair, responses[0] vs responses[1]")
+            raise ValueError(
+                "a strategy needs scores: set score_column (rewards or ratings); pairwise verdicts "
+                "(preference) give exactly one pair, responses[0] vs responses[1]"
+            )
         return self
 
 
@@ -186,8 +188,9 @@ class MakePairs(Step):
         if len(found) < 2:
             return "fewer than 2 responses"
         # Seeded by the record's content, not its position: the same record gets the same pair in any batch.
-        rng = random.Random(f"{self.params.seed}/{prompt_text(record[self.params.prompt_column])}/"
-                            f"{[c.text for c in found]}")
+        rng = random.Random(
+            f"{self.params.seed}/{prompt_text(record[self.params.prompt_column])}/{[c.text for c in found]}"
+        )
         return strategy(found, self.params.min_margin, rng) or "no pair above margin"
 
     def _judged(self, record: Record) -> list[tuple[Candidate, Candidate]] | str:
@@ -208,9 +211,11 @@ class MakePairs(Step):
     def _row(self, record: Record, chosen: Candidate, rejected: Candidate) -> Record:
         provenance: dict[str, Any] = {"chosen_model": chosen.model, "rejected_model": rejected.model}
         if self.params.score_column is not None:
-            provenance |= {"chosen_score": chosen.score, "rejected_score": rejected.score,
-                           "margin": chosen.score - rejected.score}
+            provenance |= {
+                "chosen_score": chosen.score,
+                "rejected_score": rejected.score,
+                "margin": chosen.score - rejected.score,
+            }
         provenance |= {k: record[k] for k in PROVENANCE if k in record}
         provenance |= {k: record.get(k) for k in self.params.keep_columns}
-        return preference_row(record[self.params.prompt_column], chosen.text, rejected.text, **provenance,
-                              source="ai")
+        return preference_row(record[self.params.prompt_column], chosen.text, rejected.text, **provenance, source="ai")

@@ -88,7 +88,7 @@ def score_conversations(
     rewards = [0.0] * len(ids)
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         width = max(len(ids[i]) for i in chunk)
         input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -173,8 +173,9 @@ class RewardModelScore(Step):
         position = 0
         for record in valid:
             count = len(record[self.params.responses_column])
-            result.records.append({**record, "rewards": rewards[position:position + count],
-                                   "reward_model": self.params.reward_model})
+            result.records.append(
+                {**record, "rewards": rewards[position : position + count], "reward_model": self.params.reward_model}
+            )
             position += count
         return result
 
@@ -219,8 +220,16 @@ class BestOfN(Step):
         if self.params.emit in ("sft", "both"):
             columns |= {"messages", "score", "rank", "response_model"}
         if self.params.emit in ("pairs", "both"):
-            columns |= {"prompt", "chosen", "rejected", "chosen_model", "rejected_model", "chosen_score",
-                        "rejected_score", "margin"}
+            columns |= {
+                "prompt",
+                "chosen",
+                "rejected",
+                "chosen_model",
+                "rejected_model",
+                "chosen_score",
+                "rejected_score",
+                "margin",
+            }
         return columns
 
     def process(self, records: list[Record]) -> BatchResult:
@@ -250,13 +259,26 @@ class BestOfN(Step):
         prompt = record[p.prompt_column]
         rows = []
         if p.emit in ("sft", "both"):
-            rows += [sft_row(prompt, c.text, score=c.score, rank=rank, response_model=c.model, kind="sft", **common)
-                     for rank, c in enumerate(order[: p.k], start=1)]
+            rows += [
+                sft_row(prompt, c.text, score=c.score, rank=rank, response_model=c.model, kind="sft", **common)
+                for rank, c in enumerate(order[: p.k], start=1)
+            ]
         if p.emit in ("pairs", "both") and spread > 0:  # a pair of equal scores is a tie, not a preference
             best, worst = order[0], order[-1]
-            rows.append(preference_row(prompt, best.text, worst.text, chosen_model=best.model,
-                                       rejected_model=worst.model, chosen_score=best.score,
-                                       rejected_score=worst.score, margin=spread, kind="pair", **common))
+            rows.append(
+                preference_row(
+                    prompt,
+                    best.text,
+                    worst.text,
+                    chosen_model=best.model,
+                    rejected_model=worst.model,
+                    chosen_score=best.score,
+                    rejected_score=worst.score,
+                    margin=spread,
+                    kind="pair",
+                    **common,
+                )
+            )
         if not rows:
             return "fewer than 2 responses" if len(order) < 2 else "low score spread"
         return rows

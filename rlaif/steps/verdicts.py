@@ -179,9 +179,7 @@ def average_distributions(dists: Sequence[Mapping[str, float]]) -> dict[str, flo
     return {k: sum(d.get(k, 0.0) for d in dists) / len(dists) for k in keys}
 
 
-def combine_orders(
-    first: Verdict, second: Verdict, dist: Mapping[str, float] | None
-) -> tuple[Verdict, float, bool]:
+def combine_orders(first: Verdict, second: Verdict, dist: Mapping[str, float] | None) -> tuple[Verdict, float, bool]:
     """(preference, confidence, consistent) from the verdicts of both orders, both in the original order.
 
     Agreeing orders keep their verdict; disagreeing orders fall back to the averaged verdict distribution when

@@ -111,8 +111,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
         _set_dotted(data, key.strip(), value)
 
 
-def load_config(path: str | Path, recipe: str, overrides: list[str] | None = None, cpu: bool = False
-                ) -> RecipeConfig:
+def load_config(path: str | Path, recipe: str, overrides: list[str] | None = None, cpu: bool = False) -> RecipeConfig:
     """Read a recipe YAML (safe loader), apply overrides and ``--cpu``, validate; errors name file and key path."""
     from pydantic import ValidationError
 

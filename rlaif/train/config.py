@@ -92,17 +92,25 @@ class DataConfig(_Strict):
             if self.format not in ADAPTERS:
                 raise ValueError(f"unknown format {self.format!r}; known: {sorted(ADAPTERS)}")
             if unknown := set(self.format_options) - set(adapter_options(self.format)):
-                raise ValueError(f"format {self.format!r} takes no option(s) {sorted(unknown)}; "
-                                 f"it takes {list(adapter_options(self.format))}")
+                raise ValueError(
+                    f"format {self.format!r} takes no option(s) {sorted(unknown)}; "
+                    f"it takes {list(adapter_options(self.format))}"
+                )
         return self
 
 
 # Options rlaif sets itself, with where to set them instead (the pass-through must not fight the typed config).
 MANAGED = {
-    "output_dir": "train.output_dir", "use_cpu": "cpu: true or --cpu", "bf16": "cpu / model.compute_dtype",
-    "fp16": "model.compute_dtype", "gradient_checkpointing": "model.gradient_checkpointing",
-    "push_to_hub": "the top-level push_to_hub: REPO_ID", "resume_from_checkpoint": "--resume",
-    "model_init_kwargs": "model:", "eval_strategy": "train.eval_steps", "save_strategy": "train.save_steps",
+    "output_dir": "train.output_dir",
+    "use_cpu": "cpu: true or --cpu",
+    "bf16": "cpu / model.compute_dtype",
+    "fp16": "model.compute_dtype",
+    "gradient_checkpointing": "model.gradient_checkpointing",
+    "push_to_hub": "the top-level push_to_hub: REPO_ID",
+    "resume_from_checkpoint": "--resume",
+    "model_init_kwargs": "model:",
+    "eval_strategy": "train.eval_steps",
+    "save_strategy": "train.save_steps",
 }
 # Paged optimizers page optimizer state through CUDA unified memory; bitsandbytes 8-bit optimizers need CUDA too.
 _CUDA_OPTIMIZERS = ("paged_", "_8bit")
@@ -160,8 +168,11 @@ class TrainConfig(_Strict):
 
 
 def _report_to_problems(names: list[str]) -> list[str]:
-    return [f"report_to {name!r} is not installed (pip install {name})" for name in names
-            if name != "none" and importlib.util.find_spec(name) is None]
+    return [
+        f"report_to {name!r} is not installed (pip install {name})"
+        for name in names
+        if name != "none" and importlib.util.find_spec(name) is None
+    ]
 
 
 class SFTTrain(TrainConfig):
@@ -204,12 +215,24 @@ PREFERENCE_LOSSES: dict[str, tuple[str, str, dict[str, Any], str]] = {
     "apo_down": ("trl.DPOConfig", "trl.DPOTrainer", {}, "APO, D'Oosterlinck et al. 2024, arXiv:2408.06266"),
     "discopop": ("trl.DPOConfig", "trl.DPOTrainer", {}, "DiscoPOP, Chris Lu et al. 2024, arXiv:2406.08414"),
     "sigmoid_norm": ("trl.DPOConfig", "trl.DPOTrainer", {}, "length-normalised DPO (TRL sigmoid_norm)"),
-    "orpo": ("trl.experimental.orpo.ORPOConfig", "trl.experimental.orpo.ORPOTrainer", {},
-             "ORPO, Hong et al. 2024, arXiv:2403.07691 (reference-free; beta is the paper's lambda)"),
-    "simpo": ("trl.experimental.cpo.CPOConfig", "trl.experimental.cpo.CPOTrainer",
-              {"loss_type": "simpo", "cpo_alpha": 0.0}, "SimPO, Meng et al. 2024, arXiv:2405.14734 (reference-free)"),
-    "cpo": ("trl.experimental.cpo.CPOConfig", "trl.experimental.cpo.CPOTrainer", {"loss_type": "sigmoid"},
-            "CPO, Xu et al. 2024, arXiv:2401.08417 (reference-free)"),
+    "orpo": (
+        "trl.experimental.orpo.ORPOConfig",
+        "trl.experimental.orpo.ORPOTrainer",
+        {},
+        "ORPO, Hong et al. 2024, arXiv:2403.07691 (reference-free; beta is the paper's lambda)",
+    ),
+    "simpo": (
+        "trl.experimental.cpo.CPOConfig",
+        "trl.experimental.cpo.CPOTrainer",
+        {"loss_type": "simpo", "cpo_alpha": 0.0},
+        "SimPO, Meng et al. 2024, arXiv:2405.14734 (reference-free)",
+    ),
+    "cpo": (
+        "trl.experimental.cpo.CPOConfig",
+        "trl.experimental.cpo.CPOTrainer",
+        {"loss_type": "sigmoid"},
+        "CPO, Xu et al. 2024, arXiv:2401.08417 (reference-free)",
+    ),
 }
 
 
@@ -248,8 +271,13 @@ class KTOTrain(TrainConfig):
 
 
 # What --cpu / cpu: true sets when the file does not: a few small steps that fit 2 cores.
-CPU_DEFAULTS: dict[str, Any] = {"per_device_train_batch_size": 2, "per_device_eval_batch_size": 2,
-                                "gradient_accumulation_steps": 1, "max_length": 256, "logging_steps": 1}
+CPU_DEFAULTS: dict[str, Any] = {
+    "per_device_train_batch_size": 2,
+    "per_device_eval_batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "max_length": 256,
+    "logging_steps": 1,
+}
 
 
 class RecipeConfig(_Strict):
@@ -333,8 +361,9 @@ class RewardConfig(_Strict):
     def _one_source(self) -> RewardConfig:
         given = [k for k in ("function", "adapter", "model", "judge") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one reward source of function, adapter, model, judge "
-                             f"(got {given or 'none'})")
+            raise ValueError(
+                f"give exactly one reward source of function, adapter, model, judge (got {given or 'none'})"
+            )
         if self.kwargs and self.function is None:
             raise ValueError("reward.kwargs goes with reward.function")
         if self.function is not None:
@@ -389,8 +418,14 @@ class PPOTrain(TrainConfig):
 
     @model_validator(mode="after")
     def _check_pass_through(self) -> PPOTrain:  # replaces TrainConfig's: there is no TRL config to pass through to
-        problems = [f"train.trl: ppo runs rlaif's own loop (TRL 1.x has no PPOTrainer) and takes no TRL options, "
-                    f"got {sorted(self.trl)}"] if self.trl else []
+        problems = (
+            [
+                f"train.trl: ppo runs rlaif's own loop (TRL 1.x has no PPOTrainer) and takes no TRL options, "
+                f"got {sorted(self.trl)}"
+            ]
+            if self.trl
+            else []
+        )
         if [n for n in self.report_to if n != "none"]:
             problems.append("report_to: the ppo recipe logs to output_dir/metrics.jsonl only")
         if problems:
@@ -428,8 +463,10 @@ class PPORecipe(RecipeConfig):
         if self.cpu and "response_length" not in self.train.model_fields_set:
             self.train.response_length = 32
         if self.train.response_length >= (self.train.max_length or 10**9):
-            raise ValueError(f"train.response_length ({self.train.response_length}) leaves no room for the prompt "
-                             f"in train.max_length ({self.train.max_length})")
+            raise ValueError(
+                f"train.response_length ({self.train.response_length}) leaves no room for the prompt "
+                f"in train.max_length ({self.train.max_length})"
+            )
         return self
 
     def args(self) -> PPOArgs:
@@ -439,8 +476,13 @@ class PPORecipe(RecipeConfig):
         return PPOArgs(use_cpu=self.cpu, optim=optim)
 
 
-RECIPE_CONFIGS: dict[str, type[RecipeConfig]] = {"sft": SFTRecipe, "rm": RMRecipe, "dpo": DPORecipe, "kto": KTORecipe,
-                                                 "ppo": PPORecipe}
+RECIPE_CONFIGS: dict[str, type[RecipeConfig]] = {
+    "sft": SFTRecipe,
+    "rm": RMRecipe,
+    "dpo": DPORecipe,
+    "kto": KTORecipe,
+    "ppo": PPORecipe,
+}
 
 
 def import_object(dotted: str) -> Any:

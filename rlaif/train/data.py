@@ -78,8 +78,10 @@ def load_training_data(cfg: DataConfig, recipe: str) -> TrainingData:
         eval_form = check_format(eval_set, recipe, where=f"{provenance['source']} (split {cfg.eval_split})")
     elif cfg.test_size:
         if len(dataset) < 2:
-            raise DataFormatError(f"{provenance['source']}: {len(dataset)} row(s) cannot be split into train and "
-                                  "eval; add rows or set data.test_size: 0")
+            raise DataFormatError(
+                f"{provenance['source']}: {len(dataset)} row(s) cannot be split into train and "
+                "eval; add rows or set data.test_size: 0"
+            )
         parts = dataset.train_test_split(test_size=cfg.test_size, seed=cfg.seed)
         dataset, eval_set = parts["train"], parts["test"]
     if recipe == "kto":
@@ -103,14 +105,18 @@ def reward_margin(data: TrainingData, use_margin: bool, where: str) -> TrainingD
     splits = [s for s in (data.train, data.eval) if s is not None]
     if use_margin:
         if missing := [s for s in splits if "margin" not in s.column_names]:
-            raise ConfigError(f"{where}: train.use_margin: true needs a 'margin' column (make_pairs with a "
-                              f"score_column writes one); the data has {', '.join(missing[0].column_names)}")
+            raise ConfigError(
+                f"{where}: train.use_margin: true needs a 'margin' column (make_pairs with a "
+                f"score_column writes one); the data has {', '.join(missing[0].column_names)}"
+            )
         data.provenance["margin"] = "used in the loss (train.use_margin)"
         return data
     if any("margin" in s.column_names for s in splits):
         data.provenance["margin"] = "column dropped: Bradley-Terry loss (train.use_margin: false)"
-    data.train, data.eval = (s.remove_columns("margin") if s is not None and "margin" in s.column_names else s
-                             for s in (data.train, data.eval))
+    data.train, data.eval = (
+        s.remove_columns("margin") if s is not None and "margin" in s.column_names else s
+        for s in (data.train, data.eval)
+    )
     return data
 
 
@@ -118,8 +124,9 @@ def _rename(dataset: Any, rename: dict[str, str], where: str) -> Any:
     if dataset is None:
         return None
     if missing := sorted(set(rename) - set(dataset.column_names)):
-        raise DataFormatError(f"{where}: data.rename names missing column(s) {missing}; columns: "
-                              f"{', '.join(dataset.column_names)}")
+        raise DataFormatError(
+            f"{where}: data.rename names missing column(s) {missing}; columns: {', '.join(dataset.column_names)}"
+        )
     dataset = dataset.rename_columns(rename)
     # A renamed pair (chosen -> completion) keeps its other answer: drop what now only confuses format detection.
     columns = dataset.column_names
@@ -139,7 +146,8 @@ def check_format(dataset: Any, recipe: str, where: str) -> str:
         hint = _adapter_hint(dataset[0])
         raise DataFormatError(
             f"{where}: detected format {form or 'unknown'!r} (columns: {', '.join(columns)}); the {recipe} recipe "
-            f"expects {wanted}.{hint}")
+            f"expects {wanted}.{hint}"
+        )
     for column in FORMATS[form]:
         nulls = dataset.data.column(column).null_count
         if nulls:
@@ -189,8 +197,10 @@ def _data_files(path: Path, split: str) -> list[Path]:
     files = sorted((root / "data").glob(f"{split}-*.parquet")) if (root / "data").is_dir() else []
     files = files or sorted(p for p in root.glob(f"{split}*") if p.suffix in _DATA_FILES)
     if not files:
-        raise DataFormatError(f"{path}: no data files for split {split!r} (looked for data/{split}-*.parquet and "
-                              f"{split}.jsonl/.json/.parquet/.csv)")
+        raise DataFormatError(
+            f"{path}: no data files for split {split!r} (looked for data/{split}-*.parquet and "
+            f"{split}.jsonl/.json/.parquet/.csv)"
+        )
     return files
 
 
@@ -231,8 +241,9 @@ def _adapt(dataset: Any, name: str, options: dict[str, Any]) -> tuple[Any, Count
         except AdapterError as exc:
             quarantined[exc.reason] += 1
     if quarantined:
-        log.warning("format %s: left out %d malformed record(s): %s", name, sum(quarantined.values()),
-                    dict(quarantined))
+        log.warning(
+            "format %s: left out %d malformed record(s): %s", name, sum(quarantined.values()), dict(quarantined)
+        )
     if not rows:
         raise DataFormatError(f"format {name}: none of {len(dataset)} records converted ({dict(quarantined)})")
     return datasets.Dataset.from_list(rows), quarantined

@@ -102,14 +102,16 @@ def compute_dtype(name: str, cpu: bool) -> torch.dtype:
 def load_tokenizer(resolved: str, model_cfg: ModelConfig, require_chat_template: bool) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolved, revision=model_cfg.revision,
-                                              trust_remote_code=model_cfg.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolved, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+    )
     if model_cfg.chat_template:
         tokenizer.chat_template = Path(model_cfg.chat_template).expanduser().read_text()
     if require_chat_template and not tokenizer.chat_template:
         raise ChatTemplateError(
             f"{model_cfg.name}: the tokenizer has no chat template, and the data is conversational (message lists). "
-            "Use a chat/instruct model or set model.chat_template: path/to/template.jinja")
+            "Use a chat/instruct model or set model.chat_template: path/to/template.jinja"
+        )
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"{model_cfg.name}: the tokenizer has neither a pad nor an eos token")
@@ -123,20 +125,27 @@ def quantization_config(quantize: Quantize, dtype: torch.dtype, double_quant: bo
     from transformers import BitsAndBytesConfig
 
     if quantize == "nf4":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=dtype)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=double_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
     if quantize == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     return None
 
 
-def _load_base(resolved: str, model_cfg: ModelConfig, quantize: Quantize, task: Task, dtype: torch.dtype,
-               cpu: bool) -> PreTrainedModel:
+def _load_base(
+    resolved: str, model_cfg: ModelConfig, quantize: Quantize, task: Task, dtype: torch.dtype, cpu: bool
+) -> PreTrainedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kwargs: dict[str, Any] = {
-        "dtype": dtype, "revision": model_cfg.revision, "trust_remote_code": model_cfg.trust_remote_code,
+        "dtype": dtype,
+        "revision": model_cfg.revision,
+        "trust_remote_code": model_cfg.trust_remote_code,
         "quantization_config": quantization_config(quantize, dtype, model_cfg.double_quant),
     }
     if model_cfg.attn_implementation:
@@ -177,8 +186,11 @@ def _prepare_kbit(model: PreTrainedModel, gradient_checkpointing: bool) -> PreTr
     from peft import prepare_model_for_kbit_training
 
     # Non-reentrant checkpointing works with frozen inputs; the reentrant kind needs input grads hooked in.
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                           gradient_checkpointing_kwargs={"use_reentrant": False})
+    return prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
 
 
 def peft_lora_config(lora_cfg: LoraConfig, task: Task) -> PeftLoraConfig:
@@ -186,15 +198,24 @@ def peft_lora_config(lora_cfg: LoraConfig, task: Task) -> PeftLoraConfig:
 
     # SEQ_CLS makes peft train and save the fresh `score` head beside the adapter (modules_to_save).
     return PeftLoraConfig(
-        r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-        target_modules=lora_cfg.target_modules, modules_to_save=lora_cfg.modules_to_save,
-        use_rslora=lora_cfg.use_rslora, use_dora=lora_cfg.use_dora, bias="none",
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=lora_cfg.target_modules,
+        modules_to_save=lora_cfg.modules_to_save,
+        use_rslora=lora_cfg.use_rslora,
+        use_dora=lora_cfg.use_dora,
+        bias="none",
         task_type="SEQ_CLS" if task == "seq_cls" else "CAUSAL_LM",
     )
 
 
-def attach_adapters(model: PreTrainedModel, peft_config: PeftLoraConfig | None,
-                    adapters: Mapping[str, str | Path | None], trainable: Collection[str] = ()) -> Any:
+def attach_adapters(
+    model: PreTrainedModel,
+    peft_config: PeftLoraConfig | None,
+    adapters: Mapping[str, str | Path | None],
+    trainable: Collection[str] = (),
+) -> Any:
     """Wrap ``model`` with named adapters on the one base; fresh ones need ``peft_config``. First one active."""
     from peft import PeftModel, get_peft_model
 
@@ -203,9 +224,11 @@ def attach_adapters(model: PreTrainedModel, peft_config: PeftLoraConfig | None,
         if source is None and peft_config is None:
             raise ValueError(f"adapter {name!r} is fresh but no LoRA config was given")
         if wrapped is None:
-            wrapped = (get_peft_model(model, peft_config, adapter_name=name) if source is None else
-                       PeftModel.from_pretrained(model, str(source), adapter_name=name,
-                                                 is_trainable=name in trainable))
+            wrapped = (
+                get_peft_model(model, peft_config, adapter_name=name)
+                if source is None
+                else PeftModel.from_pretrained(model, str(source), adapter_name=name, is_trainable=name in trainable)
+            )
         elif source is None:
             wrapped.add_adapter(name, peft_config)
         else:
@@ -215,8 +238,9 @@ def attach_adapters(model: PreTrainedModel, peft_config: PeftLoraConfig | None,
     return wrapped
 
 
-def merge_adapter(model_cfg: ModelConfig, adapter_dir: str | Path, out_dir: str | Path, task: Task = "causal_lm",
-                  cpu: bool = False) -> Path:
+def merge_adapter(
+    model_cfg: ModelConfig, adapter_dir: str | Path, out_dir: str | Path, task: Task = "causal_lm", cpu: bool = False
+) -> Path:
     """Save base + adapter as one plain model. The base is reloaded unquantized: merging into 4-bit weights would
     round the LoRA delta away, and a merged 4-bit checkpoint would not load in vLLM."""
     plain = model_cfg.model_copy(update={"gradient_checkpointing": False})

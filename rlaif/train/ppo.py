@@ -70,20 +70,29 @@ def setup(cfg: PPORecipe, data: Any, checkpoint: str | None, backend: Any) -> Ru
     # frozen copy of it is the reference (InstructGPT's KL is to the SFT policy; TRL's DPO anchors the same way);
     # else the policy is a fresh adapter and the reference the base with every adapter disabled.
     start = cfg.model.adapter
-    adapters: dict[str, Any] = {"policy": ckpt / "policy" if ckpt else start,
-                                "value": ckpt / "value" if ckpt else None}
+    adapters: dict[str, Any] = {
+        "policy": ckpt / "policy" if ckpt else start,
+        "value": ckpt / "value" if ckpt else None,
+    }
     if start:
         adapters["reference"] = start
     if cfg.reward.adapter:
         adapters["reward"] = cfg.reward.adapter
-    built = build_model(cfg.model, cfg.lora, adapters=adapters, trainable=TRAINED, cpu=cfg.cpu,
-                        require_chat_template=data.conversational)
+    built = build_model(
+        cfg.model,
+        cfg.lora,
+        adapters=adapters,
+        trainable=TRAINED,
+        cpu=cfg.cpu,
+        require_chat_template=data.conversational,
+    )
     device = next(built.model.parameters()).device
     head = new_value_head(hidden_size(built.model), device, cfg.train.seed)
     if ckpt:
         load_value_head(ckpt / "value", head)
-    shared = SharedBase(built.model, built.tokenizer, TRAINED, head, cfg.train.temperature,
-                        reference="reference" if start else None)
+    shared = SharedBase(
+        built.model, built.tokenizer, TRAINED, head, cfg.train.temperature, reference="reference" if start else None
+    )
     reward = build_reward(cfg.reward, shared, cfg.model, cfg.cpu, cfg.train.max_length or 2048)
     prompts, rows = _train_prompts(cfg, data.train, built.tokenizer)
     # Held-out rows stay whole: a reward may read their other columns, as in training.
@@ -91,8 +100,19 @@ def setup(cfg: PPORecipe, data: Any, checkpoint: str | None, backend: Any) -> Ru
     steps = state.total_steps(cfg.train, len(prompts))
     optimizer = state.make_optimizer(shared.trainable_parameters(), cfg.args(), cfg.train)
     scheduler = state.make_scheduler(optimizer, cfg.train, steps)
-    run = Run(cfg, built, shared, reward, make_sampler(cfg, shared, backend), optimizer, scheduler, prompts, rows,
-              held_out, steps)
+    run = Run(
+        cfg,
+        built,
+        shared,
+        reward,
+        make_sampler(cfg, shared, backend),
+        optimizer,
+        scheduler,
+        prompts,
+        rows,
+        held_out,
+        steps,
+    )
     if ckpt:
         run.step = state.load_checkpoint(ckpt, optimizer, scheduler)
     return run
@@ -102,29 +122,43 @@ def make_sampler(cfg: PPORecipe, shared: SharedBase, backend: Any) -> Sampler:
     train = cfg.train
     stops = stop_token_ids(shared.tokenizer, shared.model)
     if train.rollout == "hf":
-        return HFSampler(shared, stops, train.response_length, train.temperature,
-                         train.local_rollout_forward_batch_size)
+        return HFSampler(
+            shared, stops, train.response_length, train.temperature, train.local_rollout_forward_batch_size
+        )
     owned = backend is None
     sleep = owned and train.vllm_enable_sleep_mode and torch.cuda.is_available() and not cfg.cpu
     if owned:
         rank = shared.model.peft_config["policy"].r  # a started-from adapter keeps its own rank
-        backend = vllm_engine(cfg.model.name, rank, train.vllm_gpu_memory_utilization, train.max_length,
-                              train.seed, sleep, cfg.model.trust_remote_code)
+        backend = vllm_engine(
+            cfg.model.name,
+            rank,
+            train.vllm_gpu_memory_utilization,
+            train.max_length,
+            train.seed,
+            sleep,
+            cfg.model.trust_remote_code,
+        )
         if sleep:
             backend.sleep(level=1)
     workdir = Path(train.output_dir) / ".rollout-adapters"
-    return VllmSampler(shared, backend, stops, train.response_length, train.temperature, workdir, cfg.model.name,
-                       owned, sleep)
+    return VllmSampler(
+        shared, backend, stops, train.response_length, train.temperature, workdir, cfg.model.name, owned, sleep
+    )
 
 
 def _train_prompts(cfg: PPORecipe, dataset: Any, tokenizer: Any) -> tuple[list[Any], list[dict[str, Any]]]:
     rows = [row for row in dataset if _fits(cfg, tokenizer, row["prompt"])]
     if dropped := len(dataset) - len(rows):
-        log.warning("left out %d prompt(s) longer than max_length - response_length = %d tokens", dropped,
-                    (cfg.train.max_length or 0) - cfg.train.response_length)
+        log.warning(
+            "left out %d prompt(s) longer than max_length - response_length = %d tokens",
+            dropped,
+            (cfg.train.max_length or 0) - cfg.train.response_length,
+        )
     if not rows:
-        raise DataFormatError(f"{cfg.data.path or cfg.data.hub}: no prompt fits in train.max_length "
-                              f"({cfg.train.max_length}) minus train.response_length ({cfg.train.response_length})")
+        raise DataFormatError(
+            f"{cfg.data.path or cfg.data.hub}: no prompt fits in train.max_length "
+            f"({cfg.train.max_length}) minus train.response_length ({cfg.train.response_length})"
+        )
     return [row["prompt"] for row in rows], rows
 
 
@@ -147,16 +181,28 @@ def train_loop(run: Run, output_dir: Path) -> None:
         picked = state.batch_indices(run.step, batch, len(run.prompts), train.seed)
         metrics = ppo_step(run, [run.prompts[i] for i in picked], [run.rows[i] for i in picked])
         run.step += 1
-        metrics.update(step=run.step, episode=run.step * batch, lr=run.scheduler.get_last_lr()[0],
-                       **{"time/step_s": time.perf_counter() - started})
+        metrics.update(
+            step=run.step,
+            episode=run.step * batch,
+            lr=run.scheduler.get_last_lr()[0],
+            **{"time/step_s": time.perf_counter() - started},
+        )
         append_row(metrics_file, metrics)
         if run.step % train.logging_steps == 0 or run.step == run.steps:
             log.info("ppo step %d/%d: %s", run.step, run.steps, _brief(metrics))
         if train.eval_steps and run.step % train.eval_steps == 0 and run.step < run.steps:
             evaluate(run)
         if run.step % train.save_steps == 0 and run.step < run.steps:
-            state.save_checkpoint(output_dir, run.step, run.shared, run.optimizer, run.scheduler, run.cfg.model.name,
-                                  {"max_steps": run.steps, "episode": run.step * batch}, train.save_total_limit)
+            state.save_checkpoint(
+                output_dir,
+                run.step,
+                run.shared,
+                run.optimizer,
+                run.scheduler,
+                run.cfg.model.name,
+                {"max_steps": run.steps, "episode": run.step * batch},
+                train.save_total_limit,
+            )
 
 
 def ppo_step(run: Run, prompts: list[Any], rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -181,8 +227,9 @@ class Scored:
 def score(run: Run, rollout: Rollout, raw_scores: torch.Tensor) -> tuple[Scored, dict[str, float]]:
     """No-grad passes over the rollout (policy, reference, value), then rewards, GAE and whitened advantages."""
     train, mask = run.cfg.train, rollout.mask
-    logprobs, ref_logprobs, values, entropy = forward_rollout(run.shared, rollout,
-                                                              train.local_rollout_forward_batch_size)
+    logprobs, ref_logprobs, values, entropy = forward_rollout(
+        run.shared, rollout, train.local_rollout_forward_batch_size
+    )
     scores = raw_scores.clone()
     if train.missing_eos_penalty is not None:
         scores[~rollout.has_eos] -= train.missing_eos_penalty
@@ -194,11 +241,13 @@ def score(run: Run, rollout: Rollout, raw_scores: torch.Tensor) -> tuple[Scored,
     advantages = core.masked_whiten(advantages, mask)
     non_score = (-train.kl_coef * kl).sum(1)
     metrics = {
-        "objective/scores": raw_scores.mean().item(), "objective/kl": kl.sum(1).mean().item(),
+        "objective/scores": raw_scores.mean().item(),
+        "objective/kl": kl.sum(1).mean().item(),
         "objective/entropy": core.masked_mean(entropy, mask).item(),
         "objective/non_score_reward": non_score.mean().item(),
         "objective/rlhf_reward": (scores + non_score).mean().item(),
-        "val/num_eos_tokens": int(rollout.has_eos.sum()), "val/response_length": mask.sum(1).mean().item(),
+        "val/num_eos_tokens": int(rollout.has_eos.sum()),
+        "val/response_length": mask.sum(1).mean().item(),
     }
     return Scored(logprobs, values * mask, advantages, returns), metrics
 
@@ -213,7 +262,7 @@ def update(run: Run, rollout: Rollout, batch: Scored) -> dict[str, float]:
     for _ in range(train.num_ppo_epochs):
         order = torch.randperm(size)
         for start in range(0, mini * train.num_mini_batches, mini):
-            minibatch = order[start:start + mini]
+            minibatch = order[start : start + mini]
             for micro in minibatch.split(train.per_device_train_batch_size):
                 for key, value in micro_step(run, rollout, batch, micro, len(micro) / len(minibatch)).items():
                     stats[key].append(value)
@@ -233,18 +282,33 @@ def micro_step(run: Run, rollout: Rollout, batch: Scored, rows: torch.Tensor, we
     with shared.use("policy"):
         logits = shared.response_logits(ids, attention, prompt_len)
         new_logprobs = core.logprobs_of(logits, part.response.to(shared.device))
-        pg = core.policy_loss(new_logprobs, batch.logprobs[rows].to(shared.device),
-                              batch.advantages[rows].to(shared.device), mask, train.cliprange)
+        pg = core.policy_loss(
+            new_logprobs,
+            batch.logprobs[rows].to(shared.device),
+            batch.advantages[rows].to(shared.device),
+            mask,
+            train.cliprange,
+        )
         (pg.loss * weight).backward()
     del logits
     with shared.use("value"):
         new_values = shared.values(ids, attention, prompt_len)
-        vf = core.value_loss(new_values, batch.values[rows].to(shared.device), batch.returns[rows].to(shared.device),
-                             mask, train.cliprange_value)
+        vf = core.value_loss(
+            new_values,
+            batch.values[rows].to(shared.device),
+            batch.returns[rows].to(shared.device),
+            mask,
+            train.cliprange_value,
+        )
         (train.vf_coef * vf.loss * weight).backward()
-    return {"loss/policy_avg": pg.loss.item(), "loss/value_avg": vf.loss.item(),
-            "policy/clipfrac_avg": pg.clipfrac.item(), "policy/approxkl_avg": pg.approxkl.item(),
-            "val/clipfrac_avg": vf.clipfrac.item(), "val/ratio": pg.ratio.item()}
+    return {
+        "loss/policy_avg": pg.loss.item(),
+        "loss/value_avg": vf.loss.item(),
+        "policy/clipfrac_avg": pg.clipfrac.item(),
+        "policy/approxkl_avg": pg.approxkl.item(),
+        "val/clipfrac_avg": vf.clipfrac.item(),
+        "val/ratio": pg.ratio.item(),
+    }
 
 
 def _brief(metrics: dict[str, float]) -> str:

@@ -40,8 +40,9 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
     return whitened * mask
 
 
-def response_mask(responses: torch.Tensor, stop_ids: Collection[int], lengths: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def response_mask(
+    responses: torch.Tensor, stop_ids: Collection[int], lengths: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask, has_stop): the mask keeps each response up to and including its first stop token ("truncation at
     EOS"); ``lengths`` (tokens actually generated per row) bounds rows that stopped without one. The pad token may
     equal EOS, so positions are found by index, never by comparing with the pad id."""
@@ -77,8 +78,9 @@ def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl
     return rewards
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-        ) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(advantages, returns) by generalized advantage estimation (Schulman et al. 2016). The value after the last
     kept token is 0 (the episode ends there), so padding contributes nothing."""
     values = values * mask
@@ -101,8 +103,9 @@ class LossStats:
     ratio: torch.Tensor | None = None
 
 
-def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                cliprange: float) -> LossStats:
+def policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+) -> LossStats:
     """PPO's clipped surrogate: mean over kept tokens of max(-A r, -A clip(r, 1-e, 1+e)), r = pi/pi_old."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
@@ -116,8 +119,9 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     return LossStats(loss, clipfrac, approxkl, mean_ratio)
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               cliprange_value: float) -> LossStats:
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+) -> LossStats:
     """Clipped value loss: 0.5 * mean of max((V - G)^2, (clip(V, V_old +- e) - G)^2) over kept tokens."""
     clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     unclipped = (values - returns) ** 2
@@ -148,8 +152,8 @@ def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
     return ids, mask
 
 
@@ -158,6 +162,6 @@ def right_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, :len(row)] = 1
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
     return ids, mask

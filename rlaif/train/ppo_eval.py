@@ -36,7 +36,7 @@ def evaluate(run: Run) -> dict[str, float]:
         for name, policy in (("eval_score", True), ("eval_score_reference", False)):
             scores, kls, lengths = [], [], []
             for start in range(0, len(rows), size):
-                chunk = rows[start:start + size]
+                chunk = rows[start : start + size]
                 prompts = [row["prompt"] for row in chunk]
                 rollout = run.sampler.generate(prompts, policy=policy)
                 scores.append(run.reward(prompts, rollout.texts, chunk))
@@ -77,18 +77,18 @@ def finish(run: Run, data: Any, metrics: dict[str, float], checkpoint: str | Non
 
 def _card_section(run: Run) -> str:
     train = run.cfg.train
-    return (f"\n## PPO\n\nPPO (Ouyang et al. 2022) with the details of Huang et al. 2024 (arXiv:2403.17031): "
-            f"per-token KL "
-            f"penalty to the reference (kl_coef {train.kl_coef}, {train.kl_estimator}), GAE (gamma {train.gamma}, lam "
-            f"{train.lam}), clipped policy and value losses, whitened advantages, missing-EOS penalty "
-            f"{train.missing_eos_penalty}. {run.step} steps of {train.rollout_batch_size()} rollouts "
-            f"({train.rollout} rollouts). Reward: {run.reward.description}. The value adapter and head are saved in "
-            "`../value/`.\n")
+    return (
+        f"\n## PPO\n\nPPO (Ouyang et al. 2022) with the details of Huang et al. 2024 (arXiv:2403.17031): "
+        f"per-token KL "
+        f"penalty to the reference (kl_coef {train.kl_coef}, {train.kl_estimator}), GAE (gamma {train.gamma}, lam "
+        f"{train.lam}), clipped policy and value losses, whitened advantages, missing-EOS penalty "
+        f"{train.missing_eos_penalty}. {run.step} steps of {train.rollout_batch_size()} rollouts "
+        f"({train.rollout} rollouts). Reward: {run.reward.description}. The value adapter and head are saved in "
+        "`../value/`.\n"
+    )
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         handle.write(json.dumps(row, default=float) + "\n")
-
-

@@ -40,14 +40,14 @@ def score_paths(tokenizer: Any, low: int, high: int) -> dict[int, TokenPath]:
     paths = {}
     for score in range(low, high + 1):
         ids = tokenizer(f"{ANSWER_PREFIX} {score}", add_special_tokens=False).input_ids
-        if ids[:len(head)] != head or len(ids) == len(head):
+        if ids[: len(head)] != head or len(ids) == len(head):
             raise ValueError(f"the judge tokenizer merges {ANSWER_PREFIX!r} with score {score}: cannot read scores")
-        paths[score] = tuple(ids[len(head):])
+        paths[score] = tuple(ids[len(head) :])
     return paths
 
 
 def _extends(longer: TokenPath, prefix: TokenPath) -> bool:
-    return len(longer) > len(prefix) and longer[:len(prefix)] == prefix
+    return len(longer) > len(prefix) and longer[: len(prefix)] == prefix
 
 
 def forward_paths(paths: dict[int, TokenPath]) -> list[TokenPath]:
@@ -75,16 +75,24 @@ def score_logprobs(step: dict[TokenPath, torch.Tensor], paths: dict[int, TokenPa
 class JudgeReward:
     """``judge(prompts, completions, rows) -> tensor[B]`` in [-1, 1]; ``expected_scores`` gives the raw scale."""
 
-    def __init__(self, tail_logits: TailLogits, tokenizer: Any, cfg: JudgeConfig, batch_size: int,
-                 description: str, base_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        tail_logits: TailLogits,
+        tokenizer: Any,
+        cfg: JudgeConfig,
+        batch_size: int,
+        description: str,
+        base_dir: Path | None = None,
+    ) -> None:
         self.tail_logits, self.tokenizer, self.cfg, self.batch_size = tail_logits, tokenizer, cfg, batch_size
         self.template = template_path("rating_judge.jinja", cfg.template, base_dir or Path.cwd())
         self.low, self.high = cfg.scale
         self.paths = score_paths(tokenizer, self.low, self.high)
         self.description = description
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
-                 ) -> torch.Tensor:
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
+    ) -> torch.Tensor:
         expected = self.expected_scores(prompts, completions)
         return 2 * (expected - self.low) / (self.high - self.low) - 1
 
@@ -114,16 +122,23 @@ class JudgeReward:
         ids = self._render(prompt, response)
         overflow = len(ids) - self.cfg.max_length
         if overflow > 0:
-            kept = self.tokenizer(response, add_special_tokens=False).input_ids[:-overflow - 8]
-            ids = self._render(prompt, self.tokenizer.decode(kept) + " [...]")[-self.cfg.max_length:]
+            kept = self.tokenizer(response, add_special_tokens=False).input_ids[: -overflow - 8]
+            ids = self._render(prompt, self.tokenizer.decode(kept) + " [...]")[-self.cfg.max_length :]
         return ids
 
     def _render(self, prompt: Any, response: str) -> list[int]:
-        text = render(self.template, question=prompt_text(prompt), response=response,
-                      rubric=self.cfg.rubric or DEFAULT_RUBRIC, low=self.low, high=self.high)
+        text = render(
+            self.template,
+            question=prompt_text(prompt),
+            response=response,
+            rubric=self.cfg.rubric or DEFAULT_RUBRIC,
+            low=self.low,
+            high=self.high,
+        )
         if self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                      add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
         else:
             text += "\n"
         return self.tokenizer(text + ANSWER_PREFIX, add_special_tokens=False).input_ids

@@ -35,8 +35,15 @@ REFERENCE = None  # use(REFERENCE): every adapter off
 class SharedBase:
     """One peft model with named adapters, plus the fp32 value head; forward helpers for every role."""
 
-    def __init__(self, model: Any, tokenizer: Any, trainable: tuple[str, ...], value_head: nn.Linear,
-                 temperature: float, reference: str | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        trainable: tuple[str, ...],
+        value_head: nn.Linear,
+        temperature: float,
+        reference: str | None = None,
+    ) -> None:
         self.model = model
         self.reference = reference  # a frozen adapter that is the reference, or None: adapters disabled
         self.tokenizer = tokenizer
@@ -78,16 +85,15 @@ class SharedBase:
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return trunk_hidden(self.model, input_ids, attention_mask)
 
-    def response_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int
-                        ) -> torch.Tensor:
+    def response_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
         """Logits (divided by the sampling temperature) that predicted each response token."""
-        hidden = self.hidden(input_ids, attention_mask)[:, prompt_len - 1:-1]
+        hidden = self.hidden(input_ids, attention_mask)[:, prompt_len - 1 : -1]
         logits = lm_head(self.model)(hidden)
         return logits.float() / max(self.temperature, 1e-7)
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
         """V(prompt + response[:t]) for every response position t, from the value adapter's trunk."""
-        hidden = self.hidden(input_ids, attention_mask)[:, prompt_len - 1:-1]
+        hidden = self.hidden(input_ids, attention_mask)[:, prompt_len - 1 : -1]
         return self.value_head(hidden.float()).squeeze(-1)
 
     # -- saving ---------------------------------------------------------------------------------------------------
@@ -107,8 +113,9 @@ class SharedBase:
             save_value_head(self.value_head, dest)
 
 
-def forward_rollout(shared: SharedBase, rollout: Rollout, batch_size: int
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def forward_rollout(
+    shared: SharedBase, rollout: Rollout, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(policy log-probs, reference log-probs, values, policy entropy) per response token, in micro-batches."""
     policy, reference, values, entropy = [], [], [], []
     prompt_len = rollout.query.shape[1]
@@ -147,8 +154,9 @@ def trunk_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
     trunk = getattr(base, base.base_model_prefix)
     # Left-padded prompts: positions count real tokens only, as generate() numbered them when sampling.
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
-    return trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                 use_cache=False).last_hidden_state
+    return trunk(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
+    ).last_hidden_state
 
 
 def lm_head(model: Any) -> nn.Module:

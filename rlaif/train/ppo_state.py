@@ -73,8 +73,11 @@ def make_optimizer(params: list[torch.nn.Parameter], args: PPOArgs, train: PPOTr
         return torch.optim.AdamW(params, **options)
     import bitsandbytes as bnb
 
-    cls = {"paged_adamw_32bit": bnb.optim.PagedAdamW32bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
-           "adamw_8bit": bnb.optim.AdamW8bit}[args.optim]
+    cls = {
+        "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,
+        "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+        "adamw_8bit": bnb.optim.AdamW8bit,
+    }[args.optim]
     return cls(params, **options)
 
 
@@ -100,15 +103,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(output_dir: Path, step: int, shared: SharedBase, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, base_reference: str, info: dict[str, Any], keep: int | None) -> Path:
+def save_checkpoint(
+    output_dir: Path,
+    step: int,
+    shared: SharedBase,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    base_reference: str,
+    info: dict[str, Any],
+    keep: int | None,
+) -> Path:
     folder = output_dir / f"checkpoint-{step}"
     if folder.exists():  # a half-written one from a killed run
         shutil.rmtree(folder)
     shared.save_adapter("policy", folder / "policy", base_reference)
     shared.save_adapter("value", folder / "value", base_reference)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-               folder / STATE_FILE)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+        folder / STATE_FILE,
+    )
     (folder / MARKER).write_text(json.dumps({"global_step": step, **info}, indent=2) + "\n")  # last: the marker
     if keep:
         _prune(output_dir, keep)

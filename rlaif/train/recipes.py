@@ -50,8 +50,11 @@ HEADLINE = {
     "rm": {"eval_accuracy": "pairwise accuracy", "eval_margin": "reward margin"},
     "dpo": {"eval_rewards/margins": "reward margin", "eval_rewards/accuracies": "reward accuracy"},
     "kto": {"eval_rewards/margins": "reward margin", "eval_kl": "KL"},
-    "ppo": {"eval_score": "mean reward (policy)", "eval_score_reference": "mean reward (reference)",
-            "eval_kl": "KL to the reference"},
+    "ppo": {
+        "eval_score": "mean reward (policy)",
+        "eval_score_reference": "mean reward (reference)",
+        "eval_kl": "KL to the reference",
+    },
 }
 
 
@@ -72,8 +75,15 @@ def sft(cfg: SFTRecipe, resume: bool = False) -> TrainResult:
     built = build_model(cfg.model, cfg.lora, cpu=cfg.cpu, require_chat_template=data.conversational)
     from trl import SFTTrainer
 
-    trainer = SFTTrainer(model=built.model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                         processing_class=built.tokenizer, peft_config=built.peft_config, callbacks=callbacks(cfg))
+    trainer = SFTTrainer(
+        model=built.model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=built.tokenizer,
+        peft_config=built.peft_config,
+        callbacks=callbacks(cfg),
+    )
     return train_and_save(trainer, cfg, built, data, checkpoint)
 
 
@@ -87,8 +97,15 @@ def rm(cfg: RMRecipe, resume: bool = False) -> TrainResult:
     built = build_model(cfg.model, cfg.lora, task="seq_cls", cpu=cfg.cpu, require_chat_template=data.conversational)
     from trl import RewardTrainer
 
-    trainer = RewardTrainer(model=built.model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                            processing_class=built.tokenizer, peft_config=built.peft_config, callbacks=callbacks(cfg))
+    trainer = RewardTrainer(
+        model=built.model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=built.tokenizer,
+        peft_config=built.peft_config,
+        callbacks=callbacks(cfg),
+    )
     return train_and_save(trainer, cfg, built, data, checkpoint)
 
 
@@ -103,8 +120,15 @@ def dpo(cfg: DPORecipe, resume: bool = False) -> TrainResult:
     trainer_cls = import_object(PREFERENCE_LOSSES[cfg.train.loss_type][1])
     # No ref_model: TRL wraps the base with peft_config and computes the reference with the adapter disabled, so
     # the reference costs no memory. The reference-free losses never compute one.
-    trainer = trainer_cls(model=built.model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                          processing_class=built.tokenizer, peft_config=built.peft_config, callbacks=callbacks(cfg))
+    trainer = trainer_cls(
+        model=built.model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=built.tokenizer,
+        peft_config=built.peft_config,
+        callbacks=callbacks(cfg),
+    )
     return train_and_save(trainer, cfg, built, data, checkpoint)
 
 
@@ -117,8 +141,15 @@ def kto(cfg: KTORecipe, resume: bool = False) -> TrainResult:
     built = build_model(cfg.model, cfg.lora, cpu=cfg.cpu, require_chat_template=data.conversational)
     from trl import KTOTrainer
 
-    trainer = KTOTrainer(model=built.model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                         processing_class=built.tokenizer, peft_config=built.peft_config, callbacks=callbacks(cfg))
+    trainer = KTOTrainer(
+        model=built.model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=built.tokenizer,
+        peft_config=built.peft_config,
+        callbacks=callbacks(cfg),
+    )
     return train_and_save(trainer, cfg, built, data, checkpoint)
 
 
@@ -157,8 +188,7 @@ class MetricsJsonl(TrainerCallback):
         if state.is_world_process_zero:
             self._write({"event": "train_begin", "step": state.global_step, "max_steps": state.max_steps})
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any
-               ) -> None:
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and logs:
             self._write({"step": state.global_step, "epoch": state.epoch, **logs})
 
@@ -194,8 +224,9 @@ def resume_checkpoint(cfg: RecipeConfig, resume: bool) -> str | None:
             log.warning("--resume: no complete checkpoint in %s, starting from step 0", output_dir)
         return str(checkpoints[-1]) if checkpoints else None
     if checkpoints or (output_dir / "adapter").exists():
-        raise ConfigError(f"{output_dir} holds an earlier run: pass --resume to continue it, or choose another "
-                          "train.output_dir")
+        raise ConfigError(
+            f"{output_dir} holds an earlier run: pass --resume to continue it, or choose another train.output_dir"
+        )
     return None
 
 
@@ -213,8 +244,9 @@ def _fp32_adapters_unless_bf16(trainer: Any, built: BuiltModel) -> None:
             param.data = param.data.float()
 
 
-def train_and_save(trainer: Any, cfg: RecipeConfig, built: BuiltModel, data: TrainingData, checkpoint: str | None
-                   ) -> TrainResult:
+def train_and_save(
+    trainer: Any, cfg: RecipeConfig, built: BuiltModel, data: TrainingData, checkpoint: str | None
+) -> TrainResult:
     """Train (from ``checkpoint`` if given), evaluate on the eval split, save adapter, card, eval.json; merge and
     push when asked."""
     _fp32_adapters_unless_bf16(trainer, built)
@@ -264,16 +296,25 @@ def scrub(text: str) -> str:
     return scrub_secrets(text)
 
 
-def model_card(cfg: RecipeConfig, built: BuiltModel, data: TrainingData, metrics: dict[str, float],
-               resumed_from: str | None, args: Any) -> str:
+def model_card(
+    cfg: RecipeConfig,
+    built: BuiltModel,
+    data: TrainingData,
+    metrics: dict[str, float],
+    resumed_from: str | None,
+    args: Any,
+) -> str:
     """README.md of the adapter: Hub front matter, provenance (base, data and its fingerprint), metrics, config."""
     import peft
     import transformers
     import trl
 
     hub_base = built.resolved == built.base and not Path(built.base).expanduser().exists()  # a Hub id
-    front = {"base_model": built.base if hub_base else None, "library_name": "peft",
-             "tags": ["rlaif", "trl", cfg.recipe, "lora"] + (["qlora"] if built.quantize != "none" else [])}
+    front = {
+        "base_model": built.base if hub_base else None,
+        "library_name": "peft",
+        "tags": ["rlaif", "trl", cfg.recipe, "lora"] + (["qlora"] if built.quantize != "none" else []),
+    }
     method = cfg.train.loss_type if cfg.recipe in ("dpo", "kto") else cfg.recipe
     paper = f", {PREFERENCE_LOSSES[method][3]}" if cfg.recipe == "dpo" else ""
     provenance = _provenance(built, data, resumed_from, args)
@@ -299,9 +340,15 @@ def _metrics_section(recipe: str, metrics: dict[str, float]) -> str:
 
 
 def _provenance(built: BuiltModel, data: TrainingData, resumed_from: str | None, args: Any) -> dict[str, Any]:
-    rows = {"base model": built.base, "loaded from": built.resolved, "quantization": built.quantize,
-            "compute dtype": str(built.dtype).removeprefix("torch."), "device": "cpu" if args.use_cpu else "cuda",
-            "mixed precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "none", "optimizer": args.optim}
+    rows = {
+        "base model": built.base,
+        "loaded from": built.resolved,
+        "quantization": built.quantize,
+        "compute dtype": str(built.dtype).removeprefix("torch."),
+        "device": "cpu" if args.use_cpu else "cuda",
+        "mixed precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "none",
+        "optimizer": args.optim,
+    }
     rows.update({f"data {k.replace('_', ' ')}": v for k, v in data.provenance.items() if v not in (None, {}, "")})
     rows["data format"] = data.format
     if resumed_from:

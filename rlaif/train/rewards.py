@@ -40,20 +40,23 @@ REWARD_FUNCTIONS: dict[str, str] = {
 class RewardSource(Protocol):
     description: str
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
-                 ) -> torch.Tensor: ...
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
+    ) -> torch.Tensor: ...
 
 
 # -- rule rewards -------------------------------------------------------------------------------------------------
-def contains(prompts: list[str], completions: list[str], *, word: str, case_sensitive: bool = False, **_: Any
-             ) -> list[float]:
+def contains(
+    prompts: list[str], completions: list[str], *, word: str, case_sensitive: bool = False, **_: Any
+) -> list[float]:
     """1.0 when the completion contains ``word`` (a whole word), else 0.0."""
     pattern = re.compile(rf"\b{re.escape(word)}\b", 0 if case_sensitive else re.IGNORECASE)
     return [1.0 if pattern.search(text) else 0.0 for text in completions]
 
 
-def length_penalty(prompts: list[str], completions: list[str], *, target_chars: int = 0, scale: float = 100.0,
-                   **_: Any) -> list[float]:
+def length_penalty(
+    prompts: list[str], completions: list[str], *, target_chars: int = 0, scale: float = 100.0, **_: Any
+) -> list[float]:
     """-|characters - target_chars| / scale: with the default target 0, shorter answers score higher."""
     return [-abs(len(text) - target_chars) / scale for text in completions]
 
@@ -75,8 +78,9 @@ class FunctionReward:
         self._any_column = any(p.kind is p.VAR_KEYWORD for p in parameters)
         self._named = {p.name for p in parameters}
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
-                 ) -> torch.Tensor:
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
+    ) -> torch.Tensor:
         import torch
 
         columns = {key: [row.get(key) for row in rows] for key in (rows[0] if rows else {}) if key != "prompt"}
@@ -84,8 +88,10 @@ class FunctionReward:
         scores = self.fn([prompt_text(p) for p in prompts], list(completions), **{**columns, **self.kwargs})
         values = [float(s) for s in scores]
         if len(values) != len(completions) or not all(math.isfinite(v) for v in values):
-            raise ValueError(f"reward {self.description} returned {scores!r} for {len(completions)} completions: "
-                             "expected one finite number per completion")
+            raise ValueError(
+                f"reward {self.description} returned {scores!r} for {len(completions)} completions: "
+                "expected one finite number per completion"
+            )
         return torch.tensor(values, dtype=torch.float32)
 
 
@@ -111,8 +117,11 @@ def score_head(adapter_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     state = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    head = {key.rsplit(".", 1)[1]: value for key, value in state.items()
-            if re.search(r"(^|\.)score(\.modules_to_save(\.[^.]+)?)?\.(weight|bias)$", key)}
+    head = {
+        key.rsplit(".", 1)[1]: value
+        for key, value in state.items()
+        if re.search(r"(^|\.)score(\.modules_to_save(\.[^.]+)?)?\.(weight|bias)$", key)
+    }
     if "weight" not in head:
         raise ValueError(f"{adapter_dir}: no score head in adapter_model.safetensors (train it with `rlaif train rm`)")
     return head
@@ -131,8 +140,9 @@ class AdapterReward:
         self.bias = head.get("bias")
         self.description = f"RM adapter `{adapter_dir}` on the shared base"
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
-                 ) -> torch.Tensor:
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
+    ) -> torch.Tensor:
         import torch
 
         from rlaif.train import ppo_core
@@ -141,7 +151,7 @@ class AdapterReward:
         seqs = [conversation_ids(tokenizer, p, c, self.max_length) for p, c in zip(prompts, completions, strict=True)]
         scores = []
         for start in range(0, len(seqs), self.batch_size):
-            ids, mask = ppo_core.right_padded(seqs[start:start + self.batch_size], tokenizer.pad_token_id)
+            ids, mask = ppo_core.right_padded(seqs[start : start + self.batch_size], tokenizer.pad_token_id)
             ids, mask = ids.to(self.shared.device), mask.to(self.shared.device)
             with torch.no_grad(), self.shared.use("reward"):
                 hidden = self.shared.hidden(ids, mask)
@@ -162,25 +172,34 @@ class ModelReward:
         base, adapters = adapter_base(ref), None
         if base is not None:
             adapters = {"reward": ref}
-        cfg = model_cfg.model_copy(update={"name": base or ref, "revision": None, "gradient_checkpointing": False,
-                                           "chat_template": None, "adapter": None})
+        cfg = model_cfg.model_copy(
+            update={
+                "name": base or ref,
+                "revision": None,
+                "gradient_checkpointing": False,
+                "chat_template": None,
+                "adapter": None,
+            }
+        )
         built = build_model(cfg, LoraConfig(), task="seq_cls", adapters=adapters, cpu=cpu)
         self.model, self.tokenizer = built.model.eval(), built.tokenizer
         self.batch_size, self.max_length = batch_size, max_length
         self.description = f"reward model `{ref}`"
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
-                 ) -> torch.Tensor:
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
+    ) -> torch.Tensor:
         import torch
 
         from rlaif.train import ppo_core
 
         device = next(self.model.parameters()).device
-        seqs = [conversation_ids(self.tokenizer, p, c, self.max_length) for p, c in zip(prompts, completions,
-                                                                                      strict=True)]
+        seqs = [
+            conversation_ids(self.tokenizer, p, c, self.max_length) for p, c in zip(prompts, completions, strict=True)
+        ]
         scores = []
         for start in range(0, len(seqs), self.batch_size):
-            ids, mask = ppo_core.right_padded(seqs[start:start + self.batch_size], self.tokenizer.pad_token_id)
+            ids, mask = ppo_core.right_padded(seqs[start : start + self.batch_size], self.tokenizer.pad_token_id)
             with torch.no_grad():
                 logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             scores.append(logits[:, 0].float().cpu())
@@ -209,8 +228,10 @@ def reward_problem(cfg: RewardConfig, base: str) -> str | None:
         except (OSError, ValueError) as exc:
             return f"reward.adapter {exc}"
         if trained_on != base and resolve_model(trained_on) != resolve_model(base):
-            return (f"reward.adapter {cfg.adapter} was trained on {trained_on}, but the PPO base is {base}: an "
-                    "adapter fits only its own base (load it with reward.model instead)")
+            return (
+                f"reward.adapter {cfg.adapter} was trained on {trained_on}, but the PPO base is {base}: an "
+                "adapter fits only its own base (load it with reward.model instead)"
+            )
     from rlaif.models import reference_problem
 
     for key, ref in (("reward.model", cfg.model), ("reward.judge.model", cfg.judge and cfg.judge.model)):
@@ -219,8 +240,9 @@ def reward_problem(cfg: RewardConfig, base: str) -> str | None:
     return None
 
 
-def build_reward(cfg: RewardConfig, shared: SharedBase, model_cfg: ModelConfig, cpu: bool, max_length: int
-                 ) -> RewardSource:
+def build_reward(
+    cfg: RewardConfig, shared: SharedBase, model_cfg: ModelConfig, cpu: bool, max_length: int
+) -> RewardSource:
     """The configured reward source; model-based ones share ``shared``'s base unless they name their own model."""
     if cfg.function is not None:
         return FunctionReward(cfg.function, cfg.kwargs)
@@ -233,13 +255,25 @@ def build_reward(cfg: RewardConfig, shared: SharedBase, model_cfg: ModelConfig, 
 
     if cfg.judge.model is None:
         tail = model_tail_logits(shared.model, shared.device, enter=shared.bare)
-        return JudgeReward(tail, shared.tokenizer, cfg.judge, cfg.batch_size,
-                           "LLM judge: the shared base with adapters disabled (d-RLAIF)")
+        return JudgeReward(
+            tail,
+            shared.tokenizer,
+            cfg.judge,
+            cfg.batch_size,
+            "LLM judge: the shared base with adapters disabled (d-RLAIF)",
+        )
     from rlaif.train.config import LoraConfig
     from rlaif.train.model import build_model
 
-    judge_cfg = model_cfg.model_copy(update={"name": cfg.judge.model, "revision": None, "chat_template": None,
-                                             "gradient_checkpointing": False, "adapter": None})
+    judge_cfg = model_cfg.model_copy(
+        update={
+            "name": cfg.judge.model,
+            "revision": None,
+            "chat_template": None,
+            "gradient_checkpointing": False,
+            "adapter": None,
+        }
+    )
     built = build_model(judge_cfg, LoraConfig(), cpu=cpu)  # the LoRA config is unused: no adapter is attached
     model = built.model.eval()
     tail = model_tail_logits(model, next(model.parameters()).device)

@@ -42,13 +42,13 @@ class Rollout:
 
     def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt + response ids and their attention mask (padding after the stop token masked out)."""
-        return (torch.cat([self.query, self.response], dim=1),
-                torch.cat([self.query_mask, self.mask.long()], dim=1))
+        return (torch.cat([self.query, self.response], dim=1), torch.cat([self.query_mask, self.mask.long()], dim=1))
 
     def select(self, rows: torch.Tensor) -> Rollout:
         picked = [self.texts[i] for i in rows.tolist()]
-        return Rollout(self.query[rows], self.query_mask[rows], self.response[rows], self.mask[rows],
-                       self.has_eos[rows], picked)
+        return Rollout(
+            self.query[rows], self.query_mask[rows], self.response[rows], self.mask[rows], self.has_eos[rows], picked
+        )
 
 
 class Sampler(Protocol):
@@ -79,23 +79,33 @@ def stop_token_ids(tokenizer: Any, model: Any) -> set[int]:
 
 
 def _decoded(tokenizer: Any, response: torch.Tensor, mask: torch.Tensor) -> list[str]:
-    return [tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True) for row, m in zip(response, mask,
-                                                                                                 strict=True)]
+    return [
+        tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True)
+        for row, m in zip(response, mask, strict=True)
+    ]
 
 
 class HFSampler:
     """``generate`` on the shared base with the policy adapter active (or the reference: adapters off)."""
 
-    def __init__(self, shared: SharedBase, stop_ids: Collection[int], response_length: int, temperature: float,
-                 batch_size: int) -> None:
+    def __init__(
+        self, shared: SharedBase, stop_ids: Collection[int], response_length: int, temperature: float, batch_size: int
+    ) -> None:
         from transformers import GenerationConfig
 
         self.shared, self.stop_ids, self.batch_size = shared, set(stop_ids), batch_size
         tokenizer = shared.tokenizer
-        self.config = GenerationConfig(max_new_tokens=response_length, do_sample=True, temperature=temperature,
-                                       top_k=0, top_p=1.0, eos_token_id=sorted(self.stop_ids),
-                                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                                       use_cache=True)
+        self.config = GenerationConfig(
+            max_new_tokens=response_length,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            eos_token_id=sorted(self.stop_ids),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            use_cache=True,
+        )
 
     def generate(self, prompts: Sequence[Any], policy: bool = True) -> Rollout:
         tokenizer = self.shared.tokenizer
@@ -104,13 +114,16 @@ class HFSampler:
         with torch.no_grad(), self.shared.use("policy" if policy else REFERENCE), plain_generation(self.shared.model):
             for start in range(0, len(prompts), self.batch_size):
                 rows = slice(start, start + self.batch_size)
-                out = self.shared.model.generate(input_ids=query[rows].to(self.shared.device),
-                                                 attention_mask=query_mask[rows].to(self.shared.device),
-                                                 generation_config=self.config)
-                outputs.append(out[:, query.shape[1]:].cpu())
+                out = self.shared.model.generate(
+                    input_ids=query[rows].to(self.shared.device),
+                    attention_mask=query_mask[rows].to(self.shared.device),
+                    generation_config=self.config,
+                )
+                outputs.append(out[:, query.shape[1] :].cpu())
         width = max(o.shape[1] for o in outputs)
-        response = torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1]), value=tokenizer.pad_token_id)
-                              for o in outputs])
+        response = torch.cat(
+            [torch.nn.functional.pad(o, (0, width - o.shape[1]), value=tokenizer.pad_token_id) for o in outputs]
+        )
         lengths = torch.cat([torch.full((o.shape[0],), o.shape[1]) for o in outputs])
         mask, has_eos = response_mask(response, self.stop_ids, lengths)
         return Rollout(query, query_mask, response, mask, has_eos, _decoded(tokenizer, response, mask))
@@ -127,8 +140,18 @@ class VllmSampler:
     the stop token as the last id), so a response has EOS only when a stop token really ended it. An engine built
     here sleeps between rollouts when ``sleep`` is set."""
 
-    def __init__(self, shared: SharedBase, backend: Any, stop_ids: Collection[int], response_length: int,
-                 temperature: float, workdir: Path, base_reference: str, owned: bool, sleep: bool) -> None:
+    def __init__(
+        self,
+        shared: SharedBase,
+        backend: Any,
+        stop_ids: Collection[int],
+        response_length: int,
+        temperature: float,
+        workdir: Path,
+        base_reference: str,
+        owned: bool,
+        sleep: bool,
+    ) -> None:
         self.shared, self.backend, self.stop_ids = shared, backend, set(stop_ids)
         self.workdir, self.base_reference, self.owned, self.sleep = Path(workdir), base_reference, owned, sleep
         self.params = GenerationParams(n=1, temperature=temperature, top_p=1.0, max_tokens=response_length)
@@ -176,14 +199,14 @@ class VllmSampler:
             completion = result.completions[0]
             if completion.token_ids is None:
                 raise RuntimeError("the rollout backend returned no token ids: PPO must score the ids it sampled")
-            rows.append(list(completion.token_ids)[:self.response_length])
+            rows.append(list(completion.token_ids)[: self.response_length])
             texts.append(completion.text)
         # A response with no token (cut at the length limit) stays empty: mask 0, no EOS. At least one column, so
         # that per-token rewards have a position to index.
         width = max([1, *map(len, rows)])
         response = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
         for i, row in enumerate(rows):
-            response[i, :len(row)] = torch.tensor(row)
+            response[i, : len(row)] = torch.tensor(row)
         lengths = torch.tensor([len(r) for r in rows])
         mask, has_eos = response_mask(response, self.stop_ids, lengths)
         query, query_mask = left_padded([prompt_ids(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
@@ -195,12 +218,26 @@ class VllmSampler:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def vllm_engine(model_name: str, lora_rank: int, gpu_memory_utilization: float, max_model_len: int | None,
-                seed: int, sleep: bool, trust_remote_code: bool) -> Any:
+def vllm_engine(
+    model_name: str,
+    lora_rank: int,
+    gpu_memory_utilization: float,
+    max_model_len: int | None,
+    seed: int,
+    sleep: bool,
+    trust_remote_code: bool,
+) -> Any:
     """A vLLM engine for rollouts, with LoRA enabled at the smallest rank bucket vLLM accepts that fits."""
     from rlaif.backends.vllm_backend import VllmBackend
 
     rank = next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= lora_rank)
-    return VllmBackend(model_name, enable_lora=True, max_lora_rank=rank, gpu_memory_utilization=gpu_memory_utilization,
-                       max_model_len=max_model_len, seed=seed, enable_sleep_mode=sleep,
-                       trust_remote_code=trust_remote_code)
+    return VllmBackend(
+        model_name,
+        enable_lora=True,
+        max_lora_rank=rank,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len,
+        seed=seed,
+        enable_sleep_mode=sleep,
+        trust_remote_code=trust_remote_code,
+    )
