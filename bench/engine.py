@@ -1,20 +1,28 @@
 """Engine throughput: a trivial 3-step DAG (source -> map -> filter -> saved dataset), rlaif against distilabel.
 
-    .venv/bin/python bench/engine.py [--records 200000] [--distilabel-records 50000] [--skip-distilabel]
+    .venv/bin/python bench/engine.py [--sizes 50000 100000 200000] [--repeat 3] [--skip-distilabel]
 
 1. rlaif: ``engine_steps.Numbers`` (N records) -> ``engine_steps.TextLength`` (adds ``length``) ->
    ``engine_steps.DropTenth`` (drops ids divisible by 10, with a reason) -> ``output:`` (Hub-layout Parquet), loaded
    with ``load_pipeline`` and run with ``run_pipeline``, the path of ``rlaif run``; end to end, save included.
 2. distilabel 1.5.3, if importable: the same records from a generator step, a ``@step`` map and a ``@step`` filter,
    ``pipeline.run(use_cache=False)``, rows counted from the returned Distiset.
-3. rlaif again, unchanged, on the same run directory: every step comes from the cache.
+3. rlaif again, unchanged, on a completed run directory: every step comes from the cache.
 
-Targets (from the issue): rlaif >= 100k records/s and >= 10x distilabel. A small untimed rlaif run first pays the
-one-time costs (lazy imports, first file-system touches), so the timed runs measure the engine, not the warm-up.
+Fairness: both sides run the same record counts (``--sizes``), each after one untimed warm-up run of its own at
+``--warmup`` records (lazy imports, first file-system touches, distilabel's first worker start), then ``--repeat``
+rounds in which every side runs every size, the side order alternating between rounds, each run in fresh
+directories. Reported: median and min-max seconds and records/s per side and size, the ratio of medians at each
+size with the per-round (paired) ratio's spread, and a least-squares fit seconds = a + b * N per side, so a fixed
+per-run cost (distilabel starts worker processes on every run) is told apart from the per-record cost.
+
+Targets (from the issue): rlaif >= 100k records/s and >= 10x distilabel, both at the largest size.
 """
 
 import argparse
+import itertools
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -26,6 +34,7 @@ os.environ.setdefault("DISTILABEL_LOG_LEVEL", "ERROR")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from engine_steps import make_record  # noqa: E402
 
@@ -131,59 +140,128 @@ def print_steps(summary: RunSummary) -> None:
     print(f"    {'step':<9}{'in':>9}{'out':>9}{'dropped':>9}{'wall s':>9}{'rec/s':>12}  cached")
     for s in summary.stats.values():
         rate = f"{s['records_per_s']:,.0f}" if s.get("records_per_s") else "-"
-        print(f"    {s['name']:<9}{s['records_in']:>9}{s['records_out']:>9}{sum(s['dropped'].values()):>9}"
-              f"{s['wall_s']:>9.3f}{rate:>12}  {bool(s.get('cached'))}")
+        print(
+            f"    {s['name']:<9}{s['records_in']:>9}{s['records_out']:>9}{sum(s['dropped'].values()):>9}"
+            f"{s['wall_s']:>9.3f}{rate:>12}  {bool(s.get('cached'))}"
+        )
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float], fmt: str = ",.0f") -> str:
+    return f"{median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+
+def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares time = a + b * N over (N, seconds) points: (a seconds, b seconds per record)."""
+    b, a = np.polyfit([n for n, _ in points], [s for _, s in points], 1)
+    return float(a), float(b)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=200_000)
-    parser.add_argument("--distilabel-records", type=int, default=50_000)
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[50_000, 100_000, 200_000],
+        help="record counts, each run by both sides; the last is the headline size",
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved timed runs per side and size")
+    parser.add_argument("--warmup", type=int, default=2000, help="records of the untimed warm-up run of each side")
     parser.add_argument("--skip-distilabel", action="store_true")
     args = parser.parse_args()
-    n = args.records
-    print(f"engine bench: {n} records, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
-    rows: list[tuple[str, int, float]] = []
+    sides = ["rlaif"] + ([] if step is None or args.skip_distilabel else ["distilabel"])
+    print(
+        f"engine bench: sizes {args.sizes}, {args.repeat} interleaved repeats, sides {sides}, {os.cpu_count()} CPUs,"
+        f" load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    if step is None and not args.skip_distilabel:
+        print("  distilabel: not importable, skipped (install the bench extra)")
+    times: dict[tuple[str, int], list[float]] = {(side, n): [] for side in sides for n in args.sizes}
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="rlaif-engine-bench-") as tmp:
         work = Path(tmp)
-        warm_s, _ = run_rlaif(2000, work, work / "warmup")
-        print(f"  warm-up (2000 records, untimed): {warm_s:.2f} s")
+        runs = itertools.count()
 
-        first_s, first = run_rlaif(n, work, work / "run")
-        print(f"  rlaif: {n} records in {first_s:.2f} s ({n / first_s:,.0f} records/s), {saved_rows(first)} saved")
-        print_steps(first)
-        problems += [f"rlaif: {p}" for p in check_run(first, n, cached=False)]
-        rows.append(("rlaif", n, first_s))
+        def run(side: str, n: int) -> float:
+            """One run of ``side`` on ``n`` records in fresh directories (no cache), checked; its seconds."""
+            k = next(runs)
+            if side == "rlaif":
+                seconds, summary = run_rlaif(n, work, work / f"run-{k}")
+                problems.extend(f"rlaif {n}: {p}" for p in check_run(summary, n, cached=False))
+                return seconds
+            seconds, rows = run_distilabel(n, work / f"distilabel-{k}")
+            if rows != kept(n):
+                problems.append(f"distilabel {n}: {rows} rows, expected {kept(n)}")
+            return seconds
 
-        again_s, again = run_rlaif(n, work, work / "run")
-        print(f"  rlaif re-run (cached): {again_s:.2f} s = {100 * again_s / first_s:.1f}% of the first run")
-        print_steps(again)
+        # The same warm-up rule for both sides: one untimed small run each pays the one-time costs of the process
+        # (lazy imports, first file-system touches, distilabel's first worker start).
+        for side in sides:
+            print(f"  warm-up {side} ({args.warmup} records, untimed): {run(side, args.warmup):.2f} s", flush=True)
+        # Interleaved: within each round every side runs every size, the side order alternating between rounds, so
+        # load from other processes on a shared machine falls on both sides alike.
+        for r in range(args.repeat):
+            for n in args.sizes:
+                for side in sides if r % 2 == 0 else sides[::-1]:
+                    seconds = run(side, n)
+                    times[side, n].append(seconds)
+                    print(
+                        f"  round {r + 1}: {side:<10} {n:>8} records {seconds:7.2f} s {n / seconds:>10,.0f} rec/s"
+                        f"  (load {os.getloadavg()[0]:.1f})",
+                        flush=True,
+                    )
+
+        n = args.sizes[-1]
+        run_rlaif(n, work, work / "run-cached")  # a completed run directory, then the same run unchanged on it
+        again_s, again = run_rlaif(n, work, work / "run-cached")
         problems += [f"rlaif re-run: {p}" for p in check_run(again, n, cached=True)]
-        rows.append(("rlaif re-run (cache)", n, again_s))
-
-        if step is None or args.skip_distilabel:
-            print("  distilabel: skipped" + ("" if step is not None else " (not importable)"))
-        else:
-            dn = args.distilabel_records
-            dist_s, dist_rows = run_distilabel(dn, work / "distilabel-cache")
-            print(f"  distilabel: {dn} records in {dist_s:.2f} s ({dn / dist_s:,.0f} records/s), {dist_rows} rows")
-            if dist_rows != kept(dn):
-                problems.append(f"distilabel: {dist_rows} rows, expected {kept(dn)}")
-            rows.append(("distilabel 1.5.3", dn, dist_s))
-
-    reference = n / first_s
-    print(f"\n{'run':<22}{'records':>10}{'seconds':>10}{'records/s':>12}{'ratio':>9}   (ratio: rate / rlaif rate)")
-    for label, count, seconds in rows:
-        print(f"{label:<22}{count:>10}{seconds:>10.2f}{count / seconds:>12,.0f}{count / seconds / reference:>9.3f}")
-    print(f"\ntarget rlaif >= 100,000 records/s: {reference:,.0f} -> {'met' if reference >= 100_000 else 'NOT met'}")
-    if len(rows) == 3:
-        times = reference / (rows[2][1] / rows[2][2])
-        print(f"target rlaif >= 10x distilabel: {times:.1f}x -> {'met' if times >= 10 else 'NOT met'}")
-    print(f"cached re-run: {100 * again_s / first_s:.1f}% of the first run's wall time")
+        print("  rlaif unchanged re-run (every step from the cache):")
+        print_steps(again)
+    report(times, sides, args.sizes, again_s)
     for problem in problems:
         print(f"CHECK FAILED: {problem}")
     sys.exit(1 if problems else 0)
+
+
+def report(times: dict[tuple[str, int], list[float]], sides: list[str], sizes: list[int], cached_s: float) -> None:
+    print(f"\n{'side':<12}{'records':>9}{'runs':>6}   {'seconds median [min-max]':<26}records/s median [min-max]")
+    for side in sides:
+        for n in sizes:
+            s = times[side, n]
+            rates = [n / t for t in s]
+            print(f"{side:<12}{n:>9}{len(s):>6}   {spread(s, '.2f'):<26}{spread(rates):<30}")
+    n = sizes[-1]
+    rlaif_rate = n / median(times["rlaif", n])
+    print(
+        f"\ntarget rlaif >= 100,000 records/s at {n:,}: {rlaif_rate:,.0f} (median) -> "
+        f"{'met' if rlaif_rate >= 100_000 else 'NOT met'}"
+    )
+    cached_share = 100 * cached_s / median(times["rlaif", n])
+    print(f"unchanged re-run (cache) at {n:,}: {cached_s:.3f} s = {cached_share:.1f}% of a first run's median")
+    if "distilabel" not in sides:
+        return
+    print("\nratio rlaif / distilabel at equal N (records/s; paired by round, both sides warm):")
+    for size in sizes:
+        paired = [d / r for r, d in zip(times["rlaif", size], times["distilabel", size], strict=True)]
+        of_medians = median(times["distilabel", size]) / median(times["rlaif", size])
+        print(f"  {size:>8} records: {of_medians:5.1f}x (ratio of medians); per round {spread(paired, '.1f')}")
+    if len(sizes) >= 2:
+        print("fit seconds = a + b * N over all timed runs (a: fixed cost per run, 1/b: marginal records/s):")
+        fits = {side: fit([(size, t) for size in sizes for t in times[side, size]]) for side in sides}
+        for side, (a, b) in fits.items():
+            print(f"  {side:<12} a = {a:6.2f} s   1/b = {1 / b:>10,.0f} records/s")
+        print(f"  marginal ratio b_distilabel / b_rlaif: {fits['distilabel'][1] / fits['rlaif'][1]:.1f}x")
+    paired = [d / r for r, d in zip(times["rlaif", n], times["distilabel", n], strict=True)]
+    times_faster = median(times["distilabel", n]) / median(times["rlaif", n])
+    print(
+        f"target rlaif >= 10x distilabel at {n:,} records: {times_faster:.1f}x "
+        f"(per round {min(paired):.1f}-{max(paired):.1f}x) -> {'met' if times_faster >= 10 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

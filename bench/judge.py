@@ -21,8 +21,10 @@ from typing import Any
 
 MODEL = "builtin:smollm2-135m-instruct"
 REPO = Path(__file__).resolve().parent.parent
-STEPS = {"pairwise": "rlaif.steps.judges.PairwiseJudge",
-         "constitutional": "rlaif.steps.constitutional.ConstitutionalJudge"}
+STEPS = {
+    "pairwise": "rlaif.steps.judges.PairwiseJudge",
+    "constitutional": "rlaif.steps.constitutional.ConstitutionalJudge",
+}
 FAILURES = ("judge parse failure", "no answer-token logprobs")
 
 
@@ -75,8 +77,9 @@ def evaluate(method: str, records: list[dict[str, Any]], args: argparse.Namespac
     decided = [r for r in judged if r["preference"] != "tie"]
     failures = sum(q.reason in FAILURES for q in result.quarantined)
     row = {
-        "method": method + (" +cot" if args.cot else "") + (" +logprobs" if args.logprobs and method == "pairwise"
-                                                           else ""),
+        "method": method
+        + (" +cot" if args.cot else "")
+        + (" +logprobs" if args.logprobs and method == "pairwise" else ""),
         "records": n,
         "agreement_%": 100 * correct / n if n else 0.0,
         "agreement_decided_%": 100 * correct / len(decided) if decided else None,
@@ -118,8 +121,10 @@ def main() -> None:
     from rlaif.backends.vllm_backend import VllmBackend
 
     records = load_pairs(args.data, args.limit, args.seed)
-    print(f"{len(records)} pairs from {args.data}; human-preferred response shown as A in "
-          f"{sum(r['human'] == 'A' for r in records)}")
+    print(
+        f"{len(records)} pairs from {args.data}; human-preferred response shown as A in "
+        f"{sum(r['human'] == 'A' for r in records)}"
+    )
     methods = ["pairwise", "constitutional"] if args.method == "both" else [args.method]
     with VllmBackend(MODEL, max_model_len=2048, seed=args.seed) as backend:
         rows = [evaluate(method, records, args, backend) for method in methods]

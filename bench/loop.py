@@ -35,13 +35,27 @@ def main(overrides: list[str]) -> None:
     for row in rows:
         seconds = row["seconds"]
         share = seconds["hand_off"] / seconds["total"] if seconds["total"] else 0.0
-        print(f"{row['round']:>5} " + " ".join(f"{seconds.get(p, 0.0):>9.1f}" for p in PHASES)
-              + f" {seconds['total']:>8.1f} {share:>14.1%}")
+        print(
+            f"{row['round']:>5} "
+            + " ".join(f"{seconds.get(p, 0.0):>9.1f}" for p in PHASES)
+            + f" {seconds['total']:>8.1f} {share:>14.1%}"
+        )
     total = sum(r["seconds"]["total"] for r in rows)
     hand_off = sum(r["seconds"]["hand_off"] for r in rows)
     print(f"hand-off / round, all rounds: {hand_off / total:.1%} (target <= 10%)")
-    print(json.dumps([{"round": r["round"], "seconds": r["seconds"], "kept": r["kept"],
-                       "win_rate": (r.get("eval") or {}).get("win_rate")} for r in rows]))
+    print(
+        json.dumps(
+            [
+                {
+                    "round": r["round"],
+                    "seconds": r["seconds"],
+                    "kept": r["kept"],
+                    "win_rate": (r.get("eval") or {}).get("win_rate"),
+                }
+                for r in rows
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":  # vLLM's engine core is a spawned process: the guard is required

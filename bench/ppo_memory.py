@@ -46,9 +46,15 @@ def rss_mb() -> float:
 def load_cfg(args: argparse.Namespace, out: str) -> Any:
     from rlaif.train.cli import load_config
 
-    overrides = [f"model.name={args.model}", f"train.output_dir={out}", f"train.max_steps={args.steps}",
-                 f"train.response_length={args.response_length}", f"train.num_ppo_epochs={args.ppo_epochs}",
-                 "train.save_steps=100000", "data.test_size=0"]
+    overrides = [
+        f"model.name={args.model}",
+        f"train.output_dir={out}",
+        f"train.max_steps={args.steps}",
+        f"train.response_length={args.response_length}",
+        f"train.num_ppo_epochs={args.ppo_epochs}",
+        "train.save_steps=100000",
+        "data.test_size=0",
+    ]
     return load_config(CONFIG, "ppo", overrides, cpu=True)
 
 
@@ -85,13 +91,13 @@ class NaiveActors:
     def response_logits(self, ids: Any, mask: Any, prompt_len: int) -> Any:
         from rlaif.train.ppo_model import lm_head, trunk_hidden
 
-        hidden = trunk_hidden(self.current, ids, mask)[:, prompt_len - 1:-1]
+        hidden = trunk_hidden(self.current, ids, mask)[:, prompt_len - 1 : -1]
         return lm_head(self.current)(hidden).float() / self.temperature
 
     def values(self, ids: Any, mask: Any, prompt_len: int) -> Any:
         from rlaif.train.ppo_model import trunk_hidden
 
-        hidden = trunk_hidden(self.models["value"], ids, mask)[:, prompt_len - 1:-1]
+        hidden = trunk_hidden(self.models["value"], ids, mask)[:, prompt_len - 1 : -1]
         return self.value_head(hidden.float()).squeeze(-1)
 
 
@@ -111,24 +117,42 @@ def naive_run(cfg: Any, quantize: str) -> Any:
 
     def copy(adapter: str | None) -> Any:
         adapters = {adapter: None} if adapter else None
-        return build_model(cfg.model, cfg.lora if adapter else LoraConfig(), quantize=quantize, adapters=adapters,
-                           trainable=(adapter,) if adapter else (), cpu=True)
+        return build_model(
+            cfg.model,
+            cfg.lora if adapter else LoraConfig(),
+            quantize=quantize,
+            adapters=adapters,
+            trainable=(adapter,) if adapter else (),
+            cpu=True,
+        )
 
     policy, value = copy("policy"), copy("value")
     reference, judge = copy(None).model, copy(None).model
     head = new_value_head(hidden_size(value.model), torch.device("cpu"), cfg.train.seed)
-    actors = NaiveActors({"policy": policy.model, None: reference, "value": value.model}, head, policy.tokenizer,
-                         cfg.train.temperature)
-    reward = JudgeReward(model_tail_logits(judge.eval(), torch.device("cpu")), policy.tokenizer, cfg.reward.judge,
-                         cfg.reward.batch_size, "a separate judge copy")
+    actors = NaiveActors(
+        {"policy": policy.model, None: reference, "value": value.model}, head, policy.tokenizer, cfg.train.temperature
+    )
+    reward = JudgeReward(
+        model_tail_logits(judge.eval(), torch.device("cpu")),
+        policy.tokenizer,
+        cfg.reward.judge,
+        cfg.reward.batch_size,
+        "a separate judge copy",
+    )
     prompts = [row["prompt"] for row in data.train]
     steps = ppo_state.total_steps(cfg.train, len(prompts))
     optimizer = ppo_state.make_optimizer(actors.trainable_parameters(), cfg.args(), cfg.train)
-    sampler = HFSampler(actors, stop_token_ids(policy.tokenizer, policy.model), cfg.train.response_length,
-                        cfg.train.temperature, cfg.train.local_rollout_forward_batch_size)
+    sampler = HFSampler(
+        actors,
+        stop_token_ids(policy.tokenizer, policy.model),
+        cfg.train.response_length,
+        cfg.train.temperature,
+        cfg.train.local_rollout_forward_batch_size,
+    )
     scheduler = ppo_state.make_scheduler(optimizer, cfg.train, steps)
-    return ppo_state.Run(cfg, policy, actors, reward, sampler, optimizer, scheduler, prompts, list(data.train), [],
-                         steps)
+    return ppo_state.Run(
+        cfg, policy, actors, reward, sampler, optimizer, scheduler, prompts, list(data.train), [], steps
+    )
 
 
 def worker(setup: str, args: argparse.Namespace) -> dict[str, float]:
@@ -161,8 +185,20 @@ def worker(setup: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 def measure(setup: str, args: argparse.Namespace) -> dict[str, float]:
-    command = [sys.executable, __file__, "--worker", setup, "--steps", str(args.steps), "--response-length",
-               str(args.response_length), "--ppo-epochs", str(args.ppo_epochs), "--model", args.model]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        setup,
+        "--steps",
+        str(args.steps),
+        "--response-length",
+        str(args.response_length),
+        "--ppo-epochs",
+        str(args.ppo_epochs),
+        "--model",
+        args.model,
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{setup} failed:\n{done.stderr[-3000:]}")
@@ -181,17 +217,23 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args)))
         return
     results = {setup: measure(setup, args) for setup in SETUPS}
-    print(f"PPO, {args.steps} steps of pipelines/train/ppo.yaml --cpu on {args.model} "
-          f"(response_length {args.response_length}, {args.ppo_epochs} PPO epoch(s), judge reward):")
+    print(
+        f"PPO, {args.steps} steps of pipelines/train/ppo.yaml --cpu on {args.model} "
+        f"(response_length {args.response_length}, {args.ppo_epochs} PPO epoch(s), judge reward):"
+    )
     for setup, result in results.items():
-        print(f"  {setup:<10} peak RSS {result['peak_rss_mb']:8.0f} MiB   (after imports "
-              f"{result['baseline_rss_mb']:5.0f} MiB)   {result['steps']} steps in {result['seconds']:.1f} s")
+        print(
+            f"  {setup:<10} peak RSS {result['peak_rss_mb']:8.0f} MiB   (after imports "
+            f"{result['baseline_rss_mb']:5.0f} MiB)   {result['steps']} steps in {result['seconds']:.1f} s"
+        )
     shared = results["shared"]["peak_rss_mb"]
     for other in ("naive", "naive-nf4"):
         print(f"  shared / {other:<9} = {shared / results[other]['peak_rss_mb']:.2f}")
     above = {s: r["peak_rss_mb"] - r["baseline_rss_mb"] for s, r in results.items()}
-    print(f"  above the import baseline: shared / naive = {above['shared'] / above['naive']:.2f}, "
-          f"shared / naive-nf4 = {above['shared'] / above['naive-nf4']:.2f}")
+    print(
+        f"  above the import baseline: shared / naive = {above['shared'] / above['naive']:.2f}, "
+        f"shared / naive-nf4 = {above['shared'] / above['naive-nf4']:.2f}"
+    )
 
 
 if __name__ == "__main__":

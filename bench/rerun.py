@@ -41,8 +41,17 @@ def main() -> None:
         first = timed(lambda: run_pipeline(load_pipeline(PIPELINE, overrides), run_dir=run_dir))
         again = timed(lambda: run_pipeline(load_pipeline(PIPELINE, overrides), run_dir=run_dir))
         rows.append(("in-process", first, again))
-        cli = [sys.executable, "-m", "rlaif.cli", "run", str(PIPELINE), *overrides, "--no-progress",
-               "--run-dir", str(Path(tmp) / "cli")]
+        cli = [
+            sys.executable,
+            "-m",
+            "rlaif.cli",
+            "run",
+            str(PIPELINE),
+            *overrides,
+            "--no-progress",
+            "--run-dir",
+            str(Path(tmp) / "cli"),
+        ]
         first = timed(lambda: subprocess.run(cli, check=True, capture_output=True))
         again = timed(lambda: subprocess.run(cli, check=True, capture_output=True))
         rows.append(("CLI", first, again))

@@ -33,16 +33,49 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MODEL = "builtin:smollm2-135m-instruct"
-TOPICS = ["rivers", "bread", "chess", "volcanoes", "jazz", "bicycles", "tea", "glaciers", "owls", "lighthouses",
-          "algebra", "gardens", "comets", "markets", "bridges", "whales"]
+TOPICS = [
+    "rivers",
+    "bread",
+    "chess",
+    "volcanoes",
+    "jazz",
+    "bicycles",
+    "tea",
+    "glaciers",
+    "owls",
+    "lighthouses",
+    "algebra",
+    "gardens",
+    "comets",
+    "markets",
+    "bridges",
+    "whales",
+]
 ASKS = ["Tell me about", "Give me two facts about", "Explain to a child what you know about", "Why do people like"]
 # What rlaif's CPU profile and dpo.yaml set, written out for the plain script (checked against rlaif's own config).
 PLAIN_ARGS: dict[str, Any] = {
-    "per_device_train_batch_size": 2, "per_device_eval_batch_size": 2, "gradient_accumulation_steps": 1,
-    "max_length": 256, "learning_rate": 5e-6, "lr_scheduler_type": "cosine", "warmup_steps": 0.1, "weight_decay": 0.0,
-    "beta": 0.01, "loss_type": ["sigmoid"], "logging_steps": 1, "save_strategy": "steps", "save_steps": 100000,
-    "save_total_limit": 2, "eval_strategy": "no", "gradient_checkpointing": True, "optim": "adamw_torch",
-    "use_cpu": True, "bf16": False, "fp16": False, "dataloader_pin_memory": False, "report_to": "none",
+    "per_device_train_batch_size": 2,
+    "per_device_eval_batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "max_length": 256,
+    "learning_rate": 5e-6,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.1,
+    "weight_decay": 0.0,
+    "beta": 0.01,
+    "loss_type": ["sigmoid"],
+    "logging_steps": 1,
+    "save_strategy": "steps",
+    "save_steps": 100000,
+    "save_total_limit": 2,
+    "eval_strategy": "no",
+    "gradient_checkpointing": True,
+    "optim": "adamw_torch",
+    "use_cpu": True,
+    "bf16": False,
+    "fp16": False,
+    "dataloader_pin_memory": False,
+    "report_to": "none",
     "num_train_epochs": 1.0,
 }
 
@@ -52,12 +85,18 @@ def write_pairs(path: Path, count: int) -> Path:
     rows = []
     for i in range(count):
         topic, ask = TOPICS[i % len(TOPICS)], ASKS[(i // len(TOPICS)) % len(ASKS)]
-        chosen = (f"Gladly! {topic.capitalize()} are a good subject. People have studied {topic} for a long time, "
-                  f"and there is always something new to learn about them (note {i}).")
+        chosen = (
+            f"Gladly! {topic.capitalize()} are a good subject. People have studied {topic} for a long time, "
+            f"and there is always something new to learn about them (note {i})."
+        )
         rejected = "No." if i % 2 else f"I won't talk about {topic}."
-        rows.append({"prompt": [{"role": "user", "content": f"{ask} {topic}."}],
-                     "chosen": [{"role": "assistant", "content": chosen}],
-                     "rejected": [{"role": "assistant", "content": rejected}]})
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"{ask} {topic}."}],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            }
+        )
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
@@ -65,8 +104,15 @@ def write_pairs(path: Path, count: int) -> Path:
 def rlaif_config(data: Path, out: Path, steps: int, seed: int) -> Any:
     from rlaif.train.cli import load_config
 
-    overrides = [f"model.name={MODEL}", f"data.path={data}", "data.test_size=0", f"train.output_dir={out}",
-                 f"train.max_steps={steps}", "train.save_steps=100000", f"train.seed={seed}"]
+    overrides = [
+        f"model.name={MODEL}",
+        f"data.path={data}",
+        "data.test_size=0",
+        f"train.output_dir={out}",
+        f"train.max_steps={steps}",
+        "train.save_steps=100000",
+        f"train.seed={seed}",
+    ]
     return load_config(ROOT / "pipelines" / "train" / "dpo.yaml", "dpo", overrides, cpu=True)
 
 
@@ -83,8 +129,11 @@ def config_differences(data: Path, steps: int, seed: int) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         ours = trl_args(rlaif_config(data, Path(tmp) / "x", steps, seed)).to_dict()
         plain = plain_config(Path(tmp) / "x", steps, seed).to_dict()
-    return [f"{key}: rlaif {ours.get(key)!r} vs plain {plain.get(key)!r}" for key in sorted(set(ours) | set(plain))
-            if ours.get(key) != plain.get(key) and key not in ("output_dir", "logging_dir")]
+    return [
+        f"{key}: rlaif {ours.get(key)!r} vs plain {plain.get(key)!r}"
+        for key in sorted(set(ours) | set(plain))
+        if ours.get(key) != plain.get(key) and key not in ("output_dir", "logging_dir")
+    ]
 
 
 # -- the two sides, each run in its own process ------------------------------------------------------------------
@@ -130,24 +179,39 @@ def run_plain(data: Path, out: Path, steps: int, seed: int) -> dict[str, float]:
 
     path = resolve_model(MODEL)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb, dtype=torch.float32,
-                                                 device_map={"": "cpu"})
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                            gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", bias="none",
-                      task_type="CAUSAL_LM")
+    bnb = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=bnb, dtype=torch.float32, device_map={"": "cpu"}
+    )
+    model = prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+    )
+    lora = LoraConfig(
+        r=16, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", bias="none", task_type="CAUSAL_LM"
+    )
     timer = step_timer()
-    trainer = DPOTrainer(model=model, args=plain_config(out, steps, seed), processing_class=tokenizer,
-                         train_dataset=load_dataset("json", data_files=str(data), split="train"), peft_config=lora,
-                         callbacks=[timer])
+    trainer = DPOTrainer(
+        model=model,
+        args=plain_config(out, steps, seed),
+        processing_class=tokenizer,
+        train_dataset=load_dataset("json", data_files=str(data), split="train"),
+        peft_config=lora,
+        callbacks=[timer],
+    )
     for param in trainer.model.parameters():  # fp32 compute on CPU: undo TRL's bf16 cast of the adapters
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
     metrics = trainer.train().metrics
-    return {"runtime": metrics["train_runtime"], "steps": trainer.state.global_step,
-            "median_step": median(timer.seconds)}
+    return {
+        "runtime": metrics["train_runtime"],
+        "steps": trainer.state.global_step,
+        "median_step": median(timer.seconds),
+    }
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -160,10 +224,29 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def spawn(side: str, data: Path, out: Path, args: argparse.Namespace) -> dict[str, float]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
-    command = [sys.executable, __file__, "--worker", side, "--data", str(data), "--out", str(out),
-               "--steps", str(args.steps), "--threads", str(args.threads), "--seed", str(args.seed)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        side,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
@@ -173,13 +256,17 @@ def spawn(side: str, data: Path, out: Path, args: argparse.Namespace) -> dict[st
 
 # -- the three parts ---------------------------------------------------------------------------------------------
 def bench_dpo(args: argparse.Namespace) -> None:
-    print(f"(a) DPO, {MODEL}, CPU, NF4 + LoRA r=16, {args.pairs} pairs, batch 2, {args.steps} steps, "
-          f"{args.threads} torch thread(s), {args.rounds} alternating rounds")
+    print(
+        f"(a) DPO, {MODEL}, CPU, NF4 + LoRA r=16, {args.pairs} pairs, batch 2, {args.steps} steps, "
+        f"{args.threads} torch thread(s), {args.rounds} alternating rounds"
+    )
     with tempfile.TemporaryDirectory(prefix="rlaif-bench-train-") as tmp:
         data = write_pairs(Path(tmp) / "pairs.jsonl", args.pairs)
         differences = config_differences(data, args.steps, args.seed)
-        print("    TRL config: " + ("identical on both sides" if not differences else "DIFFERS: " +
-                                    "; ".join(differences)))
+        print(
+            "    TRL config: "
+            + ("identical on both sides" if not differences else "DIFFERS: " + "; ".join(differences))
+        )
         speeds: dict[str, list[float]] = {"plain": [], "rlaif": []}
         medians: dict[str, list[float]] = {"plain": [], "rlaif": []}
         for round_ in range(args.rounds):
@@ -187,15 +274,22 @@ def bench_dpo(args: argparse.Namespace) -> None:
                 result = spawn(side, data, Path(tmp) / f"{side}-{round_}", args)
                 speeds[side].append(result["steps"] / result["runtime"])
                 medians[side].append(result["median_step"])
-                print(f"    round {round_ + 1} {side:5s}: {result['steps']} steps in {result['runtime']:.2f} s = "
-                      f"{speeds[side][-1]:.4f} steps/s (median step {result['median_step']:.2f} s)", flush=True)
+                print(
+                    f"    round {round_ + 1} {side:5s}: {result['steps']} steps in {result['runtime']:.2f} s = "
+                    f"{speeds[side][-1]:.4f} steps/s (median step {result['median_step']:.2f} s)",
+                    flush=True,
+                )
     best = {side: max(values) for side, values in speeds.items()}
     print("\n| run | steps/s (best) | all rounds | median s/step (best) |\n| --- | ---: | --- | ---: |")
     for side, label in (("plain", "plain TRL script"), ("rlaif", "rlaif recipe")):
-        print(f"| {label} | {best[side]:.4f} | {', '.join(f'{v:.4f}' for v in speeds[side])} | "
-              f"{min(medians[side]):.2f} |")
-    print(f"\nratio rlaif / plain = {best['rlaif'] / best['plain']:.3f} (target >= 0.97); by median step time: "
-          f"{min(medians['plain']) / min(medians['rlaif']):.3f}\n")
+        print(
+            f"| {label} | {best[side]:.4f} | {', '.join(f'{v:.4f}' for v in speeds[side])} | "
+            f"{min(medians[side]):.2f} |"
+        )
+    print(
+        f"\nratio rlaif / plain = {best['rlaif'] / best['plain']:.3f} (target >= 0.97); by median step time: "
+        f"{min(medians['plain']) / min(medians['rlaif']):.3f}\n"
+    )
 
 
 def bench_ppo_memory() -> None:
@@ -215,8 +309,10 @@ def bench_plan(gpu_mem: float) -> None:
     from rlaif.plan import GIB, STAGES, Settings, estimate, resolve_arch, total, verdict, vllm_phase
 
     settings = Settings(gpu_mem_gib=gpu_mem)
-    print(f"(c) rlaif plan ESTIMATES, GiB (NF4, LoRA r=16, batch 4 x 1024 tokens, gradient checkpointing), "
-          f"{gpu_mem:g} GiB GPU; * = does not fit with 10% headroom")
+    print(
+        f"(c) rlaif plan ESTIMATES, GiB (NF4, LoRA r=16, batch 4 x 1024 tokens, gradient checkpointing), "
+        f"{gpu_mem:g} GiB GPU; * = does not fit with 10% headroom"
+    )
     print("| model | " + " | ".join(STAGES) + " | ppo, 4 separate models | vLLM generation |")
     print("| --- |" + " ---: |" * (len(STAGES) + 2))
     for size in ("1B", "3B", "8B"):
