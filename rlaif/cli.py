@@ -112,22 +112,48 @@ def models_pull(name: str = typer.Argument(..., help="builtin:NAME (or NAME)"), 
 
 
 @app.command()
-def validate(files: list[Path] = typer.Argument(..., help="Pipeline YAML file(s).")) -> None:
-    """Check pipeline files without running anything: every problem, with file and line."""
-    from rlaif.pipeline.errors import ConfigError
-    from rlaif.pipeline.spec import load_pipeline
+def validate(files: list[Path] = typer.Argument(..., help="Pipeline, training or loop YAML file(s).")) -> None:
+    """Check rlaif YAML without running anything: a pipeline, a training config (`recipe:`) or a loop file (`rounds:`,
+    with the pipeline and training files it names). Every problem, with file and line."""
+    from rlaif.config import ConfigError
 
     failed = False
     for file in files:
         try:
-            pipeline = load_pipeline(file)
+            summary = _validated(file)
         except ConfigError as exc:
             failed = True
-            console.print(f"[red]✗ {file}[/red] — {exc}", markup=True, highlight=False)
+            console.print(f"[red]✗ {file}[/red] — ", end="", highlight=False)
+            console.print(str(exc), markup=False, highlight=False, soft_wrap=True)  # file:line stays on one line
             continue
-        console.print(f"[green]✓ {file}[/green] — {len(pipeline.steps)} steps, models: {list(pipeline.models)}")
+        console.print(f"[green]✓ {file}[/green] — {summary}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
+
+
+def _validated(file: Path) -> str:
+    """Load ``file`` fully as the kind of rlaif YAML it is; one line on what it holds."""
+    from rlaif.config import ConfigError, config_kind, load_yaml
+
+    if not file.is_file():
+        raise ConfigError.one(str(file), "file not found")
+    kind = config_kind(load_yaml(file).data)
+    if kind == "train":
+        from rlaif.train.config_load import load_any_config
+
+        cfg = load_any_config(file)
+        return f"training config: recipe {cfg.recipe}, model {cfg.model.name}"
+    if kind == "loop":
+        from rlaif.loop.config import load_loop_config
+        from rlaif.loop.rounds import check_loop
+
+        loop_cfg = load_loop_config(file)
+        check_loop(loop_cfg)  # its pipelines and training configs, as `rlaif loop` checks them before round 1
+        return f"loop: {loop_cfg.rounds} rounds, train stages: {[s.name for s in loop_cfg.train]}"
+    from rlaif.pipeline.spec import load_pipeline
+
+    pipeline = load_pipeline(file)
+    return f"pipeline: {len(pipeline.steps)} steps, models: {list(pipeline.models)}"
 
 
 @app.command()
@@ -140,7 +166,7 @@ def run(
     progress: bool = typer.Option(True, help="Progress bars."),
 ) -> None:
     """Validate, then run a pipeline: cached, resumable, every record accounted for."""
-    from rlaif.pipeline.errors import ConfigError
+    from rlaif.config import ConfigError
     from rlaif.pipeline.hub import PushError
     from rlaif.pipeline.progress import Reporter
     from rlaif.pipeline.run import run_pipeline
@@ -173,7 +199,7 @@ def run(
 @app.command()
 def show(file: Path = typer.Argument(..., help="Pipeline YAML file.")) -> None:
     """Print the DAG as text and as a mermaid diagram."""
-    from rlaif.pipeline.errors import ConfigError
+    from rlaif.config import ConfigError
     from rlaif.pipeline.spec import load_pipeline
 
     try:
@@ -263,12 +289,11 @@ def loop(
     progress: bool = typer.Option(True, help="Progress bars of the pipelines."),
 ) -> None:
     """Generate with the current policy, label, filter, train the next one; repeat. Resumable: re-run to continue."""
+    from rlaif.config import ConfigError
     from rlaif.loop.config import load_loop_config
     from rlaif.loop.report import rounds_table
     from rlaif.loop.rounds import run_loop
-    from rlaif.pipeline.errors import ConfigError
     from rlaif.pipeline.progress import Reporter
-    from rlaif.train.config import ConfigError as TrainConfigError
     from rlaif.train.data import DataFormatError
 
     try:
@@ -278,7 +303,7 @@ def loop(
             reporter=Reporter(console=console, bars=progress),
             on_round=lambda rows: console.print(rounds_table(rows)),
         )
-    except (ConfigError, TrainConfigError, DataFormatError) as exc:
+    except (ConfigError, DataFormatError) as exc:
         console.print("[red]error:[/red] ", end="")
         console.print(str(exc), highlight=False, markup=False)
         raise typer.Exit(2) from exc

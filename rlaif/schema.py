@@ -6,6 +6,7 @@ template) or a plain string (raw-prompt mode: sent to the model as-is, no templa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,21 +40,57 @@ class GenerationParams:
     lora: LoraAdapter | None = None
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.logprobs is not None and self.logprobs < 0:
-            raise ValueError(f"logprobs must be >= 0, got {self.logprobs}")
+        values = {key: getattr(self, key) for key in _BOUNDS}
+        if problems := _bound_problems(values):
+            raise ValueError(next(iter(problems.values())))
         structured = [k for k in ("choice", "regex", "json_schema") if getattr(self, k) is not None]
         if len(structured) > 1:
             raise ValueError(f"at most one structured output constraint, got {structured}")
         if self.choice is not None and not self.choice:
             raise ValueError("choice must list at least one string")
+
+
+# The sampling fields a config file may set on a model, with their types (None allowed where the default is None)
+# and bounds: checked at `rlaif validate` (sampling_problems) and again whenever GenerationParams is built.
+_TYPES: dict[str, tuple[type, ...]] = {
+    "n": (int,),
+    "temperature": (int, float),
+    "top_p": (int, float),
+    "max_tokens": (int,),
+    "seed": (int, type(None)),
+    "logprobs": (int, type(None)),
+}
+_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "n": (lambda v: v >= 1, ">= 1"),
+    "max_tokens": (lambda v: v >= 1, ">= 1"),
+    "temperature": (lambda v: v >= 0, ">= 0"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "logprobs": (lambda v: v is None or v >= 0, ">= 0"),
+}
+
+
+def _bound_problems(values: dict[str, Any]) -> dict[str, str]:
+    return {
+        key: f"{key} must be {text}, got {values[key]}"
+        for key, (ok, text) in _BOUNDS.items()
+        if key in values and not ok(values[key])
+    }
+
+
+def sampling_problems(values: dict[str, Any]) -> dict[str, str]:
+    """Per sampling key of ``values`` (n, temperature, top_p, max_tokens, seed, logprobs, stop), why its value cannot
+    become a ``GenerationParams`` field; empty when all can. Other keys are not looked at."""
+    problems = {}
+    for key, kinds in _TYPES.items():
+        value = values.get(key)
+        if key in values and (isinstance(value, bool) or not isinstance(value, kinds)):
+            names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            problems[key] = f"{key} must be {names}, got {value!r}"
+    stop = values.get("stop")
+    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        problems["stop"] = f'stop must be a list of strings (e.g. ["\\n\\n"]), got {stop!r}'
+    typed = {key: value for key, value in values.items() if key in _BOUNDS and key not in problems}
+    return {**problems, **_bound_problems(typed)}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from rlaif.adapters import (
     shp,
     ultrafeedback,
 )
-from rlaif.pipeline.errors import ConfigError
+from rlaif.config import ConfigError
 from rlaif.pipeline.run import run_pipeline
 from rlaif.pipeline.spec import load_pipeline
 from rlaif.steps.human import mix_quotas

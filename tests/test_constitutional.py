@@ -11,7 +11,7 @@ import pytest
 from scripted import ScriptedBackend
 from test_judges import BAD, GOOD, pair, run, shown_first, step_rows, write_pipeline
 
-from rlaif.pipeline.errors import ConfigError
+from rlaif.config import ConfigError
 from rlaif.pipeline.spec import load_pipeline
 from rlaif.schema import Completion, TokenLogprob
 from rlaif.steps import verdicts

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from scripted import ScriptedBackend
 
-from rlaif.pipeline.errors import ConfigError
+from rlaif.config import ConfigError
 from rlaif.pipeline.run import run_pipeline
 from rlaif.pipeline.spec import load_pipeline
 from rlaif.schema import Completion, GenerationResult

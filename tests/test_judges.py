@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from scripted import ScriptedBackend
 
-from rlaif.pipeline.errors import ConfigError
+from rlaif.config import ConfigError
 from rlaif.pipeline.run import RunSummary, run_pipeline
 from rlaif.pipeline.spec import load_pipeline
 from rlaif.schema import Completion, GenerationResult, TokenLogprob

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from rlaif.config import ConfigError
 from rlaif.loop.config import load_loop_config
-from rlaif.pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = ROOT / "pipelines"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rlaif.pipeline.errors import ConfigError
+from rlaif.config import ConfigError
 from rlaif.pipeline.spec import load_pipeline
 
 HEAD = """\

@@ -20,8 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from rlaif.pipeline.errors import ConfigError, Problem
-from rlaif.pipeline.yamlio import Located, apply_overrides, load_yaml
+from rlaif.config import ConfigError, Located, Problem, apply_overrides, load_yaml, validation_problems
 
 
 class _Strict(BaseModel):
@@ -80,6 +79,7 @@ class LoopConfig(_Strict):
     output_dir: str | None = None  # default runs/<name>
     seed: int = 0
     _base_dir: Path = PrivateAttr(default_factory=lambda: Path("."))
+    _located: Located | None = PrivateAttr(default=None)  # the file as read, for the line of each key
 
     @field_validator("train", mode="before")
     @classmethod
@@ -98,6 +98,10 @@ class LoopConfig(_Strict):
     @property
     def base_dir(self) -> Path:
         return self._base_dir
+
+    def problem(self, where: tuple[str | int, ...], message: str) -> Problem:
+        """A problem at ``where`` in the loop file (file and line when it was read from one)."""
+        return self._located.problem(where, message) if self._located else Problem(None, None, message)
 
     def resolve(self, path: str) -> Path:
         return (self._base_dir / path).resolve()
@@ -118,18 +122,13 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
     try:
         cfg = LoopConfig.model_validate(located.data)
     except ValidationError as exc:
-        raise ConfigError([_problem(located, error) for error in exc.errors()]) from None
+        raise ConfigError(validation_problems(located, exc.errors())) from None
     cfg._base_dir = path.parent.resolve()
+    cfg._located = located
     problems = _check_files(cfg, located)
     if problems:
         raise ConfigError(problems)
     return cfg
-
-
-def _problem(located: Located, error: Any) -> Problem:
-    loc = tuple(error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
-    return located.problem(loc, f"{'.'.join(map(str, loc)) or '(top level)'}: {message}")
 
 
 def _check_files(cfg: LoopConfig, located: Located) -> list[Problem]:

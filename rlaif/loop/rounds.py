@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.backends import Backend
+from rlaif.config import ConfigError, Problem, load_yaml
 from rlaif.loop.config import LoopConfig, TrainRef, read_prompts
 from rlaif.loop.engines import EnginePool
 from rlaif.loop.report import round_row, train_summary, win_rate
-from rlaif.pipeline.errors import ConfigError, Problem
 from rlaif.pipeline.progress import Reporter
 from rlaif.pipeline.run import output_steps, run_pipeline
 from rlaif.pipeline.spec import Pipeline, load_pipeline
+from rlaif.train.config_load import load_config
 
 log = logging.getLogger(__name__)
 
@@ -120,47 +122,66 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def validate(cfg: LoopConfig, run_dir: Path, held_out: Path) -> None:
-    """Load round 1's pipelines and training config (every file:line problem at once) before any model loads."""
-    from rlaif.train.cli import load_config
-
+    """Load round 1's pipelines and training configs before any model loads; every file:line problem at once."""
     paths = round_paths(run_dir, 1)
-    data = data_pipeline(cfg, paths, None)
-    problems = _lora_problems(data, [cfg.pipeline.policy] if cfg.pipeline.policy else [], cfg.pipeline.file)
-    if cfg.eval:
-        evaluation = eval_pipeline(cfg, paths, held_out, None, None)
-        problems += _lora_problems(evaluation, ["candidate", "baseline"], cfg.eval.file)
-        if cfg.eval.judge_step not in output_steps(evaluation):
-            problems.append(
-                Problem(
-                    str(evaluation.file),
-                    None,
-                    f"eval.judge_step {cfg.eval.judge_step!r} is not an "
-                    f"output step; outputs: {output_steps(evaluation)}",
-                )
+    problems: list[Problem] = []
+    for load in (lambda: _data_problems(cfg, paths), lambda: _eval_problems(cfg, paths, held_out)):
+        try:
+            problems += load()
+        except ConfigError as exc:
+            problems += exc.problems
+    for stage in cfg.train:
+        try:
+            load_config(
+                cfg.resolve(stage.file), stage.recipe, stage_overrides(cfg, stage, paths, None, {}), cpu=_cpu()
             )
+        except ConfigError as exc:
+            problems += exc.problems
     if problems:
         raise ConfigError(problems)
-    for stage in cfg.train:
-        load_config(cfg.resolve(stage.file), stage.recipe, stage_overrides(cfg, stage, paths, None, {}), cpu=_cpu())
 
 
-def _lora_problems(pipeline: Pipeline, names: list[str], file: str) -> list[Problem]:
+def check_loop(cfg: LoopConfig) -> None:
+    """``validate`` without a run directory (``rlaif validate``): the prompt split goes to a temporary one."""
+    with tempfile.TemporaryDirectory(prefix="rlaif-validate-") as tmp:
+        validate(cfg, Path(tmp), write_prompts(cfg, Path(tmp)))
+
+
+def _data_problems(cfg: LoopConfig, paths: RoundPaths) -> list[Problem]:
+    data = data_pipeline(cfg, paths, None)
+    return _lora_problems(data, [cfg.pipeline.policy] if cfg.pipeline.policy else [])
+
+
+def _eval_problems(cfg: LoopConfig, paths: RoundPaths, held_out: Path) -> list[Problem]:
+    if not cfg.eval:
+        return []
+    evaluation = eval_pipeline(cfg, paths, held_out, None, None)
+    problems = _lora_problems(evaluation, ["candidate", "baseline"])
+    if cfg.eval.judge_step not in output_steps(evaluation):
+        problems.append(
+            cfg.problem(
+                ("eval", "judge_step"),
+                f"eval.judge_step {cfg.eval.judge_step!r} is not an output step of "
+                f"{evaluation.file.name}; outputs: {output_steps(evaluation)}",
+            )
+        )
+    return problems
+
+
+def _lora_problems(pipeline: Pipeline, names: list[str]) -> list[Problem]:
+    located = load_yaml(pipeline.file, pipeline.text)  # for the line of each model in the pipeline file
     problems = []
     for name in names:
         spec = pipeline.models.get(name)
         if spec is None:
-            problems.append(
-                Problem(file, None, f"the loop needs a model named {name!r}; models: {list(pipeline.models)}")
-            )
+            message = f"the loop needs a model named {name!r}; models: {list(pipeline.models)}"
+            problems.append(located.problem(("models",), message))
         elif spec.backend == "vllm" and not spec.options.get("enable_lora"):
-            problems.append(
-                Problem(
-                    file,
-                    None,
-                    f"model {name!r} serves LoRA adapters from round 2 on: set "
-                    "`enable_lora: true` and `max_lora_rank:` (>= the LoRA r)",
-                )
+            message = (
+                f"model {name!r} serves LoRA adapters from round 2 on: set "
+                "`enable_lora: true` and `max_lora_rank:` (>= the LoRA r)"
             )
+            problems.append(located.problem(("models", name), message))
     return problems
 
 
@@ -264,7 +285,6 @@ def train_round(
 ) -> tuple[Path | None, dict[str, Any]]:
     """Run the round's stages in order on its dataset; a policy stage continues the latest policy adapter. Each
     resumes from its last checkpoint. With no rows to train on, policy k is policy k-1."""
-    from rlaif.train.cli import load_config
     from rlaif.train.recipes import run_recipe
 
     if kept == 0:

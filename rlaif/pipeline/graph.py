@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from rlaif.pipeline.errors import Problem
+from rlaif.config import Problem
 from rlaif.steps.base import Step
 
 

@@ -14,11 +14,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from rlaif.backends import backend_class
+from rlaif.config import ConfigError, Located, Problem, apply_overrides, load_yaml
 from rlaif.models import reference_problem
-from rlaif.pipeline.errors import ConfigError, Problem
 from rlaif.pipeline.graph import check_columns, topological_order
-from rlaif.pipeline.yamlio import Located, apply_overrides, load_yaml
 from rlaif.registry import UnknownComponent
+from rlaif.schema import sampling_problems
 from rlaif.steps.base import Step
 from rlaif.steps.registry import step_class
 
@@ -150,6 +150,8 @@ class _Validator:
         if backend != "openai" and (problem := reference_problem(cfg["model"])):
             self.add((*where, "model"), problem.replace("\n", " "))
         sampling = {k: cfg[k] for k in SAMPLING_KEYS if k in cfg}
+        for key, message in sampling_problems(sampling).items():
+            self.add((*where, key), f"model {name!r}: {message}")
         if sampling.get("lora") is None:
             sampling.pop("lora", None)
         else:

@@ -10,471 +10,69 @@ A recipe file (``pipelines/train/*.yaml``) maps one to one onto a ``*Recipe`` ob
 
 Keys equal the Python argument names of TRL/transformers/peft. ``train.trl`` passes any other option of the TRL
 config class through, checked against that class's fields (TRL's config classes are imported to check them; torch
-loads with them, models do not). Files are read by ``rlaif.train.cli.load_config``.
+loads with them, models do not). Files are read by ``rlaif.train.config_load.load_config`` (file:line errors).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import importlib.util
 import logging
-from typing import Any, ClassVar, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from rlaif.config import ConfigError
+from rlaif.train.config_base import (
+    _CUDA_OPTIMIZERS,
+    CPU_DEFAULTS,
+    MANAGED,
+    PREFERENCE_LOSSES,
+    DataConfig,
+    DPORecipe,
+    DPOTrain,
+    KTORecipe,
+    KTOTrain,
+    LoraConfig,
+    ModelConfig,
+    Quantize,
+    RecipeConfig,
+    RMRecipe,
+    RMTrain,
+    SFTRecipe,
+    SFTTrain,
+    TrainConfig,
+    import_object,
+    trl_fields,
+)
+from rlaif.train.ppo_config import JudgeConfig, PPOArgs, PPORecipe, PPOTrain, RewardConfig
 
+__all__ = [
+    "CPU_DEFAULTS",
+    "MANAGED",
+    "PREFERENCE_LOSSES",
+    "RECIPE_CONFIGS",
+    "ConfigError",
+    "DPORecipe",
+    "DPOTrain",
+    "DataConfig",
+    "JudgeConfig",
+    "KTORecipe",
+    "KTOTrain",
+    "LoraConfig",
+    "ModelConfig",
+    "PPOArgs",
+    "PPORecipe",
+    "PPOTrain",
+    "Quantize",
+    "RMRecipe",
+    "RMTrain",
+    "RecipeConfig",
+    "RewardConfig",
+    "SFTRecipe",
+    "SFTTrain",
+    "TrainConfig",
+    "import_object",
+    "trl_args",
+    "trl_fields",
+]
 log = logging.getLogger(__name__)
-Quantize = Literal["nf4", "int8", "none"]
-
-
-class ConfigError(ValueError):
-    """A training config that does not validate; the message names the file and every bad key path."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelConfig(_Strict):
-    """The base model: ``name`` is a Hub id, a local directory or ``builtin:NAME``."""
-
-    name: str
-    revision: str | None = None
-    quantize: Quantize = "nf4"
-    double_quant: bool = True  # QLoRA's double quantization: quantizes the quantization constants too (~0.4 bit/param)
-    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    gradient_checkpointing: bool = True
-    attn_implementation: str | None = None
-    trust_remote_code: bool = False
-    chat_template: str | None = None  # a Jinja file, for a tokenizer that ships none
-    # A LoRA adapter directory to continue training (e.g. the previous round of `rlaif loop`). TRL's DPO/KTO then
-    # use a frozen copy of it as the reference, so round k is anchored to policy k-1 (iterative DPO).
-    adapter: str | None = None
-
-
-class LoraConfig(_Strict):
-    """LoRA adapter shape; ``alpha`` and ``dropout`` are peft's ``lora_alpha`` / ``lora_dropout``."""
-
-    r: int = Field(16, gt=0)
-    alpha: int = Field(16, gt=0)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    modules_to_save: list[str] | None = None
-    use_rslora: bool = False
-    use_dora: bool = False
-
-
-class DataConfig(_Strict):
-    """Where rows come from: ``path`` (pipeline run dir, dataset dir or file) or ``hub`` (a Hub dataset id)."""
-
-    path: str | None = None
-    hub: str | None = None
-    name: str | None = None  # the Hub dataset's config name
-    revision: str | None = None
-    split: str = "train"
-    format: str | None = None  # a human-preference adapter (rlaif.adapters): hh_rlhf, ultrafeedback, shp...
-    format_options: dict[str, Any] = Field(default_factory=dict)
-    test_size: float | int = 0.1  # held out for eval (fraction or rows); 0 = no eval
-    eval_split: str | None = None  # an existing split to evaluate on instead of a held-out part
-    max_samples: int | None = Field(None, gt=0)
-    seed: int = 42
-    # Columns renamed after loading, before the format check: {chosen: completion} trains SFT on the chosen answers
-    # of preference pairs (prompt/completion rows; the rejected column is then ignored).
-    rename: dict[str, str] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DataConfig:
-        if (self.path is None) == (self.hub is None):
-            raise ValueError("give exactly one of data.path (run dir, dataset dir or file) and data.hub (a Hub id)")
-        if self.format is not None:
-            from rlaif.adapters import ADAPTERS, adapter_options
-
-            if self.format not in ADAPTERS:
-                raise ValueError(f"unknown format {self.format!r}; known: {sorted(ADAPTERS)}")
-            if unknown := set(self.format_options) - set(adapter_options(self.format)):
-                raise ValueError(
-                    f"format {self.format!r} takes no option(s) {sorted(unknown)}; "
-                    f"it takes {list(adapter_options(self.format))}"
-                )
-        return self
-
-
-# Options rlaif sets itself, with where to set them instead (the pass-through must not fight the typed config).
-MANAGED = {
-    "output_dir": "train.output_dir",
-    "use_cpu": "cpu: true or --cpu",
-    "bf16": "cpu / model.compute_dtype",
-    "fp16": "model.compute_dtype",
-    "gradient_checkpointing": "model.gradient_checkpointing",
-    "push_to_hub": "the top-level push_to_hub: REPO_ID",
-    "resume_from_checkpoint": "--resume",
-    "model_init_kwargs": "model:",
-    "eval_strategy": "train.eval_steps",
-    "save_strategy": "train.save_steps",
-}
-# Paged optimizers page optimizer state through CUDA unified memory; bitsandbytes 8-bit optimizers need CUDA too.
-_CUDA_OPTIMIZERS = ("paged_", "_8bit")
-
-
-class TrainConfig(_Strict):
-    """TrainingArguments fields every recipe shares, named as TRL names them; ``trl`` passes any other through."""
-
-    trl_class: ClassVar[str] = ""
-    output_dir: str
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 4
-    per_device_eval_batch_size: int = 4
-    gradient_accumulation_steps: int = 4
-    learning_rate: float = 2e-4
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: float = 0.1  # below 1: a fraction of the total steps (transformers 5 replaced warmup_ratio)
-    weight_decay: float = 0.0
-    optim: str = "paged_adamw_32bit"
-    max_length: int | None = 1024
-    logging_steps: int = 10
-    eval_steps: int | None = None  # None: evaluate once, at the end
-    eval_on_start: bool = False
-    save_steps: int = 100
-    save_total_limit: int | None = 2
-    seed: int = 42
-    report_to: list[str] = Field(default_factory=list)  # tensorboard, wandb, trackio... when installed
-    trl: dict[str, Any] = Field(default_factory=dict)
-
-    def trl_config_path(self) -> str:
-        """Dotted path of the TRL config class this section becomes."""
-        return self.trl_class
-
-    def trl_kwargs(self) -> dict[str, Any]:
-        """The typed fields as TRL keyword arguments (recipes add loss-specific ones)."""
-        return self.model_dump(exclude={"trl"})
-
-    @model_validator(mode="after")
-    def _check_pass_through(self) -> TrainConfig:
-        fields = trl_fields(self.trl_config_path())
-        typed = set(type(self).model_fields) - {"trl"}
-        problems = []
-        for key in self.trl:
-            if key in MANAGED:
-                problems.append(f"trl.{key} is set by rlaif: use {MANAGED[key]}")
-            elif key in typed:
-                problems.append(f"trl.{key} is a typed field: set train.{key}")
-            elif key not in fields:
-                problems.append(f"trl.{key} is not an option of {self.trl_config_path().rsplit('.', 1)[-1]}")
-        problems += _report_to_problems(self.report_to)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-
-def _report_to_problems(names: list[str]) -> list[str]:
-    return [
-        f"report_to {name!r} is not installed (pip install {name})"
-        for name in names
-        if name != "none" and importlib.util.find_spec(name) is None
-    ]
-
-
-class SFTTrain(TrainConfig):
-    trl_class: ClassVar[str] = "trl.SFTConfig"
-    learning_rate: float = 2e-4  # Zephyr QLoRA SFT: lr 2e-4, 4 x 2 accumulation, 2048 tokens
-    gradient_accumulation_steps: int = 2
-    max_length: int | None = 2048
-    packing: bool = False
-    completion_only_loss: bool | None = None  # None: loss on completions only for prompt/completion rows
-
-
-class RMTrain(TrainConfig):
-    trl_class: ClassVar[str] = "trl.RewardConfig"
-    learning_rate: float = 1e-4
-    center_rewards_coefficient: float | None = None  # Eisenstein et al. 2023: keeps rewards centred near 0
-    # TRL's RewardTrainer uses a `margin` column whenever the dataset has one: -log sigmoid(r_c - r_r - margin)
-    # (Llama 2, Touvron et al. 2023). make_pairs writes score differences there, so the recipe drops the column and
-    # trains plain Bradley-Terry unless this is true; true requires the column.
-    use_margin: bool = False
-
-    def trl_kwargs(self) -> dict[str, Any]:
-        kwargs = super().trl_kwargs()
-        kwargs.pop("use_margin")  # rlaif's option (it decides the data), not a RewardConfig field
-        return kwargs
-
-
-# Direct-alignment losses: name -> (TRL config, TRL trainer, TRL arguments the name implies, reference).
-# The reference-free ones (ORPO, SimPO, CPO) run on TRL's experimental trainers with no reference pass at all.
-PREFERENCE_LOSSES: dict[str, tuple[str, str, dict[str, Any], str]] = {
-    "sigmoid": ("trl.DPOConfig", "trl.DPOTrainer", {}, "DPO, Rafailov et al. 2023, arXiv:2305.18290"),
-    "ipo": ("trl.DPOConfig", "trl.DPOTrainer", {}, "IPO, Azar et al. 2023, arXiv:2310.12036"),
-    "robust": ("trl.DPOConfig", "trl.DPOTrainer", {}, "robust DPO, Chowdhury et al. 2024, arXiv:2403.00409"),
-    "hinge": ("trl.DPOConfig", "trl.DPOTrainer", {}, "SLiC-HF, Zhao et al. 2023, arXiv:2305.10425"),
-    "exo_pair": ("trl.DPOConfig", "trl.DPOTrainer", {}, "EXO, Ji et al. 2024, arXiv:2402.00856"),
-    "nca_pair": ("trl.DPOConfig", "trl.DPOTrainer", {}, "NCA, Chen et al. 2024, arXiv:2402.05369"),
-    "bco_pair": ("trl.DPOConfig", "trl.DPOTrainer", {}, "BCO, Jung et al. 2024, arXiv:2404.04656"),
-    "sppo_hard": ("trl.DPOConfig", "trl.DPOTrainer", {}, "SPPO, Wu et al. 2024, arXiv:2405.00675"),
-    "aot": ("trl.DPOConfig", "trl.DPOTrainer", {}, "AOT, Melnyk et al. 2024, arXiv:2406.05882"),
-    "apo_zero": ("trl.DPOConfig", "trl.DPOTrainer", {}, "APO, D'Oosterlinck et al. 2024, arXiv:2408.06266"),
-    "apo_down": ("trl.DPOConfig", "trl.DPOTrainer", {}, "APO, D'Oosterlinck et al. 2024, arXiv:2408.06266"),
-    "discopop": ("trl.DPOConfig", "trl.DPOTrainer", {}, "DiscoPOP, Chris Lu et al. 2024, arXiv:2406.08414"),
-    "sigmoid_norm": ("trl.DPOConfig", "trl.DPOTrainer", {}, "length-normalised DPO (TRL sigmoid_norm)"),
-    "orpo": (
-        "trl.experimental.orpo.ORPOConfig",
-        "trl.experimental.orpo.ORPOTrainer",
-        {},
-        "ORPO, Hong et al. 2024, arXiv:2403.07691 (reference-free; beta is the paper's lambda)",
-    ),
-    "simpo": (
-        "trl.experimental.cpo.CPOConfig",
-        "trl.experimental.cpo.CPOTrainer",
-        {"loss_type": "simpo", "cpo_alpha": 0.0},
-        "SimPO, Meng et al. 2024, arXiv:2405.14734 (reference-free)",
-    ),
-    "cpo": (
-        "trl.experimental.cpo.CPOConfig",
-        "trl.experimental.cpo.CPOTrainer",
-        {"loss_type": "sigmoid"},
-        "CPO, Xu et al. 2024, arXiv:2401.08417 (reference-free)",
-    ),
-}
-
-
-class DPOTrain(TrainConfig):
-    learning_rate: float = 5e-6  # Zephyr QLoRA DPO
-    beta: float = 0.01  # Zephyr: a small beta lets the policy move further from the SFT reference
-    loss_type: str = "sigmoid"
-
-    @field_validator("loss_type")
-    @classmethod
-    def _known_loss(cls, loss: str) -> str:
-        if loss not in PREFERENCE_LOSSES:
-            raise ValueError(f"unknown loss_type {loss!r}; choices: {', '.join(PREFERENCE_LOSSES)}")
-        return loss
-
-    def trl_config_path(self) -> str:
-        return PREFERENCE_LOSSES[self.loss_type][0]
-
-    def trl_kwargs(self) -> dict[str, Any]:
-        kwargs = super().trl_kwargs()
-        implied = PREFERENCE_LOSSES[self.loss_type][2]
-        if self.trl_config_path() == "trl.DPOConfig":
-            kwargs["loss_type"] = [self.loss_type]
-        else:
-            kwargs.pop("loss_type")
-        return {**kwargs, **implied}
-
-
-class KTOTrain(TrainConfig):
-    trl_class: ClassVar[str] = "trl.KTOConfig"
-    learning_rate: float = 5e-6
-    beta: float = 0.1
-    loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"  # KTO, Ethayarajh et al. 2024, arXiv:2402.01306
-    desirable_weight: float = 1.0  # raise it when desirable rows are rarer (the paper keeps weight*count near 1-4/3)
-    undesirable_weight: float = 1.0
-
-
-# What --cpu / cpu: true sets when the file does not: a few small steps that fit 2 cores.
-CPU_DEFAULTS: dict[str, Any] = {
-    "per_device_train_batch_size": 2,
-    "per_device_eval_batch_size": 2,
-    "gradient_accumulation_steps": 1,
-    "max_length": 256,
-    "logging_steps": 1,
-}
-
-
-class RecipeConfig(_Strict):
-    """One training config file. Subclasses fix ``recipe`` and the type of ``train``."""
-
-    recipe: str
-    model: ModelConfig
-    lora: LoraConfig | None = Field(default_factory=LoraConfig)  # null: full fine-tune (needs quantize: none)
-    data: DataConfig
-    train: TrainConfig
-    cpu: bool = False  # the CPU profile: use_cpu, fp32, adamw_torch, small batches
-    merge: bool = False  # also save the adapter merged into an unquantized base (output_dir/merged)
-    push_to_hub: str | None = None  # a Hub model repo id for the adapter; the token comes from HF_TOKEN
-    _source: str = PrivateAttr(default="<config>")  # the file it was read from, for error messages
-
-    @model_validator(mode="after")
-    def _profile(self) -> RecipeConfig:
-        if self.lora is None and self.model.quantize != "none":
-            raise ValueError("a quantized base trains only through LoRA: set lora, or model.quantize: none")
-        if self.cpu:
-            for key, value in CPU_DEFAULTS.items():
-                if key not in self.train.model_fields_set:
-                    setattr(self.train, key, value)
-        return self
-
-
-class SFTRecipe(RecipeConfig):
-    recipe: Literal["sft"] = "sft"
-    train: SFTTrain
-
-
-class RMRecipe(RecipeConfig):
-    recipe: Literal["rm"] = "rm"
-    train: RMTrain
-
-
-class DPORecipe(RecipeConfig):
-    recipe: Literal["dpo"] = "dpo"
-    train: DPOTrain
-
-
-class KTORecipe(RecipeConfig):
-    recipe: Literal["kto"] = "kto"
-    train: KTOTrain
-
-
-# -- PPO: rlaif's own loop (TRL 1.x has no PPOTrainer); keys are those of TRL's former PPOConfig -------------------
-_OPTIMIZERS = Literal["paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit", "adamw_torch"]
-
-
-class JudgeConfig(_Strict):
-    """Direct RLAIF (Lee et al. 2023, arXiv:2309.00267): an LLM rates each response on ``scale``; the reward is the
-    expected rating under the judge's probabilities of the score tokens, mapped to [-1, 1]."""
-
-    model: str | None = None  # None: the shared base with adapters disabled (no extra weights in memory)
-    template: str | None = None  # default prompts/rating_judge.jinja (question, response, rubric, low, high)
-    rubric: str | None = None
-    scale: tuple[int, int] = (1, 10)
-    max_length: int = Field(2048, ge=64)  # judge prompt tokens; a longer response is cut to fit
-
-    @model_validator(mode="after")
-    def _scale(self) -> JudgeConfig:
-        if not 0 <= self.scale[0] < self.scale[1]:
-            raise ValueError(f"judge.scale must be low..high with 0 <= low < high, got {list(self.scale)}")
-        return self
-
-
-class RewardConfig(_Strict):
-    """Exactly one source: a ``function`` (rule reward by registry name or dotted path, called as
-    ``fn(prompts, completions, **kwargs)``), an RM ``adapter`` (from ``rlaif train rm``) applied on the shared base,
-    a separately loaded reward ``model`` (seq-cls checkpoint or RM adapter dir), or an LLM ``judge``."""
-
-    function: str | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    adapter: str | None = None
-    model: str | None = None
-    judge: JudgeConfig | None = None
-    batch_size: int = Field(8, ge=1)  # sequences per forward pass of a reward model or judge
-
-    @model_validator(mode="after")
-    def _one_source(self) -> RewardConfig:
-        given = [k for k in ("function", "adapter", "model", "judge") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                f"give exactly one reward source of function, adapter, model, judge (got {given or 'none'})"
-            )
-        if self.kwargs and self.function is None:
-            raise ValueError("reward.kwargs goes with reward.function")
-        if self.function is not None:
-            from rlaif.registry import UnknownComponent, resolve_component
-            from rlaif.train.rewards import REWARD_FUNCTIONS
-
-            try:
-                resolve_component(REWARD_FUNCTIONS, self.function, "reward function")
-            except UnknownComponent as exc:
-                raise ValueError(str(exc)) from None
-        return self
-
-
-class PPOTrain(TrainConfig):
-    """One PPO step: sample a rollout batch of per_device_train_batch_size x gradient_accumulation_steps x
-    num_mini_batches prompts, score it, then num_ppo_epochs passes over it in num_mini_batches optimizer steps."""
-
-    learning_rate: float = 1e-5
-    lr_scheduler_type: str = "linear"
-    warmup_steps: float = 0.0
-    gradient_accumulation_steps: int = 1
-    optim: _OPTIMIZERS = "paged_adamw_32bit"  # type: ignore[assignment]
-    total_episodes: int | None = Field(None, gt=0)  # responses to train on; else max_steps, else num_train_epochs
-    num_mini_batches: int = Field(1, ge=1)
-    num_ppo_epochs: int = Field(4, ge=1)
-    response_length: int = Field(128, ge=1)  # max new tokens per response
-    temperature: float = Field(0.7, gt=0)
-    kl_coef: float = Field(0.05, ge=0)
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    cliprange: float = Field(0.2, gt=0)
-    cliprange_value: float = Field(0.2, gt=0)
-    vf_coef: float = Field(0.1, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1)
-    whiten_rewards: bool = False
-    missing_eos_penalty: float | None = 1.0  # subtracted from the score of a response that never emits EOS
-    local_rollout_forward_batch_size: int = Field(16, ge=1)  # sequences per no-grad forward pass over rollouts
-    rollout: Literal["hf", "vllm"] = "hf"  # vllm: the policy adapter hot-swapped into the engine as a LoRA request
-    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
-    vllm_enable_sleep_mode: bool = True  # the engine sleeps while the trainer steps (GPU only)
-
-    @field_validator("lr_scheduler_type")
-    @classmethod
-    def _known_scheduler(cls, name: str) -> str:
-        from transformers.trainer_utils import SchedulerType
-
-        if name not in {s.value for s in SchedulerType}:
-            choices = ", ".join(s.value for s in SchedulerType)
-            raise ValueError(f"unknown lr_scheduler_type {name!r}; choices: {choices}")
-        return name
-
-    @model_validator(mode="after")
-    def _check_pass_through(self) -> PPOTrain:  # replaces TrainConfig's: there is no TRL config to pass through to
-        problems = (
-            [
-                f"train.trl: ppo runs rlaif's own loop (TRL 1.x has no PPOTrainer) and takes no TRL options, "
-                f"got {sorted(self.trl)}"
-            ]
-            if self.trl
-            else []
-        )
-        if [n for n in self.report_to if n != "none"]:
-            problems.append("report_to: the ppo recipe logs to output_dir/metrics.jsonl only")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-    def rollout_batch_size(self) -> int:
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
-
-
-@dataclasses.dataclass(frozen=True)
-class PPOArgs:
-    """What the PPO loop runs with once the CPU profile is applied (the model card reads these like TRL's args)."""
-
-    use_cpu: bool
-    optim: str
-    bf16: bool = False  # no autocast: the 4-bit base computes in model.compute_dtype, adapters stay fp32
-    fp16: bool = False
-
-
-class PPORecipe(RecipeConfig):
-    recipe: Literal["ppo"] = "ppo"
-    train: PPOTrain
-    reward: RewardConfig = Field(default_factory=lambda: RewardConfig(judge=JudgeConfig()))
-
-    @model_validator(mode="after")
-    def _ppo(self) -> PPORecipe:
-        if self.lora is None:
-            raise ValueError("ppo trains LoRA adapters (policy, value) on one shared base: set lora")
-        if "dropout" not in self.lora.model_fields_set:
-            self.lora.dropout = 0.0
-        elif self.lora.dropout > 0:
-            # The PPO ratio compares two passes over the same tokens; dropout makes them differ (Huang et al. 2024).
-            raise ValueError("lora.dropout must be 0 for ppo: dropout makes the rollout and update passes disagree")
-        if self.cpu and "response_length" not in self.train.model_fields_set:
-            self.train.response_length = 32
-        if self.train.response_length >= (self.train.max_length or 10**9):
-            raise ValueError(
-                f"train.response_length ({self.train.response_length}) leaves no room for the prompt "
-                f"in train.max_length ({self.train.max_length})"
-            )
-        return self
-
-    def args(self) -> PPOArgs:
-        optim = self.train.optim
-        if self.cpu and any(marker in optim for marker in _CUDA_OPTIMIZERS):
-            optim = "adamw_torch"
-        return PPOArgs(use_cpu=self.cpu, optim=optim)
-
 
 RECIPE_CONFIGS: dict[str, type[RecipeConfig]] = {
     "sft": SFTRecipe,
@@ -483,16 +81,6 @@ RECIPE_CONFIGS: dict[str, type[RecipeConfig]] = {
     "kto": KTORecipe,
     "ppo": PPORecipe,
 }
-
-
-def import_object(dotted: str) -> Any:
-    module, _, name = dotted.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
-def trl_fields(dotted: str) -> set[str]:
-    """The option names a TRL config class accepts (its dataclass fields, TrainingArguments' included)."""
-    return {f.name for f in dataclasses.fields(import_object(dotted)) if f.init}
 
 
 def trl_args(cfg: RecipeConfig) -> Any:
@@ -513,4 +101,5 @@ def trl_args(cfg: RecipeConfig) -> Any:
     try:
         return config_class(**kwargs)
     except (ValueError, TypeError) as exc:  # TRL/transformers check values (and combinations) in __post_init__
-        raise ConfigError(f"{cfg._source}: train: {config_class.__name__} rejects these options: {exc}") from None
+        message = f"train: {config_class.__name__} rejects these options: {exc}"
+        raise ConfigError.one(cfg._source, message) from None
