@@ -89,13 +89,13 @@ class NaiveActors:
         return params + list(self.value_head.parameters())
 
     def response_logits(self, ids: Any, mask: Any, prompt_len: int) -> Any:
-        from rlaif.train.ppo_model import lm_head, trunk_hidden
+        from rlaif.train.rl.shared_base import lm_head, trunk_hidden
 
         hidden = trunk_hidden(self.current, ids, mask)[:, prompt_len - 1 : -1]
         return lm_head(self.current)(hidden).float() / self.temperature
 
     def values(self, ids: Any, mask: Any, prompt_len: int) -> Any:
-        from rlaif.train.ppo_model import trunk_hidden
+        from rlaif.train.rl.shared_base import trunk_hidden
 
         hidden = trunk_hidden(self.models["value"], ids, mask)[:, prompt_len - 1 : -1]
         return self.value_head(hidden.float()).squeeze(-1)
@@ -104,13 +104,13 @@ class NaiveActors:
 def naive_run(cfg: Any, quantize: str) -> Any:
     import torch
 
-    from rlaif.train import ppo_state
     from rlaif.train.config import LoraConfig
     from rlaif.train.data import load_training_data
     from rlaif.train.model import build_model
-    from rlaif.train.ppo_judge import JudgeReward, model_tail_logits
-    from rlaif.train.ppo_model import hidden_size, new_value_head
-    from rlaif.train.rollout import HFSampler, stop_token_ids
+    from rlaif.train.rl import state as ppo_state
+    from rlaif.train.rl.judge_reward import JudgeReward, model_tail_logits
+    from rlaif.train.rl.rollout import HFSampler, stop_token_ids
+    from rlaif.train.rl.shared_base import hidden_size, new_value_head
 
     torch.manual_seed(cfg.train.seed)
     data = load_training_data(cfg.data, "ppo")
@@ -164,7 +164,8 @@ def worker(setup: str, args: argparse.Namespace) -> dict[str, float]:
     import transformers  # noqa: F401
     import trl  # noqa: F401
 
-    from rlaif.train import ppo, recipes  # noqa: F401
+    from rlaif.train import recipes  # noqa: F401
+    from rlaif.train.rl import ppo  # noqa: F401
 
     # One thread: this measures memory, and on a shared 2-core machine OpenMP spin-waiting made the same step run
     # 2-5x slower with 2 threads whenever another process was busy (timings printed are for orientation only).

@@ -21,10 +21,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rlaif.train import ppo_core as core
 from rlaif.train.cli import load_config
 from rlaif.train.config import ConfigError
 from rlaif.train.data import DataFormatError
+from rlaif.train.rl import core
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "pipelines" / "train" / "ppo.yaml"
@@ -127,7 +127,7 @@ def test_responses_are_cut_after_the_first_eos_and_scored_on_their_last_token():
 def test_roles_switch_on_one_base_and_each_adapter_gets_its_own_gradients(tiny_model_dir):
     from rlaif.train.config import LoraConfig, ModelConfig
     from rlaif.train.model import build_model
-    from rlaif.train.ppo_model import REFERENCE, SharedBase, new_value_head
+    from rlaif.train.rl.shared_base import REFERENCE, SharedBase, new_value_head
 
     built = build_model(
         ModelConfig(name=str(tiny_model_dir)),
@@ -165,7 +165,7 @@ def test_roles_switch_on_one_base_and_each_adapter_gets_its_own_gradients(tiny_m
 def test_a_policy_started_from_an_adapter_is_anchored_to_a_frozen_copy_of_it(tiny_model_dir, tmp_path):
     from rlaif.train.config import LoraConfig, ModelConfig
     from rlaif.train.model import build_model
-    from rlaif.train.ppo_model import REFERENCE, SharedBase, new_value_head
+    from rlaif.train.rl.shared_base import REFERENCE, SharedBase, new_value_head
 
     cfg = ModelConfig(name=str(tiny_model_dir), gradient_checkpointing=False)
     sft = build_model(cfg, LoraConfig(r=4, dropout=0.1), adapters={"default": None}, cpu=True).model
@@ -213,7 +213,7 @@ def _fake_judge(tiny_model_dir, boosts: dict[tuple[int, str], float]):
     from transformers import AutoTokenizer
 
     from rlaif.train.config import JudgeConfig
-    from rlaif.train.ppo_judge import JudgeReward
+    from rlaif.train.rl.judge_reward import JudgeReward
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     calls = []
@@ -251,8 +251,8 @@ def test_judge_reward_is_the_expected_score_over_the_score_tokens(tiny_model_dir
 def test_the_shared_base_judges_like_a_separately_loaded_judge(tiny_model_dir):
     from rlaif.train.config import JudgeConfig, LoraConfig, ModelConfig, RewardConfig
     from rlaif.train.model import build_model
-    from rlaif.train.ppo_model import SharedBase, new_value_head
-    from rlaif.train.rewards import build_reward
+    from rlaif.train.rl.rewards import build_reward
+    from rlaif.train.rl.shared_base import SharedBase, new_value_head
 
     cfg = ModelConfig(name=str(tiny_model_dir), gradient_checkpointing=False)
     built = build_model(
@@ -268,9 +268,9 @@ def test_the_shared_base_judges_like_a_separately_loaded_judge(tiny_model_dir):
             if "lora_B" in name:
                 param.normal_()  # the judge must read the base, whatever the adapters hold
     prompts, answers = ["What is 2+2?", "Name a colour."], ["4", "Blue, or perhaps green."]
-    on_base = build_reward(RewardConfig(judge=JudgeConfig()), shared, cfg, cpu=True, max_length=256)
+    on_base = build_reward(RewardConfig(judge=JudgeConfig()), shared, cfg, LoraConfig(), cpu=True, max_length=256)
     separate = build_reward(
-        RewardConfig(judge=JudgeConfig(model=str(tiny_model_dir))), shared, cfg, cpu=True, max_length=256
+        RewardConfig(judge=JudgeConfig(model=str(tiny_model_dir))), shared, cfg, LoraConfig(), cpu=True, max_length=256
     )
     scores = on_base(prompts, answers, [{}, {}])
     assert scores.tolist() == pytest.approx(separate(prompts, answers, [{}, {}]).tolist(), abs=1e-4)
@@ -278,7 +278,7 @@ def test_the_shared_base_judges_like_a_separately_loaded_judge(tiny_model_dir):
 
 
 def test_rule_rewards_resolve_by_name_or_dotted_path_and_check_what_they_return():
-    from rlaif.train.rewards import FunctionReward
+    from rlaif.train.rl.rewards import FunctionReward
 
     contains = FunctionReward("contains", {"word": "thanks"})
     assert contains(["q", "q"], ["Thanks a lot", "no"], [{}, {}]).tolist() == [1.0, 0.0]
@@ -325,7 +325,7 @@ def test_cpu_profile_and_batch_shape():
 
 
 def test_malformed_data_fails_before_any_model_loads(monkeypatch, tmp_path):
-    import rlaif.train.ppo as ppo_module
+    import rlaif.train.rl.ppo as ppo_module
     from rlaif.cli import app
     from rlaif.train.recipes import run_recipe
 
@@ -367,8 +367,8 @@ def test_malformed_data_fails_before_any_model_loads(monkeypatch, tmp_path):
 @pytest.mark.model
 def test_ppo_trains_from_the_shipped_config_with_the_judge_reward(tiny_model_dir, tmp_path):
     from rlaif.train.model import build_model
-    from rlaif.train.ppo_model import VALUE_HEAD_FILE
     from rlaif.train.recipes import run_recipe
+    from rlaif.train.rl.shared_base import VALUE_HEAD_FILE
 
     cfg = _config(tiny_model_dir, tmp_path / "out", "train.save_steps=1", "lora.r=4")
     assert cfg.reward.judge is not None and cfg.reward.judge.model is None  # the shared base judges (d-RLAIF)
@@ -461,9 +461,9 @@ def test_reward_model_adapter_on_the_shared_base_scores_like_the_reward_model(ti
     from rlaif.steps.rewards import load_reward_model, score_conversations
     from rlaif.train.config import LoraConfig, ModelConfig
     from rlaif.train.model import build_model
-    from rlaif.train.ppo_model import SharedBase, new_value_head
     from rlaif.train.recipes import run_recipe
-    from rlaif.train.rewards import AdapterReward, ModelReward, reward_problem
+    from rlaif.train.rl.rewards import AdapterReward, ModelReward, reward_problem
+    from rlaif.train.rl.shared_base import SharedBase, new_value_head
 
     rm = run_recipe(
         load_config(
@@ -502,7 +502,7 @@ def test_reward_model_adapter_on_the_shared_base_scores_like_the_reward_model(ti
     adapter_reward = AdapterReward(shared, rm.adapter_dir, batch_size=2, max_length=256)
     on_shared_base = adapter_reward(prompts, completions, [{}] * 2)
     assert on_shared_base.tolist() == pytest.approx(expected, abs=1e-4) and expected[0] != pytest.approx(expected[1])
-    separate = ModelReward(str(rm.adapter_dir), plain, cpu=True, batch_size=2, max_length=256)
+    separate = ModelReward(str(rm.adapter_dir), plain, LoraConfig(), cpu=True, batch_size=2, max_length=256)
     assert separate(prompts, completions, [{}] * 2).tolist() == pytest.approx(expected, abs=1e-4)
     cfg = _config(
         tiny_model_dir,
@@ -545,7 +545,7 @@ def test_ppo_on_the_builtin_model(tmp_path):
 
 @pytest.mark.engine
 def test_ppo_rolls_out_on_vllm_with_the_policy_adapter_hot_swapped(vllm_backend, tmp_path):
-    from rlaif.train.ppo import ppo
+    from rlaif.train.rl.ppo import ppo
 
     cfg = _config(
         BUILTIN,
@@ -574,7 +574,7 @@ def test_ppo_rolls_out_on_vllm_with_the_policy_adapter_hot_swapped(vllm_backend,
 @pytest.mark.slow
 def test_ppo_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(tiny_model_dir, tmp_path):
     from rlaif.cli import app
-    from rlaif.train.recipes import complete_checkpoints
+    from rlaif.train.outputs import complete_checkpoints
 
     out = tmp_path / "out"
     args = [

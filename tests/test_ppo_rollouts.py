@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rlaif.schema import Completion, GenerationResult
-from rlaif.train import ppo_core as core
+from rlaif.train.rl import core
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
@@ -31,7 +31,7 @@ def _shared(model_dir: Path, tmp_path: Path | None = None, temperature: float = 
     frozen copy is the reference, as ppo.setup builds it for model.adapter."""
     from rlaif.train.config import LoraConfig, ModelConfig
     from rlaif.train.model import build_model
-    from rlaif.train.ppo_model import SharedBase, new_value_head
+    from rlaif.train.rl.shared_base import SharedBase, new_value_head
 
     cfg = ModelConfig(name=str(model_dir), gradient_checkpointing=False)
     adapters: dict = {"policy": None, "value": None}
@@ -57,7 +57,7 @@ def _shared(model_dir: Path, tmp_path: Path | None = None, temperature: float = 
 # -- 1. HF rollouts ignore the model's own sampling settings --------------------------------------------------------
 @pytest.mark.model
 def test_hf_rollouts_sample_the_plain_policy_not_the_models_generation_config(tiny_model_dir, monkeypatch):
-    from rlaif.train.rollout import HFSampler, stop_token_ids
+    from rlaif.train.rl.rollout import HFSampler, stop_token_ids
 
     shared = _shared(tiny_model_dir, temperature=0.7)
     base = shared.model.get_base_model()
@@ -139,7 +139,7 @@ class CharTokenizer:
 
 
 def _vllm_sampler(stop_ids=(2,), response_length: int = 8, shared=None, backend=None, workdir: Path | None = None):
-    from rlaif.train.rollout import VllmSampler
+    from rlaif.train.rl.rollout import VllmSampler
 
     shared = shared or SimpleNamespace(tokenizer=CharTokenizer())
     return VllmSampler(

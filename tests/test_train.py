@@ -514,7 +514,7 @@ def test_training_killed_with_sigkill_resumes_from_its_last_checkpoint(tiny_mode
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (out / "adapter").exists(), "the run finished before it was killed"
-    from rlaif.train.recipes import complete_checkpoints
+    from rlaif.train.outputs import complete_checkpoints
 
     last = complete_checkpoints(out)[-1]
     resumed_step = json.loads((last / "trainer_state.json").read_text())["global_step"]
@@ -541,7 +541,7 @@ def test_training_killed_with_sigkill_resumes_from_its_last_checkpoint(tiny_mode
 
 
 def test_model_card_text_never_carries_a_token(monkeypatch):
-    from rlaif.train.recipes import scrub
+    from rlaif.train.outputs import scrub
 
     monkeypatch.setenv("MY_SERVICE_API_KEY", "s3cr3t-value-123")
     text = scrub(f"a s3cr3t-value-123 b hf_{'x' * 30} c")

@@ -1,4 +1,4 @@
-"""The Backend protocol and helpers every backend shares.
+"""The Backend protocol, the registry that builds a backend by name, and helpers every backend shares.
 
 ``generate(prompts, params)`` returns one ``GenerationResult`` per prompt, in order. A prompt that cannot be served
 (empty conversation, longer than the context, rejected by the server) yields a result with ``error`` set; the rest
@@ -7,10 +7,12 @@ of the batch is still served. Exceptions escape only for failures of the whole b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from rlaif.registry import resolve_component
 from rlaif.schema import GenerationParams, GenerationResult, Prompt
 
 VALID_ROLES = ("system", "user", "assistant", "tool")
@@ -28,6 +30,25 @@ class Backend(Protocol):
     def __enter__(self) -> Backend: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+# Registry name -> "module:Class". A backend module (and its heavy dependencies) is imported only when built, so code
+# that needs an engine (pipelines, the loop, PPO rollouts) depends on this protocol module alone.
+BACKENDS: dict[str, str] = {
+    "vllm": "rlaif.backends.vllm_backend:VllmBackend",
+    "hf": "rlaif.backends.hf_backend:HFBackend",
+    "openai": "rlaif.backends.openai_backend:OpenAIBackend",
+}
+
+
+def backend_class(name: str) -> type:
+    """The class registered under ``name``, or a dotted ``pkg.module.Class`` path for user backends."""
+    return resolve_component(BACKENDS, name, "backend")
+
+
+def load_backend(name: str, model: str, **options: Any) -> Backend:
+    """Build a backend by registry name; ``options`` are the backend constructor's keyword arguments."""
+    return backend_class(name)(model, **options)
 
 
 def prompt_problem(prompt: Prompt) -> str | None:
@@ -103,3 +124,29 @@ class BackendBase:
 
     def close(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
+
+
+# The special-token ids of a model's generation_config: everything else in it reshapes what generate() produces.
+_TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
+
+@contextmanager
+def plain_generation(model: Any) -> Iterator[None]:
+    """Inside the block, ``model.generate`` (a peft model or a plain one) takes only the special-token ids from the
+    model's own generation_config; callers set temperature, top_k and top_p (library defaults 1.0, 50, 1.0).
+
+    transformers fills every field a call leaves unset from that config, and chat models ship sampling settings in it
+    (Qwen2.5-Instruct: repetition_penalty 1.05; others top_k, min_p, no_repeat_ngram_size...): samples would come from
+    a reshaped distribution, unlike vLLM's (which applies none unless asked) and unlike the plain policy that PPO's
+    ratio and KL assume. Swapped for the call rather than listed field by field, so a setting added to transformers
+    later cannot slip in; min_p, suppress_tokens and the like have no "off" value but None, which is what gets filled.
+    """
+    from transformers import GenerationConfig
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    own = inner.generation_config
+    inner.generation_config = GenerationConfig(**{key: getattr(own, key, None) for key in _TOKEN_FIELDS})
+    try:
+        yield
+    finally:
+        inner.generation_config = own

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from rlaif.backends.base import BackendBase, TokenizedPrompt, admit_prompts, tokenize_prompt
+from rlaif.backends.base import BackendBase, TokenizedPrompt, admit_prompts, plain_generation, tokenize_prompt
 from rlaif.models import resolve_model
 from rlaif.schema import Completion, GenerationParams, GenerationResult, LoraAdapter, Prompt, TokenLogprob
 
@@ -263,32 +263,6 @@ def _logprob_table(logits: Any, generated: Any, k: int | None) -> list[tuple[Any
         ids.append(top.indices)
     chosen_t, values_t, ids_t = (torch.stack(x, dim=1).cpu() for x in (chosen, values, ids))
     return [(chosen_t[r], values_t[r], ids_t[r]) for r in range(chosen_t.shape[0])]
-
-
-# The special-token ids of a model's generation_config: everything else in it reshapes what generate() produces.
-_TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
-
-
-@contextmanager
-def plain_generation(model: Any) -> Iterator[None]:
-    """Inside the block, ``model.generate`` (a peft model or a plain one) takes only the special-token ids from the
-    model's own generation_config; callers set temperature, top_k and top_p (library defaults 1.0, 50, 1.0).
-
-    transformers fills every field a call leaves unset from that config, and chat models ship sampling settings in it
-    (Qwen2.5-Instruct: repetition_penalty 1.05; others top_k, min_p, no_repeat_ngram_size...): samples would come from
-    a reshaped distribution, unlike vLLM's (which applies none unless asked) and unlike the plain policy that PPO's
-    ratio and KL assume. Swapped for the call rather than listed field by field, so a setting added to transformers
-    later cannot slip in; min_p, suppress_tokens and the like have no "off" value but None, which is what gets filled.
-    """
-    from transformers import GenerationConfig
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    own = inner.generation_config
-    inner.generation_config = GenerationConfig(**{key: getattr(own, key, None) for key in _TOKEN_FIELDS})
-    try:
-        yield
-    finally:
-        inner.generation_config = own
 
 
 @contextmanager

@@ -1,123 +1,80 @@
-"""Training recipes on TRL: SFT, reward model, DPO (and its loss family), KTO — each a top-to-bottom function.
+"""Training recipes on TRL: SFT, reward model, DPO (and its loss family), KTO — one runner, a table of differences.
 
-Every recipe reads the same way: check the data (fails before any model loads) → find the checkpoint to resume →
-build the model with THE builder → hand it to TRL's trainer with a peft config → train → evaluate → save the
-adapter, a model card with provenance and metrics.jsonl. Output directory::
-
-    <output_dir>/checkpoint-N/    TRL checkpoints every save_steps (what --resume continues from)
-    <output_dir>/adapter/         the LoRA adapter, tokenizer and README.md (the model card)
-    <output_dir>/merged/          base + adapter as one plain model (merge: true)
-    <output_dir>/metrics.jsonl    every log line, appended across resumed runs
-    <output_dir>/eval.json        final eval metrics
+Every TRL recipe reads the same way (:func:`run_trl`): check the data (fails before any model loads) → find the
+checkpoint to resume → build the model with THE builder → hand it to TRL's trainer with a peft config → train →
+evaluate → save the adapter, a model card with provenance and metrics.jsonl (rlaif.train.outputs). What differs
+per recipe — the TRL trainer, the model head, a data step — is one row of :data:`TRL_RECIPES`. PPO is rlaif's own
+loop (rlaif.train.rl), not a TRL trainer.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
-import platform
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers import TrainerCallback
 
-from rlaif import __version__
-from rlaif.secrets import scrub_secrets
-from rlaif.train.config import (
-    PREFERENCE_LOSSES,
-    ConfigError,
-    DPORecipe,
-    KTORecipe,
-    PPORecipe,
-    RecipeConfig,
-    RMRecipe,
-    SFTRecipe,
-    import_object,
-    trl_args,
-)
+from rlaif.train.config import PREFERENCE_LOSSES, ConfigError, PPORecipe, RecipeConfig, import_object, trl_args
 from rlaif.train.data import TrainingData, load_training_data, reward_margin
-from rlaif.train.model import BuiltModel, build_model, merge_adapter
+from rlaif.train.model import BuiltModel, Task, build_model, merge_adapter
+from rlaif.train.outputs import TrainResult, append_row, model_card, portable_base, push, resume_checkpoint
 
-log = logging.getLogger(__name__)
-# Headline eval metrics per recipe, as TRL logs them, with the name the model card gives them.
-HEADLINE = {
-    "sft": {"eval_loss": "eval loss", "eval_mean_token_accuracy": "token accuracy"},
-    "rm": {"eval_accuracy": "pairwise accuracy", "eval_margin": "reward margin"},
-    "dpo": {"eval_rewards/margins": "reward margin", "eval_rewards/accuracies": "reward accuracy"},
-    "kto": {"eval_rewards/margins": "reward margin", "eval_kl": "KL"},
-    "ppo": {
-        "eval_score": "mean reward (policy)",
-        "eval_score_reference": "mean reward (reference)",
-        "eval_kl": "KL to the reference",
-    },
+
+@dataclass(frozen=True)
+class TrlRecipe:
+    """How one TRL recipe differs from the shared shape of :func:`run_trl`."""
+
+    summary: str
+    trainer: Callable[[RecipeConfig], str]  # dotted path of the TRL trainer class for this config
+    task: Task = "causal_lm"
+    prepare: Callable[[TrainingData, RecipeConfig], TrainingData] | None = None  # after the data checks
+
+
+def _margin_column(data: TrainingData, cfg: RecipeConfig) -> TrainingData:
+    return reward_margin(data, cfg.train.use_margin, cfg._source)
+
+
+TRL_RECIPES: dict[str, TrlRecipe] = {
+    "sft": TrlRecipe(
+        "Supervised fine-tuning on messages, prompt/completion or text rows (TRL SFTTrainer).",
+        lambda cfg: "trl.SFTTrainer",
+    ),
+    "rm": TrlRecipe(
+        "A reward model: the base as a one-logit classifier, Bradley-Terry loss on preference pairs (TRL "
+        "RewardTrainer); with ``train.use_margin`` the data's ``margin`` column enters the loss (Llama 2's margin "
+        "loss), otherwise it is dropped. Reports pairwise accuracy (chosen scored above rejected) on the eval split.",
+        lambda cfg: "trl.RewardTrainer",
+        task="seq_cls",
+        prepare=_margin_column,
+    ),
+    "dpo": TrlRecipe(
+        "Direct alignment on preference pairs. ``train.loss_type`` picks the loss (config.PREFERENCE_LOSSES): DPO "
+        "and its variants on TRL's DPOTrainer, or the reference-free ORPO / SimPO / CPO on TRL's experimental "
+        "trainers. Reports the implicit reward margin (chosen minus rejected) and accuracy on the eval split.",
+        lambda cfg: PREFERENCE_LOSSES[cfg.train.loss_type][1],
+    ),
+    "kto": TrlRecipe(
+        "KTO (Ethayarajh et al. 2024) on unpaired good/bad completions; paired rows are unpaired first. The "
+        "reference is the base with the adapter disabled, as in DPO.",
+        lambda cfg: "trl.KTOTrainer",
+    ),
 }
 
 
-@dataclass
-class TrainResult:
-    output_dir: Path
-    adapter_dir: Path
-    merged_dir: Path | None
-    metrics: dict[str, float] = field(default_factory=dict)
-    resumed_from: str | None = None
-
-
-def sft(cfg: SFTRecipe, resume: bool = False) -> TrainResult:
-    """Supervised fine-tuning on messages, prompt/completion or text rows (TRL SFTTrainer)."""
-    data = load_training_data(cfg.data, "sft")  # bad rows fail here, before any model loads
+def run_trl(cfg: RecipeConfig, resume: bool = False) -> TrainResult:
+    """Train ``cfg`` with its TRL recipe (a row of :data:`TRL_RECIPES`)."""
+    recipe = TRL_RECIPES[cfg.recipe]
+    data = load_training_data(cfg.data, cfg.recipe)  # bad rows fail here, before any model loads
+    if recipe.prepare is not None:
+        data = recipe.prepare(data, cfg)
     checkpoint = resume_checkpoint(cfg, resume)
     args = trl_args(cfg)  # TRL checks option values here, still before the model loads
-    built = build_model(cfg.model, cfg.lora, cpu=cfg.cpu, require_chat_template=data.conversational)
-    from trl import SFTTrainer
-
-    trainer = SFTTrainer(
-        model=built.model,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=built.tokenizer,
-        peft_config=built.peft_config,
-        callbacks=callbacks(cfg),
-    )
-    return train_and_save(trainer, cfg, built, data, checkpoint)
-
-
-def rm(cfg: RMRecipe, resume: bool = False) -> TrainResult:
-    """A reward model: the base as a one-logit classifier, Bradley-Terry loss on preference pairs (TRL
-    RewardTrainer); with ``train.use_margin`` the data's ``margin`` column enters the loss (Llama 2's margin loss),
-    otherwise it is dropped. Reports pairwise accuracy (chosen scored above rejected) on the eval split."""
-    data = reward_margin(load_training_data(cfg.data, "rm"), cfg.train.use_margin, cfg._source)
-    checkpoint = resume_checkpoint(cfg, resume)
-    args = trl_args(cfg)  # TRL checks option values here, still before the model loads
-    built = build_model(cfg.model, cfg.lora, task="seq_cls", cpu=cfg.cpu, require_chat_template=data.conversational)
-    from trl import RewardTrainer
-
-    trainer = RewardTrainer(
-        model=built.model,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=built.tokenizer,
-        peft_config=built.peft_config,
-        callbacks=callbacks(cfg),
-    )
-    return train_and_save(trainer, cfg, built, data, checkpoint)
-
-
-def dpo(cfg: DPORecipe, resume: bool = False) -> TrainResult:
-    """Direct alignment on preference pairs. ``train.loss_type`` picks the loss (config.PREFERENCE_LOSSES): DPO and
-    its variants on TRL's DPOTrainer, or the reference-free ORPO / SimPO / CPO on TRL's experimental trainers.
-    Reports the implicit reward margin (chosen minus rejected) and accuracy on the eval split."""
-    data = load_training_data(cfg.data, "dpo")
-    checkpoint = resume_checkpoint(cfg, resume)
-    args = trl_args(cfg)  # TRL checks option values here, still before the model loads
-    built = build_model(cfg.model, cfg.lora, cpu=cfg.cpu, require_chat_template=data.conversational)
-    trainer_cls = import_object(PREFERENCE_LOSSES[cfg.train.loss_type][1])
+    built = build_model(cfg.model, cfg.lora, task=recipe.task, cpu=cfg.cpu, require_chat_template=data.conversational)
+    trainer_cls = import_object(recipe.trainer(cfg))
     # No ref_model: TRL wraps the base with peft_config and computes the reference with the adapter disabled, so
     # the reference costs no memory. The reference-free losses never compute one.
     trainer = trainer_cls(
@@ -132,35 +89,14 @@ def dpo(cfg: DPORecipe, resume: bool = False) -> TrainResult:
     return train_and_save(trainer, cfg, built, data, checkpoint)
 
 
-def kto(cfg: KTORecipe, resume: bool = False) -> TrainResult:
-    """KTO (Ethayarajh et al. 2024) on unpaired good/bad completions; paired rows are unpaired first. The reference
-    is the base with the adapter disabled, as in DPO."""
-    data = load_training_data(cfg.data, "kto")
-    checkpoint = resume_checkpoint(cfg, resume)
-    args = trl_args(cfg)  # TRL checks option values here, still before the model loads
-    built = build_model(cfg.model, cfg.lora, cpu=cfg.cpu, require_chat_template=data.conversational)
-    from trl import KTOTrainer
-
-    trainer = KTOTrainer(
-        model=built.model,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=built.tokenizer,
-        peft_config=built.peft_config,
-        callbacks=callbacks(cfg),
-    )
-    return train_and_save(trainer, cfg, built, data, checkpoint)
-
-
 def ppo(cfg: PPORecipe, resume: bool = False) -> TrainResult:
-    """PPO with a shared quantized base (rlaif's own loop: TRL 1.x has none); see rlaif.train.ppo."""
-    from rlaif.train.ppo import ppo as run_ppo  # its own module: the loop is not a TRL trainer
+    """PPO with a shared quantized base (rlaif's own loop: TRL 1.x has none); see rlaif.train.rl.ppo."""
+    from rlaif.train.rl.ppo import ppo as run_ppo  # its own package: the loop is not a TRL trainer
 
     return run_ppo(cfg, resume=resume)
 
 
-RECIPES: dict[str, Callable[..., TrainResult]] = {"sft": sft, "rm": rm, "dpo": dpo, "kto": kto, "ppo": ppo}
+RECIPES: dict[str, Callable[..., TrainResult]] = {**dict.fromkeys(TRL_RECIPES, run_trl), "ppo": ppo}
 
 
 def run_recipe(cfg: RecipeConfig, resume: bool = False) -> TrainResult:
@@ -172,7 +108,7 @@ def run_recipe(cfg: RecipeConfig, resume: bool = False) -> TrainResult:
     return RECIPES[cfg.recipe](cfg, resume=resume)
 
 
-# -- shared steps of every recipe -------------------------------------------------------------------------------
+# -- shared steps of every TRL recipe ---------------------------------------------------------------------------
 class MetricsJsonl(TrainerCallback):
     """Appends every log (train and eval) to metrics.jsonl, plus a line marking each (re)start and its step."""
 
@@ -180,9 +116,7 @@ class MetricsJsonl(TrainerCallback):
         self.path = path
 
     def _write(self, row: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(row, default=float) + "\n")
+        append_row(self.path, row)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
@@ -195,39 +129,6 @@ class MetricsJsonl(TrainerCallback):
 
 def callbacks(cfg: RecipeConfig) -> list[TrainerCallback]:
     return [MetricsJsonl(Path(cfg.train.output_dir) / "metrics.jsonl")]
-
-
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """Checkpoints whose trainer_state.json (written last by the Trainer) parses, oldest first. A process killed
-    while saving leaves a checkpoint dir without it, which transformers' get_last_checkpoint would still pick."""
-    found = []
-    for path in output_dir.glob("checkpoint-*"):
-        match = _CHECKPOINT.match(path.name)
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if match:
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
-
-
-def resume_checkpoint(cfg: RecipeConfig, resume: bool) -> str | None:
-    """The checkpoint to continue from with ``--resume``; without it, refuse to train over an earlier run."""
-    output_dir = Path(cfg.train.output_dir)
-    checkpoints = complete_checkpoints(output_dir) if output_dir.is_dir() else []
-    if resume:
-        if not checkpoints:
-            log.warning("--resume: no complete checkpoint in %s, starting from step 0", output_dir)
-        return str(checkpoints[-1]) if checkpoints else None
-    if checkpoints or (output_dir / "adapter").exists():
-        raise ConfigError(
-            f"{output_dir} holds an earlier run: pass --resume to continue it, or choose another train.output_dir"
-        )
-    return None
 
 
 def _fp32_adapters_unless_bf16(trainer: Any, built: BuiltModel) -> None:
@@ -256,7 +157,7 @@ def train_and_save(
     adapter_dir = output_dir / "adapter"
     trainer.save_model(str(adapter_dir))
     built.tokenizer.save_pretrained(str(adapter_dir))
-    _portable_base(adapter_dir, cfg.model.name)
+    portable_base(adapter_dir, cfg.model.name)
     (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     card = model_card(cfg, built, data, metrics, checkpoint, trainer.args)
     (adapter_dir / "README.md").write_text(card)
@@ -265,92 +166,9 @@ def train_and_save(
         merged_dir = merge_adapter(cfg.model, adapter_dir, output_dir / "merged", task=built.task, cpu=cfg.cpu)
         (merged_dir / "README.md").write_text(card)
     if cfg.push_to_hub:
-        _push(adapter_dir, cfg.push_to_hub)
+        push(adapter_dir, cfg.push_to_hub)
     return TrainResult(output_dir, adapter_dir, merged_dir, metrics, checkpoint)
-
-
-def _portable_base(adapter_dir: Path, reference: str) -> None:
-    # peft records the directory the base was loaded from (for builtin:NAME, a path in this user's cache); the
-    # reference as configured resolves on any machine through rlaif.models.resolve_model (reward_model_score does).
-    config_file = adapter_dir / "adapter_config.json"
-    config = json.loads(config_file.read_text())
-    config["base_model_name_or_path"] = reference
-    config_file.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
-
-
-def _push(folder: Path, repo_id: str) -> None:
-    from huggingface_hub import HfApi
-
-    api = HfApi()  # the token comes from HF_TOKEN or `hf auth login`, never from the config
-    api.create_repo(repo_id, repo_type="model", exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model")
-
-
-# -- model card -------------------------------------------------------------------------------------------------
-def scrub(text: str) -> str:
-    """Model cards never carry a secret: see rlaif.secrets."""
-    return scrub_secrets(text)
-
-
-def model_card(
-    cfg: RecipeConfig,
-    built: BuiltModel,
-    data: TrainingData,
-    metrics: dict[str, float],
-    resumed_from: str | None,
-    args: Any,
-) -> str:
-    """README.md of the adapter: Hub front matter, provenance (base, data and its fingerprint), metrics, config."""
-    import peft
-    import transformers
-    import trl
-
-    hub_base = built.resolved == built.base and not Path(built.base).expanduser().exists()  # a Hub id
-    front = {
-        "base_model": built.base if hub_base else None,
-        "library_name": "peft",
-        "tags": ["rlaif", "trl", cfg.recipe, "lora"] + (["qlora"] if built.quantize != "none" else []),
-    }
-    method = cfg.train.loss_type if cfg.recipe in ("dpo", "kto") else cfg.recipe
-    paper = f", {PREFERENCE_LOSSES[method][3]}" if cfg.recipe == "dpo" else ""
-    provenance = _provenance(built, data, resumed_from, args)
-    sections = [
-        f"# {Path(cfg.train.output_dir).name}",
-        f"A LoRA adapter trained with rlaif's `{cfg.recipe}` recipe (loss: `{method}`{paper}).",
-        "## Provenance\n\n" + "\n".join(f"- {k}: `{v}`" for k, v in provenance.items()),
-        "## Eval metrics\n\n" + _metrics_section(cfg.recipe, metrics),
-        "## Config\n\n```yaml\n" + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False) + "```",
-        f"## Versions\n\nrlaif {__version__}, trl {trl.__version__}, transformers {transformers.__version__}, "
-        f"peft {peft.__version__}, Python {platform.python_version()}.",
-    ]
-    meta = yaml.safe_dump({k: v for k, v in front.items() if v is not None}, sort_keys=False)
-    return scrub(f"---\n{meta}---\n\n" + "\n\n".join(sections) + "\n")
-
-
-def _metrics_section(recipe: str, metrics: dict[str, float]) -> str:
-    if not metrics:
-        return "No eval split."
-    rows = [f"| {label} | {metrics[key]:.4f} |" for key, label in HEADLINE[recipe].items() if key in metrics]
-    table = "| metric | value |\n| --- | ---: |\n" + "\n".join(rows) + "\n\n" if rows else ""
-    return table + "```json\n" + json.dumps(metrics, indent=2) + "\n```"
-
-
-def _provenance(built: BuiltModel, data: TrainingData, resumed_from: str | None, args: Any) -> dict[str, Any]:
-    rows = {
-        "base model": built.base,
-        "loaded from": built.resolved,
-        "quantization": built.quantize,
-        "compute dtype": str(built.dtype).removeprefix("torch."),
-        "device": "cpu" if args.use_cpu else "cuda",
-        "mixed precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "none",
-        "optimizer": args.optim,
-    }
-    rows.update({f"data {k.replace('_', ' ')}": v for k, v in data.provenance.items() if v not in (None, {}, "")})
-    rows["data format"] = data.format
-    if resumed_from:
-        rows["resumed from"] = resumed_from
-    return rows

@@ -1,8 +1,8 @@
-"""Reward sources for PPO: rule functions, an RM adapter on the shared base, a separate reward model, an LLM judge.
+"""The reward-function registry and the rule rewards it ships: pure Python, no torch, so that configs can check a
+``reward.function`` name (rlaif.train.config) without loading the RL stack. The reward sources that call them (and
+reward models, LLM judges) are in rlaif.train.rl.rewards.
 
-Every source is called as ``source(prompts, completions, rows) -> tensor[B]`` (float32, on CPU): ``prompts`` the
-prompt column values (string or messages), ``completions`` the decoded responses, ``rows`` the dataset rows (for
-functions that read extra columns). Rule functions follow TRL's reward-function convention::
+Rule functions follow TRL's reward-function convention::
 
     def my_reward(prompts: list[str], completions: list[str], **kwargs) -> list[float]
 
@@ -13,36 +13,14 @@ other columns, as lists (only those the function names, unless it takes ``**kwar
 
 from __future__ import annotations
 
-import inspect
-import json
-import math
 import re
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-
-from rlaif.formats import prompt_text, reward_model_ids
-from rlaif.registry import resolve_component
-
-if TYPE_CHECKING:
-    import torch
-
-    from rlaif.train.config import ModelConfig, RewardConfig
-    from rlaif.train.ppo_model import SharedBase
+from typing import Any
 
 REWARD_FUNCTIONS: dict[str, str] = {
     "contains": "rlaif.train.rewards:contains",
     "length_penalty": "rlaif.train.rewards:length_penalty",
     "regex_match": "rlaif.train.rewards:regex_match",
 }
-
-
-class RewardSource(Protocol):
-    description: str
-
-    def __call__(
-        self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
-    ) -> torch.Tensor: ...
 
 
 # -- rule rewards -------------------------------------------------------------------------------------------------
@@ -65,216 +43,3 @@ def regex_match(prompts: list[str], completions: list[str], *, pattern: str, **_
     """1.0 when ``pattern`` is found in the completion (re.search), else 0.0: format rewards."""
     compiled = re.compile(pattern)
     return [1.0 if compiled.search(text) else 0.0 for text in completions]
-
-
-class FunctionReward:
-    """A reward function with its static keyword arguments."""
-
-    def __init__(self, name: str, kwargs: dict[str, Any]) -> None:
-        self.fn: Callable[..., Sequence[float]] = resolve_component(REWARD_FUNCTIONS, name, "reward function")
-        self.kwargs = kwargs
-        self.description = f"function `{name}`" + (f" with {kwargs}" if kwargs else "")
-        parameters = inspect.signature(self.fn).parameters.values()
-        self._any_column = any(p.kind is p.VAR_KEYWORD for p in parameters)
-        self._named = {p.name for p in parameters}
-
-    def __call__(
-        self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
-    ) -> torch.Tensor:
-        import torch
-
-        columns = {key: [row.get(key) for row in rows] for key in (rows[0] if rows else {}) if key != "prompt"}
-        columns = {k: v for k, v in columns.items() if self._any_column or k in self._named}
-        scores = self.fn([prompt_text(p) for p in prompts], list(completions), **{**columns, **self.kwargs})
-        values = [float(s) for s in scores]
-        if len(values) != len(completions) or not all(math.isfinite(v) for v in values):
-            raise ValueError(
-                f"reward {self.description} returned {scores!r} for {len(completions)} completions: "
-                "expected one finite number per completion"
-            )
-        return torch.tensor(values, dtype=torch.float32)
-
-
-# -- reward models ------------------------------------------------------------------------------------------------
-def conversation_ids(tokenizer: Any, prompt: Any, completion: str, max_length: int) -> list[int]:
-    """Prompt + response as a reward model reads it: tokenized as TRL's RewardTrainer tokenized its training pairs
-    (:func:`rlaif.formats.reward_model_ids`: the chat template, or plain text with the EOS appended), cut from the
-    left so the end of the response is always seen."""
-    return reward_model_ids(tokenizer, prompt, completion)[-max_length:]
-
-
-def pooled_index(ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """The position a sequence classifier reads: the last token that is not the pad id (transformers' rule, which
-    TRL's RewardTrainer trained under — with pad == EOS it is the token before a final EOS)."""
-    import torch
-
-    positions = torch.arange(ids.shape[1], device=ids.device)
-    return (positions * ((ids != pad_id) & mask.bool())).argmax(dim=1)
-
-
-def score_head(adapter_dir: Path) -> dict[str, torch.Tensor]:
-    """The ``score`` head an RM adapter carries among its modules_to_save (weight, optional bias)."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    head = {
-        key.rsplit(".", 1)[1]: value
-        for key, value in state.items()
-        if re.search(r"(^|\.)score(\.modules_to_save(\.[^.]+)?)?\.(weight|bias)$", key)
-    }
-    if "weight" not in head:
-        raise ValueError(f"{adapter_dir}: no score head in adapter_model.safetensors (train it with `rlaif train rm`)")
-    return head
-
-
-class AdapterReward:
-    """An RM adapter on the shared base: its LoRA shapes the trunk, its score head (applied here, in fp32) reads the
-    pooled hidden state. No second copy of the base."""
-
-    def __init__(self, shared: SharedBase, adapter_dir: Path, batch_size: int, max_length: int) -> None:
-        import torch
-
-        self.shared, self.batch_size, self.max_length = shared, batch_size, max_length
-        head = score_head(adapter_dir)
-        self.weight = head["weight"].to(shared.device, torch.float32)
-        self.bias = head.get("bias")
-        self.description = f"RM adapter `{adapter_dir}` on the shared base"
-
-    def __call__(
-        self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
-    ) -> torch.Tensor:
-        import torch
-
-        from rlaif.train import ppo_core
-
-        tokenizer = self.shared.tokenizer
-        seqs = [conversation_ids(tokenizer, p, c, self.max_length) for p, c in zip(prompts, completions, strict=True)]
-        scores = []
-        for start in range(0, len(seqs), self.batch_size):
-            ids, mask = ppo_core.right_padded(seqs[start : start + self.batch_size], tokenizer.pad_token_id)
-            ids, mask = ids.to(self.shared.device), mask.to(self.shared.device)
-            with torch.no_grad(), self.shared.use("reward"):
-                hidden = self.shared.hidden(ids, mask)
-            pooled = hidden[torch.arange(len(ids)), pooled_index(ids, mask, tokenizer.pad_token_id)].float()
-            logit = pooled @ self.weight.T
-            scores.append((logit + self.bias.to(logit) if self.bias is not None else logit)[:, 0].cpu())
-        return torch.cat(scores)
-
-
-class ModelReward:
-    """A separately loaded sequence-classification reward model (quantized like the base): a checkpoint, or an RM
-    adapter directory on its own base."""
-
-    def __init__(self, ref: str, model_cfg: ModelConfig, cpu: bool, batch_size: int, max_length: int) -> None:
-        from rlaif.train.config import LoraConfig
-        from rlaif.train.model import build_model
-
-        base, adapters = adapter_base(ref), None
-        if base is not None:
-            adapters = {"reward": ref}
-        cfg = model_cfg.model_copy(
-            update={
-                "name": base or ref,
-                "revision": None,
-                "gradient_checkpointing": False,
-                "chat_template": None,
-                "adapter": None,
-            }
-        )
-        built = build_model(cfg, LoraConfig(), task="seq_cls", adapters=adapters, cpu=cpu)
-        self.model, self.tokenizer = built.model.eval(), built.tokenizer
-        self.batch_size, self.max_length = batch_size, max_length
-        self.description = f"reward model `{ref}`"
-
-    def __call__(
-        self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
-    ) -> torch.Tensor:
-        import torch
-
-        from rlaif.train import ppo_core
-
-        device = next(self.model.parameters()).device
-        seqs = [
-            conversation_ids(self.tokenizer, p, c, self.max_length) for p, c in zip(prompts, completions, strict=True)
-        ]
-        scores = []
-        for start in range(0, len(seqs), self.batch_size):
-            ids, mask = ppo_core.right_padded(seqs[start : start + self.batch_size], self.tokenizer.pad_token_id)
-            with torch.no_grad():
-                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            scores.append(logits[:, 0].float().cpu())
-        return torch.cat(scores)
-
-
-def adapter_base(ref: str) -> str | None:
-    """The base model an adapter directory names, or None when ``ref`` is not an adapter directory."""
-    config = Path(ref).expanduser() / "adapter_config.json"
-    if not config.is_file():
-        return None
-    return str(json.loads(config.read_text()).get("base_model_name_or_path") or "") or None
-
-
-def reward_problem(cfg: RewardConfig, base: str) -> str | None:
-    """Why the configured reward cannot load, checked before any model does (files, heads, matching base)."""
-    from rlaif.models import resolve_model
-
-    if cfg.adapter is not None:
-        path = Path(cfg.adapter).expanduser()
-        trained_on = adapter_base(cfg.adapter)
-        if trained_on is None:
-            return f"reward.adapter {cfg.adapter}: not an adapter directory (no adapter_config.json)"
-        try:
-            score_head(path)
-        except (OSError, ValueError) as exc:
-            return f"reward.adapter {exc}"
-        if trained_on != base and resolve_model(trained_on) != resolve_model(base):
-            return (
-                f"reward.adapter {cfg.adapter} was trained on {trained_on}, but the PPO base is {base}: an "
-                "adapter fits only its own base (load it with reward.model instead)"
-            )
-    from rlaif.models import reference_problem
-
-    for key, ref in (("reward.model", cfg.model), ("reward.judge.model", cfg.judge and cfg.judge.model)):
-        if ref is not None and (problem := reference_problem(adapter_base(ref) or ref)):
-            return f"{key} {ref}: {problem}"
-    return None
-
-
-def build_reward(
-    cfg: RewardConfig, shared: SharedBase, model_cfg: ModelConfig, cpu: bool, max_length: int
-) -> RewardSource:
-    """The configured reward source; model-based ones share ``shared``'s base unless they name their own model."""
-    if cfg.function is not None:
-        return FunctionReward(cfg.function, cfg.kwargs)
-    if cfg.adapter is not None:
-        return AdapterReward(shared, Path(cfg.adapter).expanduser(), cfg.batch_size, max_length)
-    if cfg.model is not None:
-        return ModelReward(cfg.model, model_cfg, cpu, cfg.batch_size, max_length)
-    assert cfg.judge is not None
-    from rlaif.train.ppo_judge import JudgeReward, model_tail_logits
-
-    if cfg.judge.model is None:
-        tail = model_tail_logits(shared.model, shared.device, enter=shared.bare)
-        return JudgeReward(
-            tail,
-            shared.tokenizer,
-            cfg.judge,
-            cfg.batch_size,
-            "LLM judge: the shared base with adapters disabled (d-RLAIF)",
-        )
-    from rlaif.train.config import LoraConfig
-    from rlaif.train.model import build_model
-
-    judge_cfg = model_cfg.model_copy(
-        update={
-            "name": cfg.judge.model,
-            "revision": None,
-            "chat_template": None,
-            "gradient_checkpointing": False,
-            "adapter": None,
-        }
-    )
-    built = build_model(judge_cfg, LoraConfig(), cpu=cpu)  # the LoRA config is unused: no adapter is attached
-    model = built.model.eval()
-    tail = model_tail_logits(model, next(model.parameters()).device)
-    return JudgeReward(tail, built.tokenizer, cfg.judge, cfg.batch_size, f"LLM judge `{cfg.judge.model}` (d-RLAIF)")

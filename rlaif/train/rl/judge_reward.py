@@ -21,7 +21,7 @@ import torch
 
 from rlaif.formats import prompt_text
 from rlaif.templates import render, template_path
-from rlaif.train.ppo_core import left_padded
+from rlaif.train.rl.core import left_padded
 
 if TYPE_CHECKING:
     from rlaif.train.config import JudgeConfig
@@ -149,7 +149,7 @@ def model_tail_logits(model: Any, device: torch.device, enter: Callable[[], Any]
     ``enter`` gives a context to run in (the shared base's adapters-off reference)."""
     import contextlib
 
-    from rlaif.train.ppo_model import lm_head, trunk_hidden
+    from rlaif.train.rl.shared_base import lm_head, trunk_hidden
 
     def tail(ids: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
         with torch.no_grad(), enter() if enter else contextlib.nullcontext():

@@ -29,26 +29,25 @@ from typing import Any
 
 import torch
 
-from rlaif.train import ppo_core as core
-from rlaif.train import ppo_state as state
-from rlaif.train.config import ConfigError, PPORecipe
+from rlaif.backends.base import Backend
+from rlaif.train.config import ConfigError, LoraConfig, PPORecipe
 from rlaif.train.data import DataFormatError, load_training_data
 from rlaif.train.model import build_model
-from rlaif.train.ppo_eval import append_row, evaluate, finish
-from rlaif.train.ppo_model import SharedBase, forward_rollout, hidden_size, load_value_head, new_value_head
-from rlaif.train.ppo_state import Run
-from rlaif.train.rewards import build_reward, reward_problem
-from rlaif.train.rollout import HFSampler, Rollout, Sampler, VllmSampler, prompt_ids, stop_token_ids, vllm_engine
+from rlaif.train.outputs import append_row, resume_checkpoint
+from rlaif.train.rl import core, state
+from rlaif.train.rl.evaluate import evaluate, finish
+from rlaif.train.rl.rewards import build_reward, reward_problem
+from rlaif.train.rl.rollout import HFSampler, Rollout, Sampler, VllmSampler, prompt_ids, stop_token_ids, vllm_engine
+from rlaif.train.rl.shared_base import SharedBase, forward_rollout, hidden_size, load_value_head, new_value_head
+from rlaif.train.rl.state import Run
 
 log = logging.getLogger(__name__)
 TRAINED = ("policy", "value")
 
 
-def ppo(cfg: PPORecipe, resume: bool = False, backend: Any = None) -> Any:
-    """Train the policy adapter with PPO. ``backend``: an rlaif VllmBackend (built with ``enable_lora``) to roll out
-    on instead of one built here when ``train.rollout: vllm``; it is not closed or put to sleep."""
-    from rlaif.train.recipes import resume_checkpoint
-
+def ppo(cfg: PPORecipe, resume: bool = False, backend: Backend | None = None) -> Any:
+    """Train the policy adapter with PPO. ``backend``: a vLLM backend (built with ``enable_lora``) to roll out on
+    instead of one built here when ``train.rollout: vllm``; it is not closed or put to sleep."""
     data = load_training_data(cfg.data, "ppo")  # bad rows fail here, before any model loads
     if problem := reward_problem(cfg.reward, cfg.model.name):
         raise ConfigError(f"{cfg._source}: {problem}")
@@ -63,7 +62,7 @@ def ppo(cfg: PPORecipe, resume: bool = False, backend: Any = None) -> Any:
     return finish(run, data, metrics, checkpoint)
 
 
-def setup(cfg: PPORecipe, data: Any, checkpoint: str | None, backend: Any) -> Run:
+def setup(cfg: PPORecipe, data: Any, checkpoint: str | None, backend: Backend | None) -> Run:
     torch.manual_seed(cfg.train.seed)
     ckpt = Path(checkpoint) if checkpoint else None
     # The policy starts from model.adapter when given (an SFT adapter, or the previous round of `rlaif loop`), and a
@@ -93,7 +92,8 @@ def setup(cfg: PPORecipe, data: Any, checkpoint: str | None, backend: Any) -> Ru
     shared = SharedBase(
         built.model, built.tokenizer, TRAINED, head, cfg.train.temperature, reference="reference" if start else None
     )
-    reward = build_reward(cfg.reward, shared, cfg.model, cfg.cpu, cfg.train.max_length or 2048)
+    # A separately loaded reward or judge model trains no adapter: it gets the default LoRA config (unused).
+    reward = build_reward(cfg.reward, shared, cfg.model, LoraConfig(), cfg.cpu, cfg.train.max_length or 2048)
     prompts, rows = _train_prompts(cfg, data.train, built.tokenizer)
     # Held-out rows stay whole: a reward may read their other columns, as in training.
     held_out = [row for row in data.eval or [] if _fits(cfg, built.tokenizer, row["prompt"])]
@@ -118,7 +118,7 @@ def setup(cfg: PPORecipe, data: Any, checkpoint: str | None, backend: Any) -> Ru
     return run
 
 
-def make_sampler(cfg: PPORecipe, shared: SharedBase, backend: Any) -> Sampler:
+def make_sampler(cfg: PPORecipe, shared: SharedBase, backend: Backend | None) -> Sampler:
     train = cfg.train
     stops = stop_token_ids(shared.tokenizer, shared.model)
     if train.rollout == "hf":
@@ -274,7 +274,7 @@ def update(run: Run, rollout: Rollout, batch: Scored) -> dict[str, float]:
 
 
 def micro_step(run: Run, rollout: Rollout, batch: Scored, rows: torch.Tensor, weight: float) -> dict[str, float]:
-    """Forward + backward of the policy, then of the value (see ppo_model: backward before the next switch)."""
+    """Forward + backward of the policy, then of the value (see shared_base: backward before the next switch)."""
     shared, train = run.shared, run.cfg.train
     part = rollout.select(rows)
     ids, attention = (t.to(shared.device) for t in part.sequences())

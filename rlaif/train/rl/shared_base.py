@@ -13,7 +13,6 @@ backpropagated before the next switch — the recipe does policy forward+backwar
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -23,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from rlaif.train import ppo_core as core
+from rlaif.train.outputs import portable_base
+from rlaif.train.rl import core
 
 if TYPE_CHECKING:
-    from rlaif.train.rollout import Rollout
+    from rlaif.train.rl.rollout import Rollout
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 REFERENCE = None  # use(REFERENCE): every adapter off
@@ -162,15 +162,6 @@ def trunk_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
 def lm_head(model: Any) -> nn.Module:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_output_embeddings()
-
-
-def portable_base(adapter_dir: Path, reference: str) -> None:
-    # peft records the directory the base was loaded from (for builtin:NAME a path in this user's cache); the
-    # reference as configured resolves on any machine through rlaif.models.resolve_model.
-    config_file = adapter_dir / "adapter_config.json"
-    config = json.loads(config_file.read_text())
-    config["base_model_name_or_path"] = reference
-    config_file.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def new_value_head(hidden_size: int, device: torch.device, seed: int) -> nn.Linear:

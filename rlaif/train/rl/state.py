@@ -2,7 +2,7 @@
 
 A checkpoint is ``<output_dir>/checkpoint-N/`` holding ``policy/`` and ``value/`` (adapter + value head),
 ``state.pt`` (optimizer, LR schedule, RNG) and, written last, ``trainer_state.json`` (the step): a checkpoint
-without it was cut short and is ignored (recipes.complete_checkpoints). Which prompts step N samples is a pure
+without it was cut short and is ignored (outputs.complete_checkpoints). Which prompts step N samples is a pure
 function of (seed, N), so resuming needs no data-loader state.
 """
 
@@ -20,9 +20,10 @@ import torch
 
 from rlaif.train.config import PPOArgs, PPORecipe, PPOTrain
 from rlaif.train.model import BuiltModel
-from rlaif.train.ppo_model import SharedBase
-from rlaif.train.rewards import RewardSource
-from rlaif.train.rollout import Sampler
+from rlaif.train.outputs import complete_checkpoints
+from rlaif.train.rl.rewards import RewardSource
+from rlaif.train.rl.rollout import Sampler
+from rlaif.train.rl.shared_base import SharedBase
 
 
 @dataclass
@@ -138,7 +139,5 @@ def load_checkpoint(folder: Path, optimizer: torch.optim.Optimizer, scheduler: A
 
 
 def _prune(output_dir: Path, keep: int) -> None:
-    from rlaif.train.recipes import complete_checkpoints
-
     for old in complete_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

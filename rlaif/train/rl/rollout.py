@@ -1,5 +1,6 @@
-"""PPO rollouts: sample responses from the current policy, with HF ``generate`` on the shared base, or with the vLLM
-engine and the policy adapter hot-swapped in as a LoRA request.
+"""RL rollouts: sample responses from the current policy, with HF ``generate`` on the shared base, or with a vLLM
+backend (built by registry name through the backend protocol, or handed in) and the policy adapter hot-swapped in as
+a LoRA request.
 
 Either way the result is token tensors the trainer scores with HF: the PPO ratio needs the training model's own
 log-probabilities, and vLLM's sampling log-probabilities are not those (other kernels, an unquantized base).
@@ -19,12 +20,11 @@ from typing import Any, Protocol
 
 import torch
 
-from rlaif.backends.base import tokenize_prompt
-from rlaif.backends.hf_backend import plain_generation
+from rlaif.backends.base import Backend, load_backend, plain_generation, tokenize_prompt
 from rlaif.formats import as_messages
 from rlaif.schema import GenerationParams, LoraAdapter
-from rlaif.train.ppo_core import left_padded, response_mask
-from rlaif.train.ppo_model import REFERENCE, SharedBase
+from rlaif.train.rl.core import left_padded, response_mask
+from rlaif.train.rl.shared_base import REFERENCE, SharedBase
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class VllmSampler:
     def __init__(
         self,
         shared: SharedBase,
-        backend: Any,
+        backend: Backend,
         stop_ids: Collection[int],
         response_length: int,
         temperature: float,
@@ -226,12 +226,12 @@ def vllm_engine(
     seed: int,
     sleep: bool,
     trust_remote_code: bool,
-) -> Any:
-    """A vLLM engine for rollouts, with LoRA enabled at the smallest rank bucket vLLM accepts that fits."""
-    from rlaif.backends.vllm_backend import VllmBackend
-
+) -> Backend:
+    """A vLLM engine for rollouts, with LoRA enabled at the smallest rank bucket vLLM accepts that fits. Built by
+    registry name (rlaif.backends.base.load_backend): train imports the backend protocol, never an engine module."""
     rank = next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= lora_rank)
-    return VllmBackend(
+    return load_backend(
+        "vllm",
         model_name,
         enable_lora=True,
         max_lora_rank=rank,

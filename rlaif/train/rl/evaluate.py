@@ -11,8 +11,10 @@ from typing import Any
 
 import torch
 
-from rlaif.train.ppo_model import forward_rollout
-from rlaif.train.ppo_state import Run
+from rlaif.train.model import merge_adapter
+from rlaif.train.outputs import TrainResult, append_row, model_card, push
+from rlaif.train.rl.shared_base import forward_rollout
+from rlaif.train.rl.state import Run
 
 
 @contextmanager
@@ -55,9 +57,6 @@ def evaluate(run: Run) -> dict[str, float]:
 
 def finish(run: Run, data: Any, metrics: dict[str, float], checkpoint: str | None) -> Any:
     """Save the policy adapter (+ tokenizer, model card), the value adapter and head, eval.json; merge, push."""
-    from rlaif.train.model import merge_adapter
-    from rlaif.train.recipes import TrainResult, _push, model_card
-
     cfg, output_dir = run.cfg, Path(run.cfg.train.output_dir)
     adapter_dir = output_dir / "adapter"
     run.shared.save_adapter("policy", adapter_dir, cfg.model.name)
@@ -71,7 +70,7 @@ def finish(run: Run, data: Any, metrics: dict[str, float], checkpoint: str | Non
         merged_dir = merge_adapter(cfg.model, adapter_dir, output_dir / "merged", cpu=cfg.cpu)
         (merged_dir / "README.md").write_text(card)
     if cfg.push_to_hub:
-        _push(adapter_dir, cfg.push_to_hub)
+        push(adapter_dir, cfg.push_to_hub)
     return TrainResult(output_dir, adapter_dir, merged_dir, metrics, checkpoint)
 
 
@@ -86,9 +85,3 @@ def _card_section(run: Run) -> str:
         f"({train.rollout} rollouts). Reward: {run.reward.description}. The value adapter and head are saved in "
         "`../value/`.\n"
     )
-
-
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        handle.write(json.dumps(row, default=float) + "\n")
