@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -57,3 +59,27 @@ def test_models_list_and_pull(builtin_model_path):
     assert pulled.exit_code == 0 and "ready at" in pulled.output
     unknown = runner.invoke(app, ["models", "pull", "builtin:nope"])
     assert unknown.exit_code == 2 and "unknown builtin model" in unknown.output
+
+
+PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
+
+
+def test_validate_detects_the_kind_of_each_file(tmp_path):
+    files = [PIPELINES / "magpie.yaml", PIPELINES / "train" / "kto.yaml", PIPELINES / "rlaif_direct.yaml"]
+    result = runner.invoke(app, ["validate", *map(str, files)])
+    assert result.exit_code == 0, result.output
+    assert "magpie.yaml — pipeline: 3 steps" in result.output
+    assert "kto.yaml — training config: recipe kto" in result.output
+    assert "rlaif_direct.yaml — loop: 2 rounds" in result.output
+    missing = runner.invoke(app, ["validate", str(tmp_path / "nope.yaml"), str(files[0])])
+    assert missing.exit_code == 1 and f"{tmp_path / 'nope.yaml'}: file not found" in missing.output
+    assert "✓" in missing.output  # the other files are still checked
+
+
+def test_validate_names_file_and_line_of_a_bad_training_config(tmp_path):
+    path = tmp_path / "rm.yaml"
+    path.write_text((PIPELINES / "train" / "rm.yaml").read_text().replace("recipe: rm", "recipe: rm\nbogus: 1", 1))
+    line = path.read_text().splitlines().index("bogus: 1") + 1
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert f"{path}:{line}: bogus: Extra inputs are not permitted" in result.output

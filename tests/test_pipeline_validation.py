@@ -203,3 +203,27 @@ def test_push_needs_one_output_step(tmp_path):
     )
     [message] = problems(path)
     assert "push_to_hub needs exactly one output step" in message and "['a', 'b']" in message
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("temperature: -1", "model 'policy': temperature must be >= 0, got -1"),
+        ("top_p: 1.5", "model 'policy': top_p must be in (0, 1], got 1.5"),
+        ("max_tokens: 0", "model 'policy': max_tokens must be >= 1, got 0"),
+        ("n: two", "model 'policy': n must be int, got 'two'"),
+        ("stop: END", "model 'policy': stop must be a list of strings"),
+    ],
+)
+def test_model_sampling_values_are_checked_with_file_and_line(tmp_path, setting, expected):
+    head = f"name: t\nmodels:\n  policy:\n    model: builtin:smollm2-135m-instruct\n    {setting}\nsteps:\n"
+    path = write(tmp_path, "  - {name: seeds, type: load, path: seeds.jsonl}\n", head=head)
+    [message] = problems(path)
+    assert message.startswith(f"{path}:5: {expected}")
+
+
+def test_sampling_overrides_are_checked_too(tmp_path):
+    path = write(tmp_path, "  - {name: seeds, type: load, path: seeds.jsonl}\n")
+    [message] = problems(path, ["models.policy.temperature=-0.5"])
+    assert message.startswith(f"{path}:3: model 'policy': temperature must be >= 0, got -0.5")
+    assert load_pipeline(path, ["models.policy.temperature=0"]).models["policy"].sampling == {"temperature": 0}
