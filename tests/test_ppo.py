@@ -21,8 +21,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rlaif.train.cli import load_config
-from rlaif.train.config import ConfigError
+from rlaif.config import ConfigError
+from rlaif.train.config_load import load_config
 from rlaif.train.data import DataFormatError
 from rlaif.train.rl import core
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from rlaif.pipeline.errors import ConfigError
+from rlaif.config import ConfigError
 from rlaif.pipeline.run import run_pipeline
 from rlaif.pipeline.spec import load_pipeline
 from rlaif.steps.pairs import Candidate, all_pairs, best_vs_random, best_vs_worst, candidates

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rlaif.train.cli import load_config
-from rlaif.train.config import ConfigError, trl_args
+from rlaif.config import ConfigError
+from rlaif.train.config import trl_args
+from rlaif.train.config_load import load_config
 from rlaif.train.data import DataFormatError, load_training_data
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.adapters import AdapterError, convert, detect_format
-from rlaif.train.config import ConfigError, DataConfig
+from rlaif.config import ConfigError
+from rlaif.train.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,10 @@ def reward_margin(data: TrainingData, use_margin: bool, where: str) -> TrainingD
     splits = [s for s in (data.train, data.eval) if s is not None]
     if use_margin:
         if missing := [s for s in splits if "margin" not in s.column_names]:
-            raise ConfigError(
-                f"{where}: train.use_margin: true needs a 'margin' column (make_pairs with a "
-                f"score_column writes one); the data has {', '.join(missing[0].column_names)}"
+            raise ConfigError.one(
+                where,
+                f"train.use_margin: true needs a 'margin' column (make_pairs with a "
+                f"score_column writes one); the data has {', '.join(missing[0].column_names)}",
             )
         data.provenance["margin"] = "used in the loss (train.use_margin)"
         return data

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from rlaif import __version__
+from rlaif.config import ConfigError
 from rlaif.secrets import scrub_secrets
-from rlaif.train.config import PREFERENCE_LOSSES, ConfigError
+from rlaif.train.config import PREFERENCE_LOSSES
 
 if TYPE_CHECKING:
     from rlaif.train.config import RecipeConfig

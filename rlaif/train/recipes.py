@@ -18,7 +18,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from rlaif.train.config import PREFERENCE_LOSSES, ConfigError, PPORecipe, RecipeConfig, import_object, trl_args
+from rlaif.config import ConfigError
+from rlaif.train.config import PREFERENCE_LOSSES, PPORecipe, RecipeConfig, import_object, trl_args
 from rlaif.train.data import TrainingData, load_training_data, reward_margin
 from rlaif.train.model import BuiltModel, Task, build_model, merge_adapter
 from rlaif.train.outputs import TrainResult, append_row, model_card, portable_base, push, resume_checkpoint

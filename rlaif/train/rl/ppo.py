@@ -30,7 +30,8 @@ from typing import Any
 import torch
 
 from rlaif.backends.base import Backend
-from rlaif.train.config import ConfigError, LoraConfig, PPORecipe
+from rlaif.config import ConfigError
+from rlaif.train.config import LoraConfig, PPORecipe
 from rlaif.train.data import DataFormatError, load_training_data
 from rlaif.train.model import build_model
 from rlaif.train.outputs import append_row, resume_checkpoint
@@ -50,7 +51,7 @@ def ppo(cfg: PPORecipe, resume: bool = False, backend: Backend | None = None) ->
     instead of one built here when ``train.rollout: vllm``; it is not closed or put to sleep."""
     data = load_training_data(cfg.data, "ppo")  # bad rows fail here, before any model loads
     if problem := reward_problem(cfg.reward, cfg.model.name):
-        raise ConfigError(f"{cfg._source}: {problem}")
+        raise ConfigError.one(cfg._source, problem)
     checkpoint = resume_checkpoint(cfg, resume)
     run = setup(cfg, data, checkpoint, backend)
     output_dir = Path(cfg.train.output_dir)
