@@ -11,15 +11,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlaif.pipeline.errors import ConfigError
+from rlaif.config import ConfigError
 from rlaif.pipeline.run import run_pipeline
 from rlaif.pipeline.spec import load_pipeline
-from rlaif.steps.dedup import Dedup, WordHasher, ngram_hashes, normalize_text, optimal_bands, tokens
+from rlaif.steps.decontaminate import Decontaminate
+from rlaif.steps.dedup import Dedup, optimal_bands
 from rlaif.steps.expression import ExpressionError, parse
-from rlaif.steps.filters import Decontaminate, JudgeFilter, Length
+from rlaif.steps.filters import JudgeFilter, Length
+from rlaif.steps.ngrams import WordHasher, ngram_hashes, normalize_text, text_word_hashes, tokens
 
 M = "rlaif.steps.filters"
 D = "rlaif.steps.dedup"
+DC = "rlaif.steps.decontaminate"
 E = "rlaif.steps.expression"
 
 
@@ -415,7 +418,7 @@ def test_decontaminate_finds_a_13_gram_but_not_a_12_gram(tmp_path):
     ]
     bench = json.dumps({"question": BENCH_ITEM, "answer": 72}) + "\n"
     other = json.dumps({"question": "what is the capital of france", "answer": "paris"}) + "\n"
-    step = f"{{name: f, type: {M}.Decontaminate, from: src, benchmarks: [other.jsonl, gsm.jsonl]}}"
+    step = f"{{name: f, type: {DC}.Decontaminate, from: src, benchmarks: [other.jsonl, gsm.jsonl]}}"
     stats, rows = run(tmp_path, records, step, files={"gsm.jsonl": other + bench, "other.jsonl": other})
     assert stats["dropped"] == {"contaminated": 2}
     assert [r["prompt"] for r in rows] == [records[1]["prompt"], records[3]["prompt"]]
@@ -450,25 +453,25 @@ def test_decontaminate_reads_txt_and_parquet_fields_and_invalidates_the_cache(tm
     assert not only_id.process(records).dropped  # the passage field is not indexed
     assert only_id.files() == [tmp_path / "bench.parquet"]
 
-    spec = f"{{name: f, type: {M}.Decontaminate, from: src, column: chosen, benchmarks: [bench.txt]}}"
+    spec = f"{{name: f, type: {DC}.Decontaminate, from: src, column: chosen, benchmarks: [bench.txt]}}"
     stats, _ = run(tmp_path, records, spec)
     assert stats["dropped"] == {"contaminated": 1}
     (tmp_path / "bench.txt").write_text("nothing in common\n")
     stats, _ = run(tmp_path, records, spec)
     assert not stats.get("cached") and stats["dropped"] == {}  # the benchmark's bytes are in the cache key
     assert "file not found" in problems(
-        tmp_path, f"{{name: f, type: {M}.Decontaminate, from: src, column: text, benchmarks: [missing.jsonl]}}"
+        tmp_path, f"{{name: f, type: {DC}.Decontaminate, from: src, column: text, benchmarks: [missing.jsonl]}}"
     )
     assert "the first item has no field(s) ['questoin']; it has ['id', 'passage', 'question']" in problems(
         tmp_path,
-        f"{{name: f, type: {M}.Decontaminate, from: src, column: text, benchmarks: [bench.parquet], "
+        f"{{name: f, type: {DC}.Decontaminate, from: src, column: text, benchmarks: [bench.parquet], "
         "benchmark_columns: [questoin]}",
     )
     typo = Decontaminate("d", Decontaminate.Params(benchmarks=["bench.txt"], benchmark_columns=["txt"]), tmp_path)
     with pytest.raises(ValueError, match=r"no item has the field\(s\) \['txt'\]"):  # and at run time, on all items
         typo.process(records)
     assert "must end in one of" in problems(
-        tmp_path, f"{{name: f, type: {M}.Decontaminate, from: src, column: text, benchmarks: [b.csv]}}"
+        tmp_path, f"{{name: f, type: {DC}.Decontaminate, from: src, column: text, benchmarks: [b.csv]}}"
     )
 
 
@@ -512,3 +515,24 @@ def test_ngram_hashes_gives_prefix_windows_from_the_same_pass():
     spans = [d[i : i + 2] for d in docs for i in range(len(d) - 1)]
     assert (with_prefix[3] == ngram_hashes(hasher, spans, 3, whole_short=True)[0]).all()
     assert with_prefix[4].tolist() == [0, 0, 0, 0, 2] and with_prefix[5].tolist() == [0, 1, 2, 3, 0]
+
+
+def test_text_word_hashes_hash_the_words_tokens_gives():
+    rng = random.Random(3)
+    pieces = ["Hello", "WORLD", "it's", "naïve", "Ünïcode", "x", "a_b", "42", "—", "...", "\t", "\n", "\x1f", "\xa0"]
+    pieces += ["supercalifragilistic", "antidisestablishmentarianism", "eightchr", "ninechars", "😀", "Straße"]
+    texts = ["".join(rng.choice(pieces + [" "] * 6) for _ in range(rng.randint(0, 30))) for _ in range(300)]
+    texts += ["", "   ", "...", "Ünïcode—only"]
+    flat, counts = text_word_hashes(texts)
+    words = [tokens(text) for text in texts]
+    assert counts.tolist() == [len(w) for w in words]
+    flat_words = [w for doc in words for w in doc]
+    assert len(flat) == len(flat_words)
+    # Equal words hash equal and different words differently, wherever they occur (ASCII or Unicode text).
+    by_word: dict[str, int] = {}
+    for word, value in zip(flat_words, flat.tolist(), strict=True):
+        assert by_word.setdefault(word, value) == value, word
+    assert len(set(by_word.values())) == len(by_word)
+    # The same words in a different batch (one text per word) hash the same: the index and the records agree.
+    again, _ = text_word_hashes(list(by_word))
+    assert again.tolist() == list(by_word.values())

@@ -24,7 +24,7 @@ STEPS: dict[str, str] = {
     "dedup": "rlaif.steps.dedup:Dedup",
     "length": "rlaif.steps.filters:Length",
     "judge_filter": "rlaif.steps.filters:JudgeFilter",
-    "decontaminate": "rlaif.steps.filters:Decontaminate",
+    "decontaminate": "rlaif.steps.decontaminate:Decontaminate",
     "expression": "rlaif.steps.expression:Expression",
 }
 
