@@ -230,3 +230,33 @@ def test_vllm_reference_rollouts_send_the_reference_adapter_ppo_started_from(tin
     )
     plain.generate(["Hi"], policy=False)
     assert fresh.params[0].lora is None  # a fresh policy: the reference is the base, adapters off
+
+
+class RecordingEngine:
+    """Stands in for the vLLM backend class (registered by name, test_ppo_rollouts.RecordingEngine)."""
+
+    def __init__(self, model: str, **options) -> None:
+        self.model, self.options = model, options
+
+
+def test_the_rollout_engine_is_built_by_registry_name_through_the_backend_protocol(monkeypatch):
+    import inspect
+
+    from rlaif.backends import base
+    from rlaif.backends.vllm_backend import VllmBackend
+    from rlaif.train.rl.rollout import vllm_engine
+
+    assert base.backend_class("vllm") is VllmBackend
+    monkeypatch.setitem(base.BACKENDS, "vllm", "test_ppo_rollouts:RecordingEngine")
+    engine = vllm_engine("builtin:smollm2-135m-instruct", 12, 0.3, 512, 7, False, False)
+    assert engine.model == "builtin:smollm2-135m-instruct"
+    assert engine.options == {
+        "enable_lora": True,
+        "max_lora_rank": 16,  # the smallest rank bucket vLLM accepts that holds rank 12
+        "gpu_memory_utilization": 0.3,
+        "max_model_len": 512,
+        "seed": 7,
+        "enable_sleep_mode": False,
+        "trust_remote_code": False,
+    }
+    inspect.signature(VllmBackend).bind(engine.model, **engine.options)  # the real class takes these options
