@@ -167,8 +167,8 @@ def run(
 ) -> None:
     """Validate, then run a pipeline: cached, resumable, every record accounted for."""
     from rlaif.config import ConfigError
-    from rlaif.pipeline.hub import PushError
     from rlaif.pipeline.progress import Reporter
+    from rlaif.pipeline.push import PushError
     from rlaif.pipeline.run import run_pipeline
     from rlaif.pipeline.spec import load_pipeline
 
@@ -227,7 +227,7 @@ def push(
     private: bool = typer.Option(False, help="Create the repo private."),
 ) -> None:
     """Push a saved dataset (e.g. after a failed push). The token comes from HF_TOKEN or `hf auth login`."""
-    from rlaif.pipeline.hub import PushError, push_dataset
+    from rlaif.pipeline.push import PushError, push_dataset
 
     dataset_dir = run_dir / "dataset" if (run_dir / "dataset").is_dir() else run_dir
     try:

@@ -15,14 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from hub_double import HubDouble
 
-from rlaif.pipeline.hub import (
-    DatasetCardInfo,
-    PushError,
-    SchemaConflictError,
-    push_dataset,
-    render_dataset_card,
-    write_dataset,
-)
+from rlaif.pipeline.arrow import SchemaConflictError
+from rlaif.pipeline.dataset_card import DatasetCardInfo, render_dataset_card
+from rlaif.pipeline.dataset_writer import write_dataset
+from rlaif.pipeline.push import PushError, push_dataset
 
 TOKEN = "hf_" + "Tk9x" * 8  # looks like a real token, so both scrubbing rules (env value, hf_ pattern) apply
 PIPELINE_YAML = """\

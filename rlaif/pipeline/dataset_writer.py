@@ -1,0 +1,209 @@
+"""Save a pipeline's output as a Hub-layout dataset folder: Parquet shards plus the dataset card
+(:mod:`rlaif.pipeline.dataset_card`); :mod:`rlaif.pipeline.push` uploads the folder.
+
+    out_dir/README.md                               dataset card: YAML front matter (configs, tags) + provenance
+    out_dir/data/<split>-00000-of-00002.parquet     shards of at most max_rows_per_shard rows
+    out_dir/<split>.jsonl                           optional local copy (never pushed)
+
+Records arrive as batches of dicts and are streamed, never held together in memory. A column can be None in the
+first batch and text in a later one, yet every shard of a split must carry one schema, which is only known after the
+last batch: so batches are first spooled to Arrow IPC files while their schemas are unified, then read back
+(memory-mapped), cast to the unified schema and written as Parquet. The folder is built beside out_dir and renamed
+into place, so an interrupted write never leaves a half dataset that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from rlaif.pipeline.arrow import SchemaConflictError, records_to_table
+from rlaif.pipeline.dataset_card import DatasetCardInfo, hub_dataset_info, render_dataset_card
+
+# The Hub only recognises split names made of word characters in data file names (data/<split>-*.parquet).
+_SPLIT_RE = re.compile(r"^\w+(\.\w+)*$")
+# Small row groups keep the Hub's dataset viewer and streaming reads cheap even when rows are long conversations.
+_ROW_GROUP_ROWS = 10_000
+
+
+def write_dataset(
+    records_by_split: dict[str, Iterable[list[dict[str, Any]] | pa.Table]],
+    out_dir: Path,
+    info: DatasetCardInfo,
+    jsonl: bool = False,
+    max_rows_per_shard: int = 100_000,
+) -> dict[str, int]:
+    """Write every split as Parquet shards in Hub layout plus the card; return split -> rows.
+
+    Atomic: the folder is built beside ``out_dir`` and replaces it only once complete. A split with no rows gets no
+    files and no entry in the card's configs. Raises :class:`SchemaConflictError` naming the column when two batches
+    of a split cannot share a schema.
+    """
+    if max_rows_per_shard < 1:
+        raise ValueError(f"max_rows_per_shard must be at least 1, got {max_rows_per_shard}")
+    bad = [split for split in records_by_split if not _SPLIT_RE.match(split)]
+    if bad:
+        raise ValueError(f"split names must be letters, digits, _ or dots (Hub data file naming); got {bad}")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Beside the target, so the final rename is atomic (same filesystem).
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        counts: dict[str, int] = {}
+        written: dict[str, tuple[pa.Schema, int]] = {}  # split -> (schema, Arrow bytes)
+        for split, batches in records_by_split.items():
+            spool = _Spool(tmp / ".spool" / split)
+            with spool:
+                spool.consume(batches, split)
+            counts[split] = spool.rows
+            if spool.schema is not None and spool.rows:
+                written[split] = (spool.schema, _write_split(spool, tmp, split, max_rows_per_shard, jsonl))
+            shutil.rmtree(spool.root)
+        schema = _unify_splits([split_schema for split_schema, _ in written.values()])
+        card = replace(
+            info,
+            splits={split: counts[split] for split in written},
+            columns=info.columns or (schema.names if schema else []),
+            dataset_info=hub_dataset_info(schema, {s: (counts[s], n) for s, (_, n) in written.items()}, tmp / "data"),
+        )
+        (tmp / "README.md").write_text(render_dataset_card(card), encoding="utf-8")
+        shutil.rmtree(tmp / ".spool", ignore_errors=True)
+        _swap_into_place(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale(out_dir)
+    return counts
+
+
+class _Spool:
+    """Arrow IPC files holding one split's batches; a new file starts whenever the inferred schema changes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files: list[Path] = []
+        self.schema: pa.Schema | None = None  # the unified schema of every batch seen so far
+        self.rows = 0
+        self._stack = ExitStack()
+        self._writer: ipc.RecordBatchFileWriter | None = None
+        self._writer_schema: pa.Schema | None = None
+
+    def __enter__(self) -> _Spool:
+        self.root.mkdir(parents=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()  # closes the open writer even when the batch iterator raised
+
+    def consume(self, batches: Iterable[list[dict[str, Any]] | pa.Table], split: str) -> None:
+        for index, batch in enumerate(batches):
+            if len(batch) == 0:
+                continue
+            where = f"split {split!r}, batch {index}"
+            table = batch if isinstance(batch, pa.Table) else records_to_table(batch, where)
+            self.schema = table.schema if self.schema is None else _unify(self.schema, table.schema, split, index)
+            if self._writer is None or not table.schema.equals(self._writer_schema):
+                self._stack.close()
+                path = self.root / f"{len(self.files):06d}.arrow"
+                sink = self._stack.enter_context(pa.OSFile(str(path), "wb"))
+                self._writer = self._stack.enter_context(ipc.new_file(sink, table.schema))
+                self._writer_schema = table.schema
+                self.files.append(path)
+            self._writer.write_table(table)
+            self.rows += table.num_rows
+        self._stack.close()
+
+    def tables(self) -> Iterator[pa.Table]:
+        # Memory-mapped reads are zero-copy: a spool file's rows stay on disk until a slice of them is cast.
+        for path in self.files:
+            with pa.memory_map(str(path)) as source:
+                yield ipc.open_file(source).read_all()
+
+
+def _unify(schema: pa.Schema, new: pa.Schema, split: str, index: int) -> pa.Schema:
+    try:
+        # "permissive" promotes null to any type, int to float, and merges struct fields (messages with extra keys).
+        return pa.unify_schemas([schema, new], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        # pyarrow's message names the top-level column ("Field score has incompatible types: int64 vs string").
+        raise SchemaConflictError(f"split {split!r}: batch {index} does not fit the earlier batches: {err}") from err
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The table with the unified schema's columns, in its order; columns a batch lacked become nulls."""
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _write_split(spool: _Spool, root: Path, split: str, max_rows: int, jsonl: bool) -> int:
+    """Write the spooled split as shards (and JSONL); return its size in Arrow bytes."""
+    assert spool.schema is not None
+    # The spool already counted the rows, so the shard count is known and shards get their final names directly.
+    n_shards = math.ceil(spool.rows / max_rows)
+    (root / "data").mkdir(exist_ok=True)
+    shard, in_shard, writer, nbytes = 0, 0, None, 0
+    with ExitStack() as stack:
+        lines = stack.enter_context(open(root / f"{split}.jsonl", "w", encoding="utf-8")) if jsonl else None
+        for table in spool.tables():
+            while table.num_rows:
+                if writer is None:
+                    path = root / "data" / f"{split}-{shard:05d}-of-{n_shards:05d}.parquet"
+                    writer = stack.enter_context(pq.ParquetWriter(str(path), spool.schema))
+                take = min(max_rows - in_shard, table.num_rows)
+                part = _conform(table.slice(0, take), spool.schema)
+                writer.write_table(part, row_group_size=_ROW_GROUP_ROWS)
+                nbytes += part.nbytes
+                if lines is not None:
+                    _write_jsonl(lines, part)
+                table, in_shard = table.slice(take), in_shard + take
+                if in_shard == max_rows:
+                    writer.close()
+                    shard, in_shard, writer = shard + 1, 0, None
+    return nbytes
+
+
+def _unify_splits(schemas: list[pa.Schema]) -> pa.Schema | None:
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive") if schemas else None
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:  # splits of one config must share their features
+        raise SchemaConflictError(f"the splits disagree on a column type: {err}") from err
+
+
+def _write_jsonl(out: Any, table: pa.Table) -> None:
+    # Small record batches bound the Python objects alive at once.
+    for batch in table.to_batches(max_chunksize=1_000):
+        out.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in batch.to_pylist())
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    # A directory cannot be renamed onto a non-empty one: move the old dataset aside first, delete it last, so a
+    # crash in between leaves the old dataset in `.<name>.old-*`, never a mix of the two.
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale(out_dir: Path) -> None:
+    # Leftovers of writes killed earlier (SIGKILL skips `finally`): never loadable as out_dir, only wasted disk.
+    for pattern in (f".{out_dir.name}.partial-*", f".{out_dir.name}.old-*"):
+        for stale in out_dir.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
