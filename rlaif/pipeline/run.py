@@ -14,9 +14,11 @@ import pyarrow.parquet as pq
 
 from rlaif import __version__
 from rlaif.backends import Backend
+from rlaif.pipeline.dataset_card import DatasetCardInfo
+from rlaif.pipeline.dataset_writer import write_dataset
 from rlaif.pipeline.fingerprint import adapter_digest, file_digest
-from rlaif.pipeline.hub import DatasetCardInfo, PushError, push_dataset, write_dataset
 from rlaif.pipeline.progress import Reporter
+from rlaif.pipeline.push import PushError, push_dataset
 from rlaif.pipeline.runner import RunResult, run_steps
 from rlaif.pipeline.runtime import EngineRuntime
 from rlaif.pipeline.spec import ModelSpec, Pipeline
