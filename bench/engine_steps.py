@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from pydantic import Field
 
-from rlaif.steps.base import BatchResult, Record, Step, StepParams
+from rlaif.steps.base import BatchResult, Record, Step, StepContext, StepParams
 
 
 def make_record(i: int) -> Record:
@@ -27,7 +27,7 @@ class Numbers(Step):
     outputs = ("id", "text")
     params: NumbersParams
 
-    def read(self) -> Iterator[BatchResult]:
+    def read(self, ctx: StepContext) -> Iterator[BatchResult]:
         count, size = self.params.count, self.params.batch_size
         for start in range(0, count, size):
             yield BatchResult(records=[make_record(i) for i in range(start, min(start + size, count))])
@@ -39,7 +39,7 @@ class TextLength(Step):
     inputs = ("text",)
     outputs = ("length",)
 
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         return BatchResult(records=[{**r, "length": len(r["text"])} for r in records])
 
 
@@ -48,7 +48,7 @@ class DropTenth(Step):
 
     inputs = ("id",)
 
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         result = BatchResult()
         for r in records:
             if r["id"] % 10 == 0:

@@ -40,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rlaif.steps.base import StepContext  # noqa: E402
 from rlaif.steps.decontaminate import Decontaminate  # noqa: E402
 from rlaif.steps.dedup import Dedup, optimal_bands  # noqa: E402
 from rlaif.steps.ngrams import tokens  # noqa: E402
@@ -115,7 +116,8 @@ def rlaif_dedup(texts: list[str], **params: object) -> set[int]:
     )
     flagged: set[int] = set()
     for start in range(0, len(texts), BATCH):
-        result = step.process([{"text": t, "i": start + j} for j, t in enumerate(texts[start : start + BATCH])])
+        batch = [{"text": t, "i": start + j} for j, t in enumerate(texts[start : start + BATCH])]
+        result = step.process(batch, StepContext("bench"))
         flagged.update(r["i"] for r, _ in result.dropped)
     return flagged
 
@@ -181,14 +183,14 @@ def bench_decontamination(texts: list[str], repeat: int) -> list[tuple]:
         path = Path(tmp) / "bench.jsonl"
         path.write_text("".join(json.dumps({"question": q}) + "\n" for q in items))
         step = Decontaminate("bench", Decontaminate.Params(benchmarks=[str(path)], column="text"), Path(tmp))
-        step.process([])  # builds the benchmark index: not timed, as in a run (setup)
+        step.process([], StepContext("bench"))  # builds the benchmark index: not timed, as in a run (setup)
 
         # The records exist before the step runs (as the plain reference's texts do): building them is not timed.
         records = [{"text": t, "i": i} for i, t in enumerate(texts)]
         batches = [records[start : start + BATCH] for start in range(0, len(records), BATCH)]
 
         def ours() -> set[int]:
-            return {r["i"] for batch in batches for r, _ in step.process(batch).dropped}
+            return {r["i"] for batch in batches for r, _ in step.process(batch, StepContext("bench")).dropped}
 
         grams = {tuple(w[i : i + 13]) for q in items for w in [tokens(q)] for i in range(len(w) - 12)}
 

@@ -49,7 +49,7 @@ def load_pairs(path: Path, limit: int | None, seed: int) -> list[dict[str, Any]]
     return records
 
 
-def build_step(method: str, args: argparse.Namespace, backend: Any) -> Any:
+def build_step(method: str, args: argparse.Namespace, backend: Any) -> tuple[Any, Any]:
     from rlaif.pipeline.runtime import EngineRuntime
     from rlaif.pipeline.spec import ModelSpec
     from rlaif.registry import resolve_component
@@ -61,15 +61,15 @@ def build_step(method: str, args: argparse.Namespace, backend: Any) -> Any:
     step = cls(f"bench_{method}", cls.Params(**params), REPO)
     spec = ModelSpec("judge", "vllm", MODEL, sampling={"temperature": 0.0, "max_tokens": args.cot_max_tokens})
     runtime = EngineRuntime({"judge": spec}, pipeline_seed=args.seed, provided={"judge": backend})
-    runtime.for_batch(step.name, 0)
-    step.setup(runtime)
-    return step
+    ctx = runtime.context(step.name, 0)
+    step.setup(ctx)
+    return step, ctx
 
 
 def evaluate(method: str, records: list[dict[str, Any]], args: argparse.Namespace, backend: Any) -> dict[str, Any]:
-    step = build_step(method, args, backend)
+    step, ctx = build_step(method, args, backend)
     started = time.perf_counter()
-    result = step.process(records)
+    result = step.process(records, ctx)
     seconds = time.perf_counter() - started
     judged = result.records
     n = len(records)

@@ -6,7 +6,7 @@ import os
 import re
 import time
 
-from rlaif.steps.base import BatchResult, Record, Step, StepParams
+from rlaif.steps.base import BatchResult, ParamColumn, Record, Step, StepContext, StepParams
 
 
 class UpperParams(StepParams):
@@ -17,13 +17,11 @@ class Upper(Step):
     """Inputs: ``text``. Outputs: ``upper``."""
 
     Params = UpperParams
+    inputs = (ParamColumn("column"),)
     outputs = ("upper",)
     params: UpperParams
 
-    def required_columns(self) -> set[str]:
-        return {self.params.column}
-
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         return BatchResult(records=[{**r, "upper": str(r[self.params.column]).upper()} for r in records])
 
 
@@ -32,7 +30,7 @@ class DropOdd(Step):
 
     inputs = ("id",)
 
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         result = BatchResult()
         for r in records:
             if r["id"] % 2:
@@ -54,7 +52,7 @@ class Slow(Step):
     outputs = ("tag", "pid")
     params: SlowParams
 
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         time.sleep(self.params.seconds)
         return BatchResult(records=[{**r, "tag": self.params.tag, "pid": os.getpid()} for r in records])
 
@@ -64,7 +62,7 @@ class Flaky(Step):
 
     inputs = ("text",)
 
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         if any("boom" in r["text"] for r in records):
             raise RuntimeError("exploded on boom")
         return BatchResult(records=records)
@@ -73,7 +71,7 @@ class Flaky(Step):
 class Liar(Step):
     """Loses a record silently: the accounting check must refuse it."""
 
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         return BatchResult(records=records[1:])
 
 

@@ -14,11 +14,14 @@ import pytest
 from rlaif.config import ConfigError
 from rlaif.pipeline.run import run_pipeline
 from rlaif.pipeline.spec import load_pipeline
+from rlaif.steps.base import StepContext
 from rlaif.steps.decontaminate import Decontaminate
 from rlaif.steps.dedup import Dedup, optimal_bands
 from rlaif.steps.expression import ExpressionError, parse
 from rlaif.steps.filters import JudgeFilter, Length
 from rlaif.steps.ngrams import WordHasher, ngram_hashes, normalize_text, text_word_hashes, tokens
+
+CTX = StepContext("test")  # the filters use no model: a context without engines
 
 M = "rlaif.steps.filters"
 D = "rlaif.steps.dedup"
@@ -140,7 +143,7 @@ def test_length_bounds_in_chars_and_words(tmp_path):
     stats, rows = run(tmp_path, records, f"{{name: f, type: {M}.Length, from: src, column: text, min: 5, max: 20}}")
     assert stats["dropped"] == {"too short": 1, "too long": 1} and [r["text"] for r in rows] == ["just right here"]
     step = Length("l", Length.Params(column="text", unit="words", min=2, max=3), Path("."))
-    result = step.process(records + [{"text": ["not", "text"]}])
+    result = step.process(records + [{"text": ["not", "text"]}], CTX)
     assert [r["text"] for r in result.records] == ["just right here"]
     assert [reason for _, reason in result.dropped] == ["too short", "too long"]
     assert [q.reason for q in result.quarantined] == ["not text"]
@@ -247,7 +250,7 @@ JUDGED = [
     ],
 )
 def test_judge_filter_each_rule_alone(params, dropped_index, reason):
-    result = JudgeFilter("j", JudgeFilter.Params(**params), Path(".")).process([dict(r) for r in JUDGED])
+    result = JudgeFilter("j", JudgeFilter.Params(**params), Path(".")).process([dict(r) for r in JUDGED], CTX)
     assert [(JUDGED.index(r), why) for r, why in result.dropped] == [(dropped_index, reason)]
     assert len(result.records) == len(JUDGED) - 1
 
@@ -326,7 +329,7 @@ def test_dedup_precision_and_recall_on_planted_near_duplicates(backend):
     dropped = []
     for start in range(0, len(texts), 128):  # several batches: the index must persist across them
         batch = [{"text": t, "i": start + j} for j, t in enumerate(texts[start : start + 128])]
-        dropped += step.process(batch).dropped
+        dropped += step.process(batch, CTX).dropped
     flagged = {r["i"]: (r["_duplicate_of"], reason) for r, reason in dropped}
     true_positives = set(flagged) & set(truth)
     recall, precision = len(true_positives) / len(truth), len(true_positives) / max(1, len(flagged))
@@ -366,7 +369,7 @@ def test_dedup_pipeline_exact_and_near_duplicates_across_batches(tmp_path):
     dedup = Dedup("d", Dedup.Params(column="text", id_column="id"), Path("."))
     records[4]["text"] = [{"role": "user", "content": "q"}, {"role": "assistant", "content": other.upper()}]
     records[5] = {"id": "g", "text": records[3]["text"].title()}  # an exact copy of the near-duplicate d
-    result = dedup.process(records)  # a conversation is compared by its last message
+    result = dedup.process(records, CTX)  # a conversation is compared by its last message
     assert {r["id"]: (r["_duplicate_of"], reason) for r, reason in result.dropped} == {
         "c": ("a", "duplicate (exact)"),
         "d": ("a", "near-duplicate"),
@@ -377,8 +380,8 @@ def test_dedup_pipeline_exact_and_near_duplicates_across_batches(tmp_path):
 
 def test_dedup_exact_only_and_positions_as_labels():
     step = Dedup("d", Dedup.Params(column="text", near=False), Path("."))
-    first = step.process([{"text": "Hello, World"}, {"text": "something else entirely"}])
-    second = step.process([{"text": "hello world!!"}, {"text": "something else entirely, almost"}])
+    first = step.process([{"text": "Hello, World"}, {"text": "something else entirely"}], CTX)
+    second = step.process([{"text": "hello world!!"}, {"text": "something else entirely, almost"}], CTX)
     assert len(first.records) == 2 and len(second.records) == 1
     assert [(r["_duplicate_of"], why) for r, why in second.dropped] == [(0, "duplicate (exact)")]
     with pytest.raises(ValueError, match="backend must be one of"):
@@ -423,7 +426,7 @@ def test_decontaminate_finds_a_13_gram_but_not_a_12_gram(tmp_path):
     assert stats["dropped"] == {"contaminated": 2}
     assert [r["prompt"] for r in rows] == [records[1]["prompt"], records[3]["prompt"]]
     records[2]["prompt"] = [{"role": "system", "content": "hi"}, {"role": "user", "content": records[2]["prompt"]}]
-    result = Decontaminate("d", Decontaminate.Params(benchmarks=["gsm.jsonl"]), tmp_path).process(records)
+    result = Decontaminate("d", Decontaminate.Params(benchmarks=["gsm.jsonl"]), tmp_path).process(records, CTX)
     assert [r["prompt"] for r in result.records] == [records[1]["prompt"], records[3]["prompt"]]
     report = result.dropped[0][0]["_contamination"]
     assert report == {
@@ -442,7 +445,7 @@ def test_decontaminate_reads_txt_and_parquet_fields_and_invalidates_the_cache(tm
     (tmp_path / "bench.txt").write_text("short line\n" + BENCH_ITEM.replace("Natalia", "Maria") + "\n")
     records = [{"prompt": "x", "chosen": BENCH_ITEM.replace("Natalia", "Maria")}, {"prompt": "y", "chosen": "ok"}]
     step = Decontaminate("d", Decontaminate.Params(benchmarks=["bench.txt"], column=["prompt", "chosen"]), tmp_path)
-    dropped = step.process(records).dropped
+    dropped = step.process(records, CTX).dropped
     assert [r["_contamination"]["column"] for r, _ in dropped] == ["chosen"]
     assert dropped[0][0]["_contamination"]["item"] == 1
     only_id = Decontaminate(
@@ -450,7 +453,7 @@ def test_decontaminate_reads_txt_and_parquet_fields_and_invalidates_the_cache(tm
         Decontaminate.Params(benchmarks=["bench.parquet"], benchmark_columns=["question"], column="chosen", ngram=5),
         tmp_path,
     )
-    assert not only_id.process(records).dropped  # the passage field is not indexed
+    assert not only_id.process(records, CTX).dropped  # the passage field is not indexed
     assert only_id.files() == [tmp_path / "bench.parquet"]
 
     spec = f"{{name: f, type: {DC}.Decontaminate, from: src, column: chosen, benchmarks: [bench.txt]}}"
@@ -469,7 +472,7 @@ def test_decontaminate_reads_txt_and_parquet_fields_and_invalidates_the_cache(tm
     )
     typo = Decontaminate("d", Decontaminate.Params(benchmarks=["bench.txt"], benchmark_columns=["txt"]), tmp_path)
     with pytest.raises(ValueError, match=r"no item has the field\(s\) \['txt'\]"):  # and at run time, on all items
-        typo.process(records)
+        typo.process(records, CTX)
     assert "must end in one of" in problems(
         tmp_path, f"{{name: f, type: {DC}.Decontaminate, from: src, column: text, benchmarks: [b.csv]}}"
     )
@@ -490,7 +493,7 @@ def test_decontaminate_matches_short_benchmark_items_whole(tmp_path):
         {"prompt": "Which planet in our solar system has the most rings?"},  # same first 8 words, then different
     ]
     step = Decontaminate("d", Decontaminate.Params(benchmarks=["bench.jsonl"]), tmp_path)
-    result = step.process(records)
+    result = step.process(records, CTX)
     assert [r["prompt"] for r in result.records] == [records[i]["prompt"] for i in (4, 5, 6)]
     reports = [r["_contamination"] for r, _ in result.dropped]
     assert reports[0] == {
@@ -503,7 +506,7 @@ def test_decontaminate_matches_short_benchmark_items_whole(tmp_path):
     assert [r["ngram"] for r in reports[1:]] == [normalize_text(SHORT_ITEM)] * 2 + ["saturn"]
     # min_words: the shortest item matched inside a longer text (shorter ones only match a text equal to them).
     every_word = Decontaminate("d", Decontaminate.Params(benchmarks=["bench.jsonl"], min_words=1), tmp_path)
-    assert [r["prompt"] for r in every_word.process(records).records] == [records[i]["prompt"] for i in (5, 6)]
+    assert [r["prompt"] for r in every_word.process(records, CTX).records] == [records[i]["prompt"] for i in (5, 6)]
 
 
 def test_ngram_hashes_gives_prefix_windows_from_the_same_pass():

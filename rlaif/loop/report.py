@@ -14,25 +14,22 @@ from rich.console import Group
 from rich.table import Table
 
 from rlaif.pipeline.run import RunSummary
+from rlaif.registry import UnknownComponent
+from rlaif.steps.registry import step_class
 
-# The phase a pipeline step belongs to, by step type; any other step (sources, dedup, decontamination, length and
-# judge filters, pairing, expressions, mixing) is bookkeeping on records: "filter".
-PHASE_OF_STEP = {
-    "generate_responses": "generate",
-    "self_instruct": "generate",
-    "evol_instruct": "generate",
-    "magpie": "generate",
-    "best_of_n": "generate",
-    "pairwise_judge": "label",
-    "rating_judge": "label",
-    "constitutional_judge": "label",
-    "critique_revise": "label",
-    "reward_model_score": "label",
-}
 # The loop's phases, in round order, as keys of a round's "seconds" (the round table writes hand_off as hand-off).
 PHASES = ("generate", "label", "filter", "train", "hand_off", "eval")
 # Training metrics worth a column, as TRL logs them (DPO and its family, RM, SFT, KTO, PPO).
 TRAIN_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "accuracy", "kl", "objective/kl", "reward")
+
+
+def step_phase(step_type: str) -> str:
+    """The loop phase a step type declares (``Step.phase``: generate, label or filter); a type that no longer
+    resolves (a plugin removed since the run) counts as "filter", bookkeeping on records."""
+    try:
+        return step_class(step_type).phase
+    except (UnknownComponent, ImportError):
+        return "filter"
 
 
 def phase_times(stats: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -40,13 +37,13 @@ def phase_times(stats: dict[str, dict[str, Any]]) -> dict[str, float]:
     times: Counter[str] = Counter({"generate": 0.0, "label": 0.0, "filter": 0.0})
     for step in stats.values():
         if not step.get("cached"):
-            times[PHASE_OF_STEP.get(step["type"], "filter")] += step["wall_s"]
+            times[step_phase(step["type"])] += step["wall_s"]
     return dict(times)
 
 
 def data_summary(stats: dict[str, dict[str, Any]], kept: int) -> dict[str, Any]:
     """Records made (by the generation steps), kept (rows saved) and dropped or quarantined, by step and reason."""
-    made = sum(s["records_out"] for s in stats.values() if PHASE_OF_STEP.get(s["type"]) == "generate")
+    made = sum(s["records_out"] for s in stats.values() if step_phase(s["type"]) == "generate")
     dropped = {f"{name}: {reason}": n for name, s in stats.items() for reason, n in s["dropped"].items()}
     quarantined = {f"{name}: {reason}": n for name, s in stats.items() for reason, n in s["quarantined"].items()}
     first = next(iter(stats.values()), None)

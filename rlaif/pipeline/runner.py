@@ -20,7 +20,7 @@ from rlaif.pipeline.progress import Reporter
 from rlaif.pipeline.runtime import EngineRuntime
 from rlaif.pipeline.spec import Pipeline, StepSpec
 from rlaif.pipeline.store import StepStore
-from rlaif.steps.base import BatchResult, Quarantined, Record, Step
+from rlaif.steps.base import BatchResult, Quarantined, Record, Step, StepContext
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def _run_step(
     limit: int | None,
 ) -> dict[str, Any]:
     step = spec.step
-    step.setup(runtime)
+    step.setup(runtime.context(spec.name))
     done = store.done_batches()
     if done and step.stateful:
         log.info("step %s keeps state across batches: redoing it from its first batch", spec.name)
@@ -87,12 +87,14 @@ def _run_step(
     with reporter.step(spec.name, total) as advance:
         for stats in done.values():
             advance(stats["records_in"])
-        for index, batch in enumerate(_batches(step, inputs, spec.batch_size, limit)):
+        batches = _batches(step, runtime.context(spec.name), inputs, spec.batch_size, limit)
+        for index, batch in enumerate(batches):
             if index in done:
                 continue
-            runtime.for_batch(spec.name, index)
             batch_started = time.perf_counter()
-            outcome = batch if isinstance(batch, BatchResult) else _process(step, batch)
+            outcome = (
+                batch if isinstance(batch, BatchResult) else _process(step, batch, runtime.context(spec.name, index))
+            )
             records_in = _count(outcome) if isinstance(batch, BatchResult) else len(batch)
             stats = _batch_stats(records_in, outcome, time.perf_counter() - batch_started)
             _check_accounting(spec.name, f"batch {index}", stats)
@@ -106,10 +108,10 @@ def _run_step(
 
 
 def _batches(
-    step: Step, inputs: list[StepStore], size: int, limit: int | None
+    step: Step, ctx: StepContext, inputs: list[StepStore], size: int, limit: int | None
 ) -> Iterator[list[Record] | BatchResult]:
     if step.is_source:
-        yield from _limited(step.read(), limit)
+        yield from _limited(step.read(ctx), limit)
         return
     # A join reads its upstreams one after the other (a union, in `from` order), re-cut to this step's batch size.
     records = itertools.chain.from_iterable(itertools.chain.from_iterable(s.records() for s in inputs))
@@ -130,16 +132,16 @@ def _limited(batches: Iterator[BatchResult], limit: int | None) -> Iterator[Batc
             return
 
 
-def _process(step: Step, batch: list[Record]) -> BatchResult:
+def _process(step: Step, batch: list[Record], ctx: StepContext) -> BatchResult:
     """The step's hook on the whole batch; if it raises, record by record, quarantining the ones that still raise."""
     try:
-        return step.process(batch)
+        return step.process(batch, ctx)
     except Exception as exc:  # noqa: BLE001 - any failure of user or model code must become a quarantine reason
         log.warning("step %s failed on a batch of %d (%s); retrying record by record", step.name, len(batch), exc)
     merged = BatchResult()
     for record in batch:
         try:
-            one = step.process([record])
+            one = step.process([record], ctx)
         except Exception as exc:  # noqa: BLE001
             merged.quarantined.append(Quarantined(record, f"step raised {type(exc).__name__}", str(exc)))
             continue

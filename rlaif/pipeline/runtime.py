@@ -1,8 +1,8 @@
-"""What the engine injects into steps: shared backends (one engine per distinct model) and sampling defaults."""
+"""A pipeline's engines: shared backends (one engine per distinct model) and each model's sampling values. Steps
+reach them through their ``StepContext`` (rlaif.steps.base), which seeds each batch's sampling with ``batch_seed``."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -11,6 +11,7 @@ from rlaif.backends import Backend, load_backend
 from rlaif.pipeline.fingerprint import adapter_digest
 from rlaif.pipeline.spec import ModelSpec
 from rlaif.schema import GenerationParams, LoraAdapter
+from rlaif.steps.base import StepContext
 
 
 def lora_adapter(path: str) -> LoraAdapter:
@@ -36,13 +37,13 @@ class EngineRuntime:
     ) -> None:
         self.models = models
         self.pipeline_seed = pipeline_seed
-        self._batch = ("", 0)
         self._provided = dict(provided or {})
         self._backends: dict[str, Backend] = {}
         self._adapters: dict[str, LoraAdapter] = {}  # by path: an adapter is hashed once per run, not per batch
 
-    def for_batch(self, step_name: str, batch_index: int) -> None:
-        self._batch = (step_name, batch_index)
+    def context(self, step_name: str, batch_index: int = 0) -> StepContext:
+        """What a step's hook gets for one batch: these engines, the step's name, the batch index and its seed."""
+        return StepContext(step_name, batch_index, self.pipeline_seed, self)
 
     def backend(self, model_name: str) -> Backend:
         if model_name in self._provided:
@@ -54,12 +55,9 @@ class EngineRuntime:
         return self._backends[key]
 
     def sampling(self, model_name: str, **overrides: Any) -> GenerationParams:
+        """The model's sampling values with ``overrides``; ``seed`` is the model's (or step's) own: the step's
+        context derives each batch's seed from it (``StepContext.sampling``)."""
         values = {**self.models[model_name].sampling, **overrides}
-        # Every batch samples with its own seed derived from (pipeline seed, model/step seed, step, batch): a batch
-        # redone after a kill samples exactly what the interrupted one would have, whatever ran before it.
-        step_name, batch_index = self._batch
-        key = f"{self.pipeline_seed}/{values.get('seed')}/{step_name}/{batch_index}"
-        values["seed"] = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
         if "stop" in values:
             values["stop"] = tuple(values["stop"] or ())
         if values.get("lora"):

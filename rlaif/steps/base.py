@@ -1,20 +1,28 @@
-"""The Step contract. A step declares its input and output columns and implements one hook; the engine owns the
-batch loop, caching, accounting and quarantine.
+"""The Step contract. A step declares its input and output columns, its loop phase, and implements one hook; the
+engine owns the batch loop, caching, accounting and quarantine.
 
-- Sources implement ``read()`` and yield ``BatchResult``s (records, plus any input they had to quarantine).
-- Transforms implement ``process(records) -> BatchResult``: every record that enters leaves as an output, is
+- Sources implement ``read(ctx)`` and yield ``BatchResult``s (records, plus any input they had to quarantine).
+- Transforms implement ``process(records, ctx) -> BatchResult``: every record that enters leaves as an output, is
   dropped with a reason, or is quarantined with a reason (and the raw model output when there is one).
+- Per-record filters write ``verdict(record)`` (None keeps the record, a string drops it with that reason, raising
+  ``Quarantine`` quarantines it) and return ``filter_records(records, self.verdict)`` from ``process``.
 
-Planning hooks (``required_columns``, ``output_columns``, ``files``, ``model_names``) are cheap and never load
-models: ``rlaif validate`` calls them.
+``ctx`` is a ``StepContext``: what the engine injects at run time (engine access, the step's name, the batch index
+and its seed), passed explicitly, never stored on the step. ``setup(ctx)`` is for one-time work (an index, a model).
+
+Columns are declared once: ``inputs`` lists column names, or ``ParamColumn("param")`` for the column(s) a parameter
+names; a step whose inputs follow a rule (a check that is on or off) computes them in ``required_columns()``
+instead and declares no ``inputs``. Planning hooks (``required_columns``, ``output_columns``, ``files``,
+``model_names``) are cheap and never load models: ``rlaif validate`` calls them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -22,6 +30,7 @@ from rlaif.backends.base import Backend
 from rlaif.schema import GenerationParams
 
 Record = dict[str, Any]
+Phase = Literal["generate", "label", "filter"]
 
 
 class StepParams(BaseModel):
@@ -58,10 +67,16 @@ class BatchResult:
         return len(self.records) if self.inputs_emitted is None else self.inputs_emitted
 
 
-class Runtime(Protocol):
-    """What the engine injects into steps at run time (never at planning time)."""
+# -- the runtime context -----------------------------------------------------------------------------------------
+def batch_seed(pipeline_seed: int, model_seed: int | None, step_name: str, batch_index: int) -> int:
+    """The sampling seed of one batch of one step: a batch redone after a kill samples exactly what the interrupted
+    one would have, whatever ran before it. A 31-bit non-negative int (what every backend accepts)."""
+    key = f"{pipeline_seed}/{model_seed}/{step_name}/{batch_index}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
-    pipeline_seed: int
+
+class Engines(Protocol):
+    """Engine access by model name (the pipeline's ``models:``): shared backends and each model's sampling values."""
 
     def backend(self, model_name: str) -> Backend: ...
 
@@ -70,12 +85,62 @@ class Runtime(Protocol):
     def model_reference(self, model_name: str) -> str: ...
 
 
+class NoEngines(RuntimeError):
+    """A step asked for a model through a context that has no engines (a unit test of a model-free step)."""
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What one call of a step's hook may use besides its records. Built by the engine per batch; a step never
+    keeps it. ``StepContext()`` alone serves steps that use no model (filters, pairing, sources)."""
+
+    step_name: str = ""
+    batch_index: int = 0
+    pipeline_seed: int = 0
+    engines: Engines | None = None
+
+    @property
+    def seed(self) -> int:
+        """This batch's seed for a model without a seed of its own (what ``sampling`` gives such a model)."""
+        return batch_seed(self.pipeline_seed, None, self.step_name, self.batch_index)
+
+    def for_batch(self, batch_index: int) -> StepContext:
+        return replace(self, batch_index=batch_index)
+
+    def backend(self, model_name: str) -> Backend:
+        return self._engines().backend(model_name)
+
+    def sampling(self, model_name: str, **overrides: Any) -> GenerationParams:
+        """The model's sampling values with ``overrides``, seeded for this batch by ``batch_seed``."""
+        params = self._engines().sampling(model_name, **overrides)
+        return replace(params, seed=batch_seed(self.pipeline_seed, params.seed, self.step_name, self.batch_index))
+
+    def model_reference(self, model_name: str) -> str:
+        return self._engines().model_reference(model_name)
+
+    def _engines(self) -> Engines:
+        if self.engines is None:
+            raise NoEngines(f"step {self.step_name!r} needs a model, but its context has no engines")
+        return self.engines
+
+
+# -- steps -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParamColumn:
+    """In ``inputs``: the column(s) a parameter names (a name, a list of names, or None for none)."""
+
+    param: str
+
+
 class Step:
-    """Base class: one level of inheritance only. Subclasses set ``Params``, ``inputs``, ``outputs`` and a hook."""
+    """Base class: one level of inheritance only. Subclasses set ``Params``, ``inputs``, ``outputs``, ``phase`` and
+    a hook."""
 
     Params: ClassVar[type[StepParams]] = StepParams
-    inputs: ClassVar[tuple[str, ...]] = ()
+    inputs: ClassVar[tuple[str | ParamColumn, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
+    # Where the loop's report counts this step's time (and, for "generate", the records it made).
+    phase: ClassVar[Phase] = "filter"
     is_source: ClassVar[bool] = False
     default_batch_size: ClassVar[int] = 1000
     # A stateful step's output for a batch depends on the batches before it (dedup's index of kept records), so
@@ -86,11 +151,15 @@ class Step:
         self.name = name
         self.params = params
         self.base_dir = base_dir  # relative paths in params resolve against the pipeline file's directory
-        self.runtime: Runtime | None = None
 
     # -- planning (cheap) -------------------------------------------------------------------------------------
     def required_columns(self) -> set[str]:
-        return set(self.inputs)
+        """The declared ``inputs``, with each ``ParamColumn`` replaced by the column(s) its parameter names."""
+        columns: set[str] = set()
+        for entry in self.inputs:
+            value = getattr(self.params, entry.param) if isinstance(entry, ParamColumn) else entry
+            columns |= {value} if isinstance(value, str) else set(value or ())
+        return columns
 
     def output_columns(self, available: set[str] | None) -> set[str] | None:
         """Columns after this step; ``None`` means unknown until run time (e.g. a Hub dataset), so checks relax."""
@@ -109,11 +178,37 @@ class Step:
         return path if path.is_absolute() else self.base_dir / path
 
     # -- running ----------------------------------------------------------------------------------------------
-    def setup(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def setup(self, ctx: StepContext) -> None:
+        """One-time work before the first batch of a run (load a model, build an index); the default does nothing."""
 
-    def read(self) -> Iterator[BatchResult]:
+    def read(self, ctx: StepContext) -> Iterator[BatchResult]:
         raise NotImplementedError(f"{type(self).__name__} is not a source")
 
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         raise NotImplementedError(f"{type(self).__name__} does not process records")
+
+
+# -- per-record filters ------------------------------------------------------------------------------------------
+class Quarantine(Exception):  # noqa: N818 - raised to quarantine a record, like StopIteration stops one
+    """Raised by a filter's verdict (``filter_records``): the record can be neither kept nor dropped as it is."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason, self.detail = reason, detail
+
+
+def filter_records(records: list[Record], verdict: Callable[[Record], str | None]) -> BatchResult:
+    """A per-record filter's batch: ``verdict(record)`` returns None to keep it, a reason to drop it, or raises
+    ``Quarantine(reason, detail)``. Filters call it from ``process``; this function owns the bookkeeping."""
+    result = BatchResult()
+    for record in records:
+        try:
+            reason = verdict(record)
+        except Quarantine as exc:
+            result.quarantined.append(Quarantined(record, exc.reason, exc.detail))
+            continue
+        if reason is None:
+            result.records.append(record)
+        else:
+            result.dropped.append((record, reason))
+    return result

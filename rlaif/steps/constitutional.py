@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rlaif.formats import preference_row, prompt_text, sft_row
 from rlaif.schema import GenerationParams, GenerationResult, Prompt
 from rlaif.steps import verdicts
-from rlaif.steps.base import BatchResult, Quarantined, Record, Runtime, Step, StepParams
+from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
 from rlaif.steps.judges import (
     JUDGE_FAILED,
     NO_LOGPROBS,
@@ -92,11 +92,6 @@ def constitution_path(value: str | None, base_dir: Path) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
-def _seed_key(runtime: Runtime | None) -> int:
-    # The pipeline seed changes which principles are drawn; runtimes that do not carry one count as seed 0.
-    return int(getattr(runtime, "pipeline_seed", 0) or 0)
-
-
 # -- RL-CAI: constitutional judge --------------------------------------------------------------------------------
 class ConstitutionalJudgeParams(StepParams):
     model: str
@@ -130,13 +125,11 @@ class ConstitutionalJudge(Step):
     """
 
     Params = ConstitutionalJudgeParams
-    inputs = ("prompt", "responses")
+    inputs = (ParamColumn("prompt_column"), "responses")
     outputs = ("p_a", "preference", "confidence", "consistent", "principles", "judge_outputs", "judge_model")
+    phase = "label"
     default_batch_size = 64
     params: ConstitutionalJudgeParams
-
-    def required_columns(self) -> set[str]:
-        return {self.params.prompt_column, "responses"}
 
     def constitution_file(self) -> Path:
         return constitution_path(self.params.constitution, self.base_dir)
@@ -162,15 +155,13 @@ class ConstitutionalJudge(Step):
             )
         return super().output_columns(available)
 
-    def setup(self, runtime: Runtime) -> None:
-        super().setup(runtime)
+    def setup(self, ctx: StepContext) -> None:
         self.constitution = load_constitution(self.constitution_file())
 
-    def process(self, records: list[Record]) -> BatchResult:
-        assert self.runtime is not None
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         result = BatchResult()
         pairs = pairs_only(records, result)
-        chosen = [self._principles(r) for r in pairs]
+        chosen = [self._principles(r, ctx.pipeline_seed) for r in pairs]
         # Job order: record, principle, then the A-first and B-first presentations.
         jobs = [
             (record, principle, swap)
@@ -179,8 +170,8 @@ class ConstitutionalJudge(Step):
             for swap in (False, True)
         ]
         prompts = [self._prompt(record, principle, swap, "judge") for record, principle, swap in jobs]
-        texts, answers = self._generate(prompts, jobs, result)
-        judge_model = self.runtime.model_reference(self.params.model)
+        texts, answers = self._generate(prompts, jobs, result, ctx)
+        judge_model = ctx.model_reference(self.params.model)
         start = 0
         for record, principles in zip(pairs, chosen, strict=True):
             end = start + 2 * len(principles)
@@ -192,7 +183,7 @@ class ConstitutionalJudge(Step):
                 result.records.append({**record, **outcome, "judge_model": judge_model})
         return result
 
-    def _principles(self, record: Record) -> list[Principle]:
+    def _principles(self, record: Record, pipeline_seed: int) -> list[Principle]:
         # Keyed by the comparison, as Bai et al. 2022 sample a principle per comparison: the prompt alone would give
         # every pair of a prompt (and every loop round's new pairs) one principle. The responses are sorted so the
         # draw does not depend on which one the record lists first.
@@ -200,7 +191,7 @@ class ConstitutionalJudge(Step):
         return sample_principles(
             self.constitution.principles,
             self.params.k_principles,
-            _seed_key(self.runtime),
+            pipeline_seed,  # the pipeline seed changes which principles are drawn
             self.params.seed,
             self.name,
             *comparison,
@@ -220,17 +211,16 @@ class ConstitutionalJudge(Step):
         return [{"role": "user", "content": text}]
 
     def _generate(
-        self, prompts: list[list[dict[str, str]]], jobs: list[Any], result: BatchResult
+        self, prompts: list[list[dict[str, str]]], jobs: list[Any], result: BatchResult, ctx: StepContext
     ) -> tuple[list[str], list[GenerationResult]]:
         """(raw texts, answer results) per job; with cot, a reasoning call first, then the answer call on it."""
-        assert self.runtime is not None
         if not prompts:
             return [], []
-        backend, p = self.runtime.backend(self.params.model), self.params
+        backend, p = ctx.backend(self.params.model), self.params
         rationales = [""] * len(prompts)
         if p.cot:
             reasoning = backend.generate(
-                prompts, self.runtime.sampling(p.model, n=1, temperature=p.temperature, max_tokens=p.cot_max_tokens)
+                prompts, ctx.sampling(p.model, n=1, temperature=p.temperature, max_tokens=p.cot_max_tokens)
             )
             count_tokens(result, reasoning)
             rationales = [first_text(g) for g in reasoning]
@@ -240,7 +230,7 @@ class ConstitutionalJudge(Step):
             ]
         answers = backend.generate(
             prompts,
-            self.runtime.sampling(
+            ctx.sampling(
                 p.model,
                 n=1,
                 temperature=p.temperature,
@@ -313,13 +303,11 @@ class CritiqueRevise(Step):
     """
 
     Params = CritiqueReviseParams
-    inputs = ("prompt", "responses")
+    inputs = (ParamColumn("prompt_column"), "responses")
     outputs = ("revision", "critiques", "revisions", "principles", "revision_model")
+    phase = "label"
     default_batch_size = 64
     params: CritiqueReviseParams
-
-    def required_columns(self) -> set[str]:
-        return {self.params.prompt_column, "responses"}
 
     def constitution_file(self) -> Path:
         return constitution_path(self.params.constitution, self.base_dir)
@@ -350,12 +338,10 @@ class CritiqueRevise(Step):
             return {"messages", *provenance}
         return super().output_columns(available)
 
-    def setup(self, runtime: Runtime) -> None:
-        super().setup(runtime)
+    def setup(self, ctx: StepContext) -> None:
         self.principles = load_constitution(self.constitution_file()).revisable()
 
-    def process(self, records: list[Record]) -> BatchResult:
-        assert self.runtime is not None
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         result = BatchResult()
         kept = [r for r in records if isinstance(r.get("responses"), list) and r["responses"]]
         result.dropped += [(r, "no responses") for r in records if not any(r is k for k in kept)]
@@ -368,8 +354,8 @@ class CritiqueRevise(Step):
         ]
         failed: dict[int, Quarantined] = {}
         for round_index in range(self.params.rounds):
-            self._round(kept, [s for s in states if s["record"] not in failed], round_index, failed, result)
-        reference = self.runtime.model_reference(self.params.model)
+            self._round(kept, [s for s in states if s["record"] not in failed], round_index, failed, result, ctx)
+        reference = ctx.model_reference(self.params.model)
         for i, record in enumerate(kept):
             if i in failed:
                 result.quarantined.append(failed[i])
@@ -386,13 +372,13 @@ class CritiqueRevise(Step):
         round_index: int,
         failed: dict[int, Quarantined],
         result: BatchResult,
+        ctx: StepContext,
     ) -> None:
-        assert self.runtime is not None
         critique_template, revision_template = self.templates()
         for state in states:
             prompt = records[state["record"]][self.params.prompt_column]
             key = (
-                _seed_key(self.runtime),
+                ctx.pipeline_seed,
                 self.params.seed,
                 self.name,
                 prompt_text(prompt),
@@ -401,7 +387,7 @@ class CritiqueRevise(Step):
             )
             state["principle"] = sample_principles(self.principles, 1, *key)[0]
             state["conversation"] = conversation_text(prompt)
-        backend, sampling = self.runtime.backend(self.params.model), self._sampling()
+        backend, sampling = ctx.backend(self.params.model), self._sampling(ctx)
         for stage in ("critique", "revision"):
             live = [s for s in states if s["record"] not in failed]
             prompts = [self._prompt(s, stage, critique_template, revision_template) for s in live]
@@ -424,12 +410,11 @@ class CritiqueRevise(Step):
                     state["principles"].append(state["principle"].id)
                     state["current"] = text
 
-    def _sampling(self) -> GenerationParams:
-        assert self.runtime is not None
+    def _sampling(self, ctx: StepContext) -> GenerationParams:
         overrides = {
             k: getattr(self.params, k) for k in ("temperature", "max_tokens") if getattr(self.params, k) is not None
         }
-        return self.runtime.sampling(self.params.model, n=1, **overrides)
+        return ctx.sampling(self.params.model, n=1, **overrides)
 
     def _prompt(self, state: dict[str, Any], stage: str, critique: Path, revision: Path) -> Prompt:
         principle: Principle = state["principle"]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
-from rlaif.steps.base import BatchResult, Record, Runtime, Step, StepParams
+from rlaif.steps.base import BatchResult, ParamColumn, Record, Step, StepContext, StepParams
 from rlaif.steps.dedup import column_text, read_texts
 from rlaif.steps.ngrams import HashLookup, flat_ngram_hashes, locate_windows, text_word_hashes, tokens, window_sums
 
@@ -105,6 +105,7 @@ class Decontaminate(Step):
     """
 
     Params = DecontaminateParams
+    inputs = (ParamColumn("column"),)
     params: DecontaminateParams
     default_batch_size = 2000
 
@@ -117,9 +118,6 @@ class Decontaminate(Step):
 
     def columns(self) -> list[str]:
         return [self.params.column] if isinstance(self.params.column, str) else list(self.params.column)
-
-    def required_columns(self) -> set[str]:
-        return set(self.columns())
 
     def files(self) -> list[Path]:
         return [self.resolve(p) for p in self.params.benchmarks]
@@ -134,8 +132,7 @@ class Decontaminate(Step):
                 )
         return super().output_columns(available)
 
-    def setup(self, runtime: Runtime) -> None:
-        super().setup(runtime)
+    def setup(self, ctx: StepContext) -> None:
         self.contaminated.clear()
         self._build_index()
 
@@ -187,7 +184,7 @@ class Decontaminate(Step):
             raise ValueError(f"{path}: no item has the field(s) {sorted(missing)}; its fields: {sorted(seen)}")
         return texts, np.asarray(items, dtype=np.int64)
 
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         if self._grams is None:
             self._build_index()
         assert self._grams is not None

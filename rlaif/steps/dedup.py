@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import Field, field_validator
 
-from rlaif.steps.base import BatchResult, Quarantined, Record, Runtime, Step, StepParams
+from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
 from rlaif.steps.ngrams import WordHasher, ngram_hashes, tokens
 
 _CHUNK = 4096  # n-grams per (permutations x n-grams) block: fastest measured (fits in cache)
@@ -267,6 +267,7 @@ class Dedup(Step):
     """
 
     Params = DedupParams
+    inputs = (ParamColumn("column"), ParamColumn("id_column"))
     params: DedupParams
     default_batch_size = 2000  # larger blocks amortize the numpy work; memory stays small
     stateful = True
@@ -277,11 +278,7 @@ class Dedup(Step):
         self._index: NearIndex | None = None
         self._seen = 0
 
-    def required_columns(self) -> set[str]:
-        return {self.params.column} | ({self.params.id_column} if self.params.id_column else set())
-
-    def setup(self, runtime: Runtime) -> None:
-        super().setup(runtime)
+    def setup(self, ctx: StepContext) -> None:
         self._reset()
 
     def _reset(self) -> None:
@@ -292,7 +289,7 @@ class Dedup(Step):
             bands = optimal_bands(p.threshold, p.num_perm)
             self._index = NEAR_BACKENDS[backend](p.threshold, p.num_perm, p.ngram, bands, p.seed)
 
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         if self._exact is None:
             self._reset()
         assert self._exact is not None

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from rlaif.steps.base import BatchResult, Quarantined, Record, Step, StepParams
+from rlaif.steps.base import BatchResult, Quarantine, Record, Step, StepContext, StepParams, filter_records
 
 Node = tuple[Any, ...]
 
@@ -330,17 +330,12 @@ class Expression(Step):
     def required_columns(self) -> set[str]:
         return set(self.predicate.columns)
 
-    def process(self, records: list[Record]) -> BatchResult:
-        result = BatchResult()
-        for record in records:
-            try:
-                keep = self.predicate(record)
-            except (TypeError, ExpressionError) as exc:
-                detail = f"{self.params.where!r}: {type(exc).__name__}: {exc}"
-                result.quarantined.append(Quarantined(record, "expression error", detail))
-                continue
-            if keep:
-                result.records.append(record)
-            else:
-                result.dropped.append((record, "expression false"))
-        return result
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
+        return filter_records(records, self.verdict)
+
+    def verdict(self, record: Record) -> str | None:
+        try:
+            keep = self.predicate(record)
+        except (TypeError, ExpressionError) as exc:
+            raise Quarantine("expression error", f"{self.params.where!r}: {type(exc).__name__}: {exc}") from exc
+        return None if keep else "expression false"

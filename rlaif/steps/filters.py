@@ -2,8 +2,9 @@
 checks of a pairwise judge). The ``expression`` filter lives with its language in ``rlaif.steps.expression``; ``dedup``
 in ``rlaif.steps.dedup``; ``decontaminate`` in ``rlaif.steps.decontaminate``.
 
-Each filter keeps a record or drops it with a short stable reason (the run's stats count drops by reason); a record
-whose fields cannot be read is quarantined with a reason and a detail, never silently kept or dropped.
+Each filter gives a verdict per record (``filter_records`` owns the bookkeeping): keep it, drop it with a short stable
+reason (the run's stats count drops by reason), or quarantine a record whose fields cannot be read with a reason and a
+detail, never silently keeping or dropping it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from rlaif.models import reference_problem
-from rlaif.steps.base import BatchResult, Quarantined, Record, Runtime, Step, StepParams
+from rlaif.steps.base import BatchResult, Quarantine, Record, Step, StepContext, StepParams, filter_records
 from rlaif.steps.dedup import column_text
 from rlaif.steps.ngrams import normalize_text
 
@@ -104,8 +105,7 @@ class Length(Step):
     def required_columns(self) -> set[str]:
         return set(self._text_columns())
 
-    def setup(self, runtime: Runtime) -> None:
-        super().setup(runtime)
+    def setup(self, ctx: StepContext) -> None:
         self._load_tokenizer()
 
     def _load_tokenizer(self) -> None:
@@ -116,26 +116,17 @@ class Length(Step):
 
             self._tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.params.tokenizer))
 
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         self._load_tokenizer()  # a no-op after setup(); lets the step run outside the engine too
-        result, columns = BatchResult(), self._text_columns()
-        readable: list[tuple[Record, list[str]]] = []
-        for record in records:
-            try:
-                readable.append((record, [column_text(record.get(c)) for c in columns]))
-            except TypeError as exc:
-                result.quarantined.append(Quarantined(record, "not text", f"{columns}: {exc}"))
-        flat = UNITS[self.params.unit]([t for _, texts in readable for t in texts], self._tokenizer)
-        width = len(columns)
-        for i, (record, _) in enumerate(readable):
-            reason = self._reason(flat[i * width : (i + 1) * width])
-            if reason is None:
-                result.records.append(record)
-            else:
-                result.dropped.append((record, reason))
-        return result
+        return filter_records(records, self.verdict)
 
-    def _reason(self, lengths: list[int]) -> str | None:
+    def verdict(self, record: Record) -> str | None:
+        columns = self._text_columns()
+        try:
+            texts = [column_text(record.get(c)) for c in columns]
+        except TypeError as exc:
+            raise Quarantine("not text", f"{columns}: {exc}") from exc
+        lengths = UNITS[self.params.unit](texts, self._tokenizer)
         p = self.params
         if self._bounds_column():
             length, lengths = lengths[0], lengths[1:]
@@ -267,16 +258,11 @@ class JudgeFilter(Step):
     def required_columns(self) -> set[str]:
         return set().union(*(rule.columns(self.params) for rule in self.rules()))
 
-    def process(self, records: list[Record]) -> BatchResult:
-        result, rules = BatchResult(), self.rules()
-        for record in records:
-            try:
-                reason = next((rule.reason for rule in rules if rule.fails(record, self.params)), None)
-            except InvalidField as exc:
-                result.quarantined.append(Quarantined(record, "invalid judge field", str(exc)))
-                continue
-            if reason is None:
-                result.records.append(record)
-            else:
-                result.dropped.append((record, reason))
-        return result
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
+        return filter_records(records, self.verdict)
+
+    def verdict(self, record: Record) -> str | None:
+        try:
+            return next((rule.reason for rule in self.rules() if rule.fails(record, self.params)), None)
+        except InvalidField as exc:
+            raise Quarantine("invalid judge field", str(exc)) from exc

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 
 from rlaif.models import reference_problem, resolve_model
 from rlaif.schema import Completion, Conversation, Prompt
-from rlaif.steps.base import BatchResult, Quarantined, Record, Step, StepParams
+from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +46,13 @@ class GenerateResponses(Step):
     """
 
     Params = GenerateResponsesParams
+    inputs = (ParamColumn("prompt_column"),)
     outputs = ("responses", "response_models", "response_finish_reasons", "generation_params")
+    phase = "generate"
     default_batch_size = 256  # large batches keep vLLM saturated
     params: GenerateResponsesParams
 
-    def required_columns(self) -> set[str]:
-        return {self.params.prompt_column}
-
-    def process(self, records: list[Record]) -> BatchResult:
-        assert self.runtime is not None
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         result = BatchResult()
         outputs: list[dict[str, list[Any]]] = [
             {"responses": [], "response_models": [], "response_finish_reasons": []} for _ in records
@@ -62,15 +60,15 @@ class GenerateResponses(Step):
         failed: dict[int, str] = {}
         used: dict[str, Any] = {}
         for model_name in self.model_names():
-            params = self.runtime.sampling(model_name, **self._overrides())
+            params = ctx.sampling(model_name, **self._overrides())
             used[model_name] = {k: v for k, v in vars(params).items() if v not in (None, ())}
-            reference = self.runtime.model_reference(model_name)
+            reference = ctx.model_reference(model_name)
             if params.lora is not None:
                 # The adapter by its content-derived name, never its path (records must not carry machine paths).
                 used[model_name]["lora"] = params.lora.name
                 reference = f"{reference}+{params.lora.name}"
             prompts = [self._prompt(r) for r in records]
-            for i, generated in enumerate(self.runtime.backend(model_name).generate(prompts, params)):
+            for i, generated in enumerate(ctx.backend(model_name).generate(prompts, params)):
                 result.tokens_in += generated.prompt_tokens
                 result.tokens_out += generated.completion_tokens
                 if not generated.ok:
@@ -182,7 +180,9 @@ class Magpie(Step):
     """
 
     Params = MagpieParams
+    inputs = (ParamColumn("system_prompt_column"),)
     outputs = ("instruction", "prompt", "origin", "instruction_model")
+    phase = "generate"
     default_batch_size = 64
     params: MagpieParams
 
@@ -190,31 +190,27 @@ class Magpie(Step):
         super().__init__(name, params, base_dir)
         self._tokenizer: Any = None  # loaded on the first batch: validation and cached runs never load it
 
-    def required_columns(self) -> set[str]:
-        return {self.params.system_prompt_column} if self.params.system_prompt_column else set()
-
-    def tokenizer(self) -> Any:
+    def tokenizer(self, ctx: StepContext) -> Any:
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            assert self.runtime is not None
-            ref = self.params.tokenizer or self.runtime.model_reference(self.params.model)
+            ref = self.params.tokenizer or ctx.model_reference(self.params.model)
             self._tokenizer = AutoTokenizer.from_pretrained(resolve_model(ref))
         return self._tokenizer
 
-    def process(self, records: list[Record]) -> BatchResult:
-        assert self.runtime is not None
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         result = BatchResult(inputs_emitted=0)
         systems = [self._system(r) for r in records]
-        samples, stops = self._sample(systems, result)
-        reference = self.runtime.model_reference(self.params.model)
+        samples, stops = self._sample(systems, result, ctx)
+        reference = ctx.model_reference(self.params.model)
+        specials = [t for t in self.tokenizer(ctx).all_special_tokens if t] + list(stops) if records else []
         seen: set[str] = set()
         rejected: Counter[str] = Counter()
         for record, system, answer in zip(records, systems, samples, strict=True):
             if isinstance(answer, str):
                 result.quarantined.append(Quarantined(record, "generation failed", answer))
                 continue
-            kept, reasons = self._keep(answer, seen, stops)
+            kept, reasons = self._keep(answer, seen, specials)
             rejected.update(reasons)
             if not kept:
                 result.dropped.append((record, reasons[0] if reasons else "no sample"))
@@ -233,20 +229,21 @@ class Magpie(Step):
         log.info("%s: kept %d instructions; rejected %s", self.name, len(result.records), dict(rejected))
         return result
 
-    def _sample(self, systems: list[str | None], result: BatchResult) -> tuple[list[list[Completion] | str], Stops]:
+    def _sample(
+        self, systems: list[str | None], result: BatchResult, ctx: StepContext
+    ) -> tuple[list[list[Completion] | str], Stops]:
         """(``n`` completions per record or the error of its request, the stop strings).
 
         Records sharing a pre-query share one request for n x (their number) samples: identical requests under the
         batch's one seed would sample identical text, while the samples of one request get distinct seeds (and share
         one prefix computation). Requests stay within MAX_SAMPLES_PER_REQUEST; the k-th request of a pre-query goes
         out in call k with its own seed range."""
-        assert self.runtime is not None
         n = self.params.n
         groups: dict[str | None, list[int]] = {}
         for i, system in enumerate(systems):
             groups.setdefault(system, []).append(i)
-        queries = {system: pre_query(self.tokenizer(), system) for system in groups}
-        sampling = self.runtime.sampling(self.params.model, **self.params.overrides())
+        queries = {system: pre_query(self.tokenizer(ctx), system) for system in groups}
+        sampling = ctx.sampling(self.params.model, **self.params.overrides())
         stops = tuple(dict.fromkeys((*sampling.stop, *sorted({end for _, end in queries.values() if end}))))
         per_request = max(1, MAX_SAMPLES_PER_REQUEST // n)
         calls: dict[tuple[int, int], list[tuple[str | None, list[int]]]] = {}  # (wave, members) -> requests
@@ -258,7 +255,7 @@ class Magpie(Step):
         for (wave, size), requests in calls.items():
             seed = None if sampling.seed is None else (sampling.seed + wave * MAX_SAMPLES_PER_REQUEST) % 2**31
             params = replace(sampling, n=n * size, stop=stops, seed=seed)
-            answers = self.runtime.backend(self.params.model).generate([queries[k][0] for k, _ in requests], params)
+            answers = ctx.backend(self.params.model).generate([queries[k][0] for k, _ in requests], params)
             for (_, chunk), answer in zip(requests, answers, strict=True):
                 result.tokens_in += answer.prompt_tokens
                 result.tokens_out += answer.completion_tokens
@@ -279,8 +276,7 @@ class Magpie(Step):
             return value if isinstance(value, str) and value else None
         return self.params.system_prompt
 
-    def _keep(self, completions: list[Completion], seen: set[str], stops: Stops) -> tuple[list[str], list[str]]:
-        specials = [t for t in self.tokenizer().all_special_tokens if t] + list(stops)
+    def _keep(self, completions: list[Completion], seen: set[str], specials: list[str]) -> tuple[list[str], list[str]]:
         kept, reasons = [], []
         for completion in completions:
             text = completion.text

@@ -29,7 +29,7 @@ from rlaif.adapters import (
     detect_format,
     group_by_prompt,
 )
-from rlaif.steps.base import BatchResult, Quarantined, Record, Step, StepParams
+from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
 from rlaif.steps.sources import Load, LoadParams
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class HumanPreferences(Step):
         if fmt == "auto":
             if self.params.dataset is not None or not all(f.is_file() for f in self.files()):
                 return None  # the format is known only once the first record is read (and a Hub is not asked now)
-            fmt = self._format(next((r for b in self._reader.read() for r in b.records), None))
+            fmt = self._format(next((r for b in self._reader.read(StepContext()) for r in b.records), None))
         return set(PREFERENCE_COLUMNS) | set(PROVENANCE[fmt])
 
     def _format(self, first: Record | None) -> str:
@@ -120,9 +120,9 @@ class HumanPreferences(Step):
         check_options(detected, self.params.options())
         return detected
 
-    def read(self) -> Iterator[BatchResult]:
+    def read(self, ctx: StepContext) -> Iterator[BatchResult]:
         stream: Iterator[Record | Quarantined] = (
-            item for batch in self._reader.read() for item in [*batch.records, *batch.quarantined]
+            item for batch in self._reader.read(ctx) for item in [*batch.records, *batch.quarantined]
         )
         head: list[Record | Quarantined] = []
         for item in stream:  # up to the first parseable record: `auto` names the format from it
@@ -191,13 +191,11 @@ class Mix(Step):
     """
 
     Params = MixParams
+    inputs = (ParamColumn("column"),)
     params: MixParams
     default_batch_size = 2**31 - 1
 
-    def required_columns(self) -> set[str]:
-        return {self.params.column}
-
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         result = BatchResult()
         positions: dict[str, list[int]] = {}
         for index, record in enumerate(records):

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from rlaif.schema import Conversation
-from rlaif.steps.base import BatchResult, Quarantined, Record, Step, StepParams
+from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
 from rlaif.templates import render, template_path
 
 log = logging.getLogger(__name__)
@@ -188,11 +188,10 @@ class SelfInstruct(Step):
     """
 
     Params = SelfInstructParams
+    inputs = (ParamColumn("column"),)
+    phase = "generate"
     default_batch_size = 100_000
     params: SelfInstructParams
-
-    def required_columns(self) -> set[str]:
-        return {self.params.column}
 
     def output_columns(self, available: set[str] | None) -> set[str] | None:
         new = {"instruction", "prompt", "origin", "similarity", "round"}
@@ -203,7 +202,7 @@ class SelfInstruct(Step):
     def files(self) -> list[Path]:
         return [template_path("self_instruct.jinja", self.params.template, self.base_dir)]
 
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         result = BatchResult()
         seeds: list[Record] = []
         for record in records:
@@ -215,7 +214,7 @@ class SelfInstruct(Step):
         if not seeds:
             return result
         seed_texts = [r[self.params.column].strip() for r in seeds]
-        harvest = self._bootstrap(seed_texts, result)
+        harvest = self._bootstrap(seed_texts, result, ctx)
         log.info(
             "%s: kept %d new instructions; rejected candidates: %s; failed requests: %d",
             self.name,
@@ -237,19 +236,18 @@ class SelfInstruct(Step):
             result.dropped += [(r, "no novel instruction") for r in seeds]
         return result
 
-    def _bootstrap(self, seeds: list[str], result: BatchResult) -> _Harvest:
-        assert self.runtime is not None
+    def _bootstrap(self, seeds: list[str], result: BatchResult, ctx: StepContext) -> _Harvest:
         p = self.params
         pool = NoveltyPool(p.max_similarity, p.min_words, p.max_words)
         for text in seeds:
             pool.add(text)
         rng = random.Random(_digest(p.seed, *seeds))  # same seeds and seed -> same in-context samples
-        sampling = self.runtime.sampling(p.model, **_overrides(p))
+        sampling = ctx.sampling(p.model, **_overrides(p))
         harvest = _Harvest()
         for round_index in range(p.rounds):
             generated = [r["instruction"] for r in harvest.new]
             prompts = [_user(self._prompt(rng, seeds, generated)) for _ in range(p.prompts_per_round)]
-            for answer in self.runtime.backend(p.model).generate(prompts, sampling):
+            for answer in ctx.backend(p.model).generate(prompts, sampling):
                 result.tokens_in += answer.prompt_tokens
                 result.tokens_out += answer.completion_tokens
                 if not answer.ok:
@@ -368,12 +366,11 @@ class EvolInstruct(Step):
     """
 
     Params = EvolInstructParams
+    inputs = (ParamColumn("column"),)
     outputs = ("instruction", "prompt", "original_instruction", "evolution_history", "evolution_failures", "origin")
+    phase = "generate"
     default_batch_size = 256
     params: EvolInstructParams
-
-    def required_columns(self) -> set[str]:
-        return {self.params.column}
 
     def files(self) -> list[Path]:
         return [
@@ -381,7 +378,7 @@ class EvolInstruct(Step):
             template_path("evol_in_breadth.jinja", self.params.breadth_template, self.base_dir),
         ]
 
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         result = BatchResult()
         states = []
         for record in records:
@@ -391,7 +388,7 @@ class EvolInstruct(Step):
             else:
                 result.dropped.append((record, "empty instruction"))
         for round_index in range(self.params.rounds):
-            self._round([s for s in states if s.error is None], round_index, result)
+            self._round([s for s in states if s.error is None], round_index, result, ctx)
         for state in states:
             if state.error is not None:
                 result.quarantined.append(Quarantined(state.record, "generation failed", state.error))
@@ -415,8 +412,7 @@ class EvolInstruct(Step):
         methods = self.params.methods
         return methods[int(_digest(self.params.seed, original, round_index), 16) % len(methods)]
 
-    def _round(self, states: list[_Evolution], round_index: int, result: BatchResult) -> None:
-        assert self.runtime is not None
+    def _round(self, states: list[_Evolution], round_index: int, result: BatchResult, ctx: StepContext) -> None:
         if not states:
             return
         depth, breadth = self.files()
@@ -429,8 +425,8 @@ class EvolInstruct(Step):
             )
             for s, m in zip(states, methods, strict=True)
         ]
-        sampling = self.runtime.sampling(self.params.model, **_overrides(self.params, n=1))
-        answers = self.runtime.backend(self.params.model).generate(prompts, sampling)
+        sampling = ctx.sampling(self.params.model, **_overrides(self.params, n=1))
+        answers = ctx.backend(self.params.model).generate(prompts, sampling)
         for state, method, answer in zip(states, methods, answers, strict=True):
             result.tokens_in += answer.prompt_tokens
             result.tokens_out += answer.completion_tokens

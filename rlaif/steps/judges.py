@@ -18,7 +18,7 @@ from pydantic import Field, field_validator, model_validator
 from rlaif.formats import as_messages, prompt_text
 from rlaif.schema import Completion, GenerationParams, GenerationResult, Prompt
 from rlaif.steps import verdicts
-from rlaif.steps.base import BatchResult, Quarantined, Record, Step, StepParams
+from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
 from rlaif.templates import render, template_path
 
 PARSE_FAILURE = "judge parse failure"
@@ -109,13 +109,11 @@ class PairwiseJudge(Step):
     """
 
     Params = PairwiseJudgeParams
-    inputs = ("prompt", "responses")
+    inputs = (ParamColumn("prompt_column"), "responses")
     outputs = ("preference", "confidence", "consistent", "judge_outputs", "judge_model")
+    phase = "label"
     default_batch_size = 128
     params: PairwiseJudgeParams
-
-    def required_columns(self) -> set[str]:
-        return {self.params.prompt_column, "responses"}
 
     def template(self) -> Path:
         return template_path("pairwise_judge.jinja", self.params.template, self.base_dir)
@@ -127,17 +125,16 @@ class PairwiseJudge(Step):
         check_template(self.template(), question="q", response_a="a", response_b="b", cot=self.params.cot)
         return super().output_columns(available)
 
-    def process(self, records: list[Record]) -> BatchResult:
-        assert self.runtime is not None
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         result = BatchResult()
         pairs = pairs_only(records, result)
         prompts = []
         for record in pairs:
             a, b = record["responses"][:2]
             prompts += [self._prompt(record, a, b), self._prompt(record, b, a)]
-        generated = self.runtime.backend(self.params.model).generate(prompts, self._sampling()) if pairs else []
+        generated = ctx.backend(self.params.model).generate(prompts, self._sampling(ctx)) if pairs else []
         count_tokens(result, generated)
-        judge_model = self.runtime.model_reference(self.params.model)
+        judge_model = ctx.model_reference(self.params.model)
         for i, record in enumerate(pairs):
             outcome = self._judge(record, generated[2 * i], generated[2 * i + 1])
             if isinstance(outcome, Quarantined):
@@ -146,11 +143,10 @@ class PairwiseJudge(Step):
                 result.records.append({**record, **outcome, "judge_model": judge_model})
         return result
 
-    def _sampling(self) -> GenerationParams:
-        assert self.runtime is not None
+    def _sampling(self, ctx: StepContext) -> GenerationParams:
         p = self.params
         max_tokens = p.max_tokens or (None if p.cot else 4)  # "A", "B" and "tie" are one token each
-        return self.runtime.sampling(
+        return ctx.sampling(
             p.model,
             n=1,
             temperature=p.temperature,
@@ -262,13 +258,11 @@ class RatingJudge(Step):
     """
 
     Params = RatingJudgeParams
-    inputs = ("prompt", "responses")
+    inputs = (ParamColumn("prompt_column"), "responses")
     outputs = ("ratings", "aspect_ratings", "rating_rationales", "judge_outputs", "judge_model")
+    phase = "label"
     default_batch_size = 64
     params: RatingJudgeParams
-
-    def required_columns(self) -> set[str]:
-        return {self.params.prompt_column, "responses"}
 
     def template(self, aspect: str) -> Path:
         if aspect == "overall":
@@ -283,18 +277,17 @@ class RatingJudge(Step):
             check_template(self.template(aspect), question="q", response="r", rubric="x", low=1, high=5)
         return super().output_columns(available)
 
-    def process(self, records: list[Record]) -> BatchResult:
-        assert self.runtime is not None
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         result = BatchResult()
         rated = [r for r in records if isinstance(r.get("responses"), list) and r["responses"]]
         result.dropped += [(r, "no responses") for r in records if not any(r is k for k in rated)]
         aspects = self.params.aspect_names()
         jobs = [(i, j, a) for i, r in enumerate(rated) for j in range(len(r["responses"])) for a in aspects]
         prompts = [self._prompt(rated[i], rated[i]["responses"][j], a) for i, j, a in jobs]
-        generated = self.runtime.backend(self.params.model).generate(prompts, self._sampling()) if jobs else []
+        generated = ctx.backend(self.params.model).generate(prompts, self._sampling(ctx)) if jobs else []
         count_tokens(result, generated)
         outputs: dict[tuple[int, int, str], GenerationResult] = dict(zip(jobs, generated, strict=True))
-        judge_model = self.runtime.model_reference(self.params.model)
+        judge_model = ctx.model_reference(self.params.model)
         for i, record in enumerate(rated):
             per_response = [[outputs[i, j, a] for a in aspects] for j in range(len(record["responses"]))]
             outcome = self._collect(record, per_response)
@@ -304,12 +297,11 @@ class RatingJudge(Step):
                 result.records.append({**record, **outcome, "judge_model": judge_model})
         return result
 
-    def _sampling(self) -> GenerationParams:
-        assert self.runtime is not None
+    def _sampling(self, ctx: StepContext) -> GenerationParams:
         low, high = self.params.scale
         scores = "|".join(str(v) for v in range(high, low - 1, -1))
         regex = rf"Rating: ({scores})\nRationale: [^\n]{{1,400}}" if self.params.guided else None
-        return self.runtime.sampling(
+        return ctx.sampling(
             self.params.model,
             n=1,
             temperature=self.params.temperature,

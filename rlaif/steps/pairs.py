@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from rlaif.formats import preference_row, prompt_text
 from rlaif.registry import UnknownComponent, resolve_component
-from rlaif.steps.base import BatchResult, Quarantined, Record, Step, StepParams
+from rlaif.steps.base import BatchResult, Quarantined, Record, Step, StepContext, StepParams
 
 # Judge provenance carried onto each pair when the input has it.
 PROVENANCE = ("judge_model", "principle", "principles", "confidence")
@@ -165,7 +165,7 @@ class MakePairs(Step):
             columns |= {"chosen_score", "rejected_score", "margin"}
         return columns | (set(PROVENANCE) & available)
 
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         result = BatchResult(inputs_emitted=0)
         strategy = pair_strategy(self.params.strategy)
         for record in records:

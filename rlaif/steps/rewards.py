@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 
 from rlaif.formats import as_messages, assistant, preference_row, reward_model_ids, sft_row
 from rlaif.models import reference_problem, resolve_model
-from rlaif.steps.base import BatchResult, Quarantined, Record, Runtime, Step, StepParams
+from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
 from rlaif.steps.pairs import Candidate, ScoreError, candidates, ranked
 
 log = logging.getLogger(__name__)
@@ -130,12 +130,11 @@ class RewardModelScore(Step):
     """
 
     Params = RewardModelScoreParams
+    inputs = (ParamColumn("prompt_column"), ParamColumn("responses_column"))
     outputs = ("rewards", "reward_model")
+    phase = "label"
     default_batch_size = 64
     params: RewardModelScoreParams
-
-    def required_columns(self) -> set[str]:
-        return {self.params.prompt_column, self.params.responses_column}
 
     def files(self) -> list[Path]:
         # A local reward model retrained in place must invalidate the cached scores: its config and weights go into
@@ -146,17 +145,16 @@ class RewardModelScore(Step):
         names = (ADAPTER_CONFIG, "config.json", "*.safetensors", "*.bin")
         return sorted({f for pattern in names for f in path.glob(pattern) if f.is_file()})
 
-    def setup(self, runtime: Runtime) -> None:
+    def setup(self, ctx: StepContext) -> None:
         import torch
 
-        super().setup(runtime)
         p = self.params
         device = p.device or ("cuda" if torch.cuda.is_available() else "cpu")
         auto = torch.bfloat16 if device != "cpu" else torch.float32  # CPUs here lack fast bf16 kernels
         dtype = auto if p.dtype == "auto" else getattr(torch, p.dtype)
         self._model, self._tokenizer = load_reward_model(p.reward_model, device, dtype, p.trust_remote_code)
 
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         result = BatchResult()
         valid, conversations = [], []
         for record in records:
@@ -209,11 +207,14 @@ class BestOfN(Step):
     """
 
     Params = BestOfNParams
+    inputs = (
+        ParamColumn("prompt_column"),
+        ParamColumn("responses_column"),
+        ParamColumn("score_column"),
+        ParamColumn("keep_columns"),
+    )
+    phase = "generate"
     params: BestOfNParams
-
-    def required_columns(self) -> set[str]:
-        p = self.params
-        return {p.prompt_column, p.responses_column, p.score_column, *p.keep_columns}
 
     def output_columns(self, available: set[str] | None) -> set[str] | None:
         columns = {"kind", "score_spread", "source", *self.params.keep_columns}
@@ -232,7 +233,7 @@ class BestOfN(Step):
             }
         return columns
 
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         result = BatchResult(inputs_emitted=0)
         for record in records:
             try:

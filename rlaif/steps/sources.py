@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from rlaif.steps.base import BatchResult, Quarantined, Record, Step, StepParams
+from rlaif.steps.base import BatchResult, Quarantined, Record, Step, StepContext, StepParams
 
 FORMATS = ("jsonl", "json", "parquet", "csv")
 SUFFIX_FORMAT = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -61,7 +61,7 @@ class Load(Step):
             return set(self.params.columns.values()) or None
         return set(self._rename(first))
 
-    def read(self) -> Iterator[BatchResult]:
+    def read(self, ctx: StepContext) -> Iterator[BatchResult]:
         stream: Iterator[Record | Quarantined]
         if self.params.dataset is not None:
             stream = self._hub_records()
@@ -152,7 +152,7 @@ class Inline(Step):
     def output_columns(self, available: set[str] | None) -> set[str] | None:
         return set().union(*(r.keys() for r in self.params.records))
 
-    def read(self) -> Iterator[BatchResult]:
+    def read(self, ctx: StepContext) -> Iterator[BatchResult]:
         records = self.params.records
         for start in range(0, len(records), 1000):
             yield BatchResult(records=[dict(r) for r in records[start : start + 1000]])
