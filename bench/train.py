@@ -13,7 +13,7 @@
     of each side counts. Speed = max_steps / train_runtime (the Trainer's own clock: the training loop only, not
     model loading or saving). Target: rlaif / plain >= 0.97.
 (b) PPO memory: runs bench/ppo_memory.py (peak RSS of shared-base PPO vs four separate models) when it exists.
-(c) ``rlaif plan`` estimates (rlaif.plan) for 1B/3B/8B-class models, every stage, 24 GiB.
+(c) ``rlaif plan`` estimates (rlaif.memory_plan) for 1B/3B/8B-class models, every stage, 24 GiB.
 On a shared machine timings are noisy: compare the ratio, and run (a) more than once.
 """
 
@@ -306,7 +306,7 @@ def bench_ppo_memory() -> None:
 
 
 def bench_plan(gpu_mem: float) -> None:
-    from rlaif.plan import GIB, STAGES, Settings, estimate, resolve_arch, total, verdict, vllm_phase
+    from rlaif.memory_plan import GIB, STAGES, Settings, estimate, resolve_arch, total, verdict, vllm_phase
 
     settings = Settings(gpu_mem_gib=gpu_mem)
     print(

@@ -269,7 +269,7 @@ def plan(
 ) -> None:
     """Estimate GPU memory per training stage (weights, adapters, optimizer, activations, KV cache) and the vLLM
     generation phase, by arithmetic on config.json: no model loads, no torch."""
-    from rlaif.plan import STAGES, PlanError, Settings, render_plan, resolve_arch
+    from rlaif.memory_plan import STAGES, PlanError, Settings, render_plan, resolve_arch
 
     try:
         settings = Settings(quantize.value, lora_r, batch_size, seq_len, gradient_checkpointing, gpu_mem)

@@ -15,9 +15,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from rlaif import plan
+from rlaif import memory_plan
 from rlaif.cli import app
-from rlaif.plan import GIB, STAGES, Arch, PlanError, Settings, estimate, resolve_arch, total
+from rlaif.memory_plan import GIB, STAGES, Arch, PlanError, Settings, estimate, resolve_arch, total
 
 runner = CliRunner()
 TINY = Arch("tiny", layers=2, hidden=64, intermediate=256, heads=4, kv_heads=2, head_dim=16, vocab=1000, tied=True)
@@ -79,7 +79,7 @@ def test_ppo_by_hand_and_against_the_naive_four_model_setup():
 
 
 def test_vllm_phase_by_hand():
-    phase = plan.vllm_phase(TINY, SMALL)
+    phase = memory_plan.vllm_phase(TINY, SMALL)
     assert phase["weights (bf16)"] == (122880 + 64320) * 2
     assert phase["adapter"] == 22528 * 2 and phase["kv cache"] == 8192
 
@@ -93,12 +93,12 @@ def test_nf4_is_smaller_than_int8_smaller_than_bf16(size):
 
 def test_largest_batch_is_the_edge_of_the_budget():
     arch, settings = resolve_arch("x", "8B")[0], Settings(gpu_mem_gib=24)
-    best = plan.largest_batch(arch, "dpo", settings)
+    best = memory_plan.largest_batch(arch, "dpo", settings)
     budget = 0.9 * 24 * GIB
     assert best >= 1
     assert total(estimate(arch, "dpo", Settings(batch_size=best))) <= budget
     assert total(estimate(arch, "dpo", Settings(batch_size=best + 1))) > budget
-    assert plan.largest_batch(arch, "dpo", Settings(gpu_mem_gib=4)) == 0  # 8B never fits in 4 GiB
+    assert memory_plan.largest_batch(arch, "dpo", Settings(gpu_mem_gib=4)) == 0  # 8B never fits in 4 GiB
 
 
 def test_bad_settings_and_stages_are_refused():
@@ -132,7 +132,7 @@ def test_local_config_json_is_read(tmp_path):
 
 
 def test_unknown_or_unmodelled_models_give_clear_errors(tmp_path, monkeypatch):
-    monkeypatch.setattr(plan, "hub_config", lambda repo: (None, "the Hub is unreachable"))
+    monkeypatch.setattr(memory_plan, "hub_config", lambda repo: (None, "the Hub is unreachable"))
     with pytest.raises(PlanError, match=re.escape("--params 1B|3B|8B")):
         resolve_arch("some-org/unknown-model")
     with pytest.raises(PlanError, match="not a builtin name"):
@@ -162,7 +162,7 @@ def test_cli_stage_all_tables_every_stage_with_the_naive_ppo_line():
 
 
 def test_cli_unknown_model_exits_2_with_the_fallback_hint(monkeypatch):
-    monkeypatch.setattr(plan, "hub_config", lambda repo: (None, "the Hub is unreachable"))
+    monkeypatch.setattr(memory_plan, "hub_config", lambda repo: (None, "the Hub is unreachable"))
     result = runner.invoke(app, ["plan", "some-org/unknown-model"])
     assert result.exit_code == 2
     assert "cannot read config.json" in result.output and "--params" in result.output
