@@ -30,8 +30,9 @@ FAILURES = ("judge parse failure", "no answer-token logprobs")
 
 def load_pairs(path: Path, limit: int | None, seed: int) -> list[dict[str, Any]]:
     """Records for a judge: ``prompt``, ``responses`` = the pair in a seeded random order, ``human`` = "A" | "B"."""
-    from rlaif.adapters import AdapterError, convert, detect_format
     from rlaif.formats import completion_text
+    from rlaif.formats.human import FormatError as AdapterError
+    from rlaif.formats.human import convert, detect_format
 
     raw = [json.loads(line) for line in path.open() if line.strip()]
     rng = random.Random(seed)

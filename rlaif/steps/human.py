@@ -18,17 +18,17 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rlaif.adapters import (
-    ADAPTERS,
+from rlaif.formats.human import CONVERTERS as ADAPTERS
+from rlaif.formats.human import (
     HELPSTEER2_ATTRIBUTES,
     PREFERENCE_COLUMNS,
     PROVENANCE,
-    AdapterError,
-    adapter_options,
     convert,
     detect_format,
     group_by_prompt,
 )
+from rlaif.formats.human import FormatError as AdapterError
+from rlaif.formats.human import converter_options as adapter_options
 from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
 from rlaif.steps.sources import Load, LoadParams
 

@@ -71,7 +71,8 @@ class DataConfig(_Strict):
         if (self.path is None) == (self.hub is None):
             raise ValueError("give exactly one of data.path (run dir, dataset dir or file) and data.hub (a Hub id)")
         if self.format is not None:
-            from rlaif.adapters import ADAPTERS, adapter_options
+            from rlaif.formats.human import CONVERTERS as ADAPTERS
+            from rlaif.formats.human import converter_options as adapter_options
 
             if self.format not in ADAPTERS:
                 raise ValueError(f"unknown format {self.format!r}; known: {sorted(ADAPTERS)}")

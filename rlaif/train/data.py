@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlaif.adapters import AdapterError, convert, detect_format
 from rlaif.config import ConfigError
+from rlaif.formats.human import FormatError as AdapterError
+from rlaif.formats.human import convert, detect_format
 from rlaif.train.config import DataConfig
 
 log = logging.getLogger(__name__)

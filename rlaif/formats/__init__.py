@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 Messages = list[dict[str, str]]
+ROLES = ("system", "user", "assistant", "tool")  # the chat roles a message may carry
 
 
 def as_messages(prompt: str | Messages) -> Messages:

@@ -1,4 +1,4 @@
-"""Human preference formats -> TRL rows: each adapter on hand-written records in the real published formats
+"""Human preference formats -> TRL rows: each converter on hand-written records in the real published formats
 (tests/fixtures/), the `human_preferences` source in real pipeline runs, and the weighted `mix` join."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from rlaif.adapters import (
-    ADAPTERS,
+from rlaif.config import ConfigError
+from rlaif.formats.human import (
+    CONVERTERS,
     PREFERENCE_COLUMNS,
     PROVENANCE,
-    AdapterError,
+    FormatError,
     convert,
     detect_format,
     group_by_prompt,
@@ -22,7 +23,6 @@ from rlaif.adapters import (
     shp,
     ultrafeedback,
 )
-from rlaif.config import ConfigError
 from rlaif.pipeline.run import run_pipeline
 from rlaif.pipeline.spec import load_pipeline
 from rlaif.steps.human import mix_quotas
@@ -45,7 +45,7 @@ def bot(text: str) -> dict:
 
 
 def reason_of(name: str, record: dict, **options) -> str:
-    with pytest.raises(AdapterError) as info:
+    with pytest.raises(FormatError) as info:
         convert(name, record, **options)
     return info.value.reason
 
@@ -220,11 +220,11 @@ def test_helpsteer2_weights_ties_and_grouping():
     rows = fixture("helpsteer2")
     [verbose_wins] = helpsteer2_pairs(rows[2:4], weights={"verbosity": 1.0})
     assert verbose_wins["chosen"] == [bot(rows[3]["response"])]
-    with pytest.raises(AdapterError, match="responses tie"):
+    with pytest.raises(FormatError, match="responses tie"):
         helpsteer2_pairs(rows[4:6])
-    with pytest.raises(AdapterError, match="prompt has one response"):
+    with pytest.raises(FormatError, match="prompt has one response"):
         helpsteer2_pairs(rows[8:9])
-    with pytest.raises(AdapterError, match="rows of different prompts"):
+    with pytest.raises(FormatError, match="rows of different prompts"):
         helpsteer2_pairs(rows[1:3])
     with pytest.raises(ValueError, match="unknown HelpSteer2 attribute"):
         helpsteer2_pairs(rows[:2], weights={"harmlessness": 1.0})
@@ -278,7 +278,7 @@ def test_generic_forms_normalize_to_conversational():
 
 
 # -- detection, registry, convert -------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(ADAPTERS))
+@pytest.mark.parametrize("name", sorted(CONVERTERS))
 def test_detect_format_names_each_fixture(name):
     assert detect_format(fixture(name)[0]) == name
     assert {tuple(row) for r in fixture(name) for row in _rows(name, r)} <= {
@@ -289,7 +289,7 @@ def test_detect_format_names_each_fixture(name):
 def _rows(name: str, record: dict) -> list[dict]:
     try:
         return convert(name, {"prompt": record["prompt"], "rows": [record]} if name == "helpsteer2" else record)
-    except AdapterError:
+    except FormatError:
         return []
 
 
@@ -305,7 +305,7 @@ def test_convert_rejects_unknown_formats_and_options():
         convert("hh", {})
     with pytest.raises(ValueError, match=r"takes no option\(s\) \['strategy'\]"):
         convert("shp", fixture("shp")[0], strategy="best_vs_worst")
-    with pytest.raises(AdapterError, match="not a record"):
+    with pytest.raises(FormatError, match="not a record"):
         convert("generic", ["a", "b"])  # type: ignore[arg-type]
 
 

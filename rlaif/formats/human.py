@@ -1,11 +1,11 @@
-"""Adapters: human-preference datasets in their published formats -> TRL conversational preference rows.
+"""Converters: human-preference datasets in their published formats -> TRL conversational preference rows.
 
-Each adapter is ``record -> list[row]`` and raises ``AdapterError(reason, detail)`` on malformed input; the reader
+Each converter is ``record -> list[row]`` and raises ``FormatError(reason, detail)`` on malformed input; the reader
 quarantines the record under ``reason`` (DESIGN.md principle 3: foreign formats are converted at the reader, like a
 datatrove reader's ``adapter=``). Rows are ``formats.preference_row``: ``prompt`` = messages ending with a user turn,
 ``chosen``/``rejected`` = [one assistant message], plus the per-format provenance columns in ``PROVENANCE``.
 
-Schema level: imports only ``rlaif.formats`` and the stdlib, so the training half may use it too.
+Floor level: imports only its package (``rlaif.formats``) and the stdlib, so the training half may use it too.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from statistics import mean
 from typing import Any
 
-from rlaif.formats import Messages, as_messages, assistant, preference_row
+from rlaif.formats import ROLES, Messages, as_messages, assistant, preference_row
 
 Row = dict[str, Any]
-Adapter = Callable[..., list[Row]]
-ROLES = ("system", "user", "assistant", "tool")
+Converter = Callable[..., list[Row]]
 
 
-class AdapterError(ValueError):
+class FormatError(ValueError):
     """Malformed input. ``reason`` is a short stable label (quarantine stats count by it); ``detail`` says why."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
@@ -37,10 +36,10 @@ class AdapterError(ValueError):
 # -- shared helpers ---------------------------------------------------------------------------------------------
 def _field(record: Mapping[str, Any], key: str, kind: type | tuple[type, ...] = str) -> Any:
     if record.get(key) is None:
-        raise AdapterError("missing field", f"no {key!r} field; the record has {sorted(record)}")
+        raise FormatError("missing field", f"no {key!r} field; the record has {sorted(record)}")
     value = record[key]
     if not isinstance(value, kind):
-        raise AdapterError("wrong field type", f"{key!r} is a {type(value).__name__}")
+        raise FormatError("wrong field type", f"{key!r} is a {type(value).__name__}")
     return value
 
 
@@ -49,16 +48,16 @@ def _number(value: Any, what: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise AdapterError("invalid rating", f"{what} is {value!r}, not a number") from None
+        raise FormatError("invalid rating", f"{what} is {value!r}, not a number") from None
 
 
 def _messages(value: Any, which: str) -> Messages:
     if not isinstance(value, list) or not value:
-        raise AdapterError("invalid messages", f"{which} must be a non-empty list of messages")
+        raise FormatError("invalid messages", f"{which} must be a non-empty list of messages")
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, Mapping) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise AdapterError("invalid messages", f"{which}[{i}] is not a {{role, content}} message: {m!r:.120}")
+            raise FormatError("invalid messages", f"{which}[{i}] is not a {{role, content}} message: {m!r:.120}")
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -67,24 +66,24 @@ def _split(chosen: Messages, rejected: Messages) -> tuple[Messages, str, str]:
     """Two whole conversations -> (shared prompt, final chosen turn, final rejected turn), as TRL's extract_prompt."""
     for which, conv in (("chosen", chosen), ("rejected", rejected)):
         if conv[-1]["role"] != "assistant":
-            raise AdapterError("no final assistant turn", f"{which} ends with a {conv[-1]['role']!r} message")
+            raise FormatError("no final assistant turn", f"{which} ends with a {conv[-1]['role']!r} message")
     if chosen[:-1] != rejected[:-1]:
         at = next(
             (i for i, (a, b) in enumerate(zip(chosen[:-1], rejected[:-1], strict=False)) if a != b),
             min(len(chosen), len(rejected)) - 1,
         )
-        raise AdapterError("prompts differ", f"chosen and rejected differ at message {at}, before the final turn")
+        raise FormatError("prompts differ", f"chosen and rejected differ at message {at}, before the final turn")
     return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
 
 
 def _pair(prompt: Messages, chosen: str, rejected: str, **provenance: Any) -> Row:
     if not prompt or prompt[-1]["role"] != "user":
         # TRL's chat templating adds the generation prompt after a user turn; anything else is not a preference prompt
-        raise AdapterError("prompt does not end with a user turn", f"prompt roles: {[m['role'] for m in prompt]}")
+        raise FormatError("prompt does not end with a user turn", f"prompt roles: {[m['role'] for m in prompt]}")
     if not chosen.strip() or not rejected.strip():
-        raise AdapterError("empty response", "chosen or rejected is empty")
+        raise FormatError("empty response", "chosen or rejected is empty")
     if chosen.strip() == rejected.strip():
-        raise AdapterError("chosen equals rejected", "identical responses carry no preference signal")
+        raise FormatError("chosen equals rejected", "identical responses carry no preference signal")
     return preference_row(prompt, chosen, rejected, **provenance)
 
 
@@ -100,14 +99,14 @@ _HH_ROLE = {"Human": "user", "Assistant": "assistant"}
 
 def _hh_turns(text: str, which: str) -> Messages:
     if not text.startswith("\n\nHuman:"):
-        raise AdapterError("not an HH transcript", f"{which} does not start with '\\n\\nHuman:': {text[:60]!r}")
+        raise FormatError("not an HH transcript", f"{which} does not start with '\\n\\nHuman:': {text[:60]!r}")
     parts = _HH_TURN.split(text)  # ['', 'Human', text, 'Assistant', text, ...]
     turns = [{"role": _HH_ROLE[r], "content": c.strip()} for r, c in zip(parts[1::2], parts[2::2], strict=True)]
     if turns[-1]["role"] != "assistant":
-        raise AdapterError("no final Assistant turn", f"{which} ends with a Human turn")
+        raise FormatError("no final Assistant turn", f"{which} ends with a Human turn")
     for i in range(1, len(turns)):
         if turns[i]["role"] == turns[i - 1]["role"]:
-            raise AdapterError("turns do not alternate", f"{which} has two {turns[i]['role']} turns in a row at {i}")
+            raise FormatError("turns do not alternate", f"{which} has two {turns[i]['role']} turns in a row at {i}")
     return turns
 
 
@@ -119,7 +118,7 @@ def hh_rlhf(record: Mapping[str, Any]) -> list[Row]:
     rejected = _hh_turns(_field(record, "rejected"), "rejected")
     for which, turns in (("chosen", chosen), ("rejected", rejected)):
         if not turns[-1]["content"]:
-            raise AdapterError("empty final turn", f"the final Assistant turn of {which} is empty")
+            raise FormatError("empty final turn", f"the final Assistant turn of {which} is empty")
     prompt, chosen_text, rejected_text = _split(chosen, rejected)
     return [_pair(prompt, chosen_text, rejected_text)]
 
@@ -162,13 +161,13 @@ def ultrafeedback(
         if isinstance(c, Mapping) and isinstance(c.get("response"), str) and (s := _uf_score(c, score)) is not None
     ]
     if len(scored) < 2:
-        raise AdapterError("fewer than 2 rated completions", f"{len(scored)} of {len(completions)} are rated")
+        raise FormatError("fewer than 2 rated completions", f"{len(scored)} of {len(completions)} are rated")
     rng = random.Random(_stable_seed(instruction))
     best_score = max(s for s, _ in scored)
     best = rng.choice([c for s, c in scored if s == best_score])
     lower = [(s, c) for s, c in scored if s < best_score]
     if not lower:
-        raise AdapterError("all completions tie", f"all {len(scored)} completions score {best_score:g}")
+        raise FormatError("all completions tie", f"all {len(scored)} completions score {best_score:g}")
     if strategy == "best_vs_worst":
         worst_score = min(s for s, _ in lower)
         lower = [(s, c) for s, c in lower if s == worst_score]
@@ -196,7 +195,7 @@ def ultrafeedback_binarized(record: Mapping[str, Any]) -> list[Row]:
     )
     text = record.get("prompt")
     if isinstance(text, str) and prompt and prompt[-1]["content"].strip() != text.strip():
-        raise AdapterError("prompt does not match conversation", f"prompt {text[:60]!r} is not the last user turn")
+        raise FormatError("prompt does not match conversation", f"prompt {text[:60]!r} is not the last user turn")
     return [
         _pair(
             prompt,
@@ -214,13 +213,7 @@ HELPSTEER2_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity"
 # The scalar reward NVIDIA recommends for its HelpSteer2-trained Llama3-70B-SteerLM-RM (model card, HelpSteer2 paper
 # Wang et al. 2024): 0.65*helpfulness + 0.8*correctness + 0.45*coherence + 0.55*complexity - 0.4*verbosity.
 # Verbosity is negative so a longer answer with equal content does not win.
-HELPSTEER2_WEIGHTS = {
-    "helpfulness": 0.65,
-    "correctness": 0.8,
-    "coherence": 0.45,
-    "complexity": 0.55,
-    "verbosity": -0.4,
-}
+HELPSTEER2_WEIGHTS = dict(helpfulness=0.65, correctness=0.8, coherence=0.45, complexity=0.55, verbosity=-0.4)
 _HS2_TURN = re.compile(r"\n?<extra_id_1>(User|Assistant)\n")
 
 
@@ -239,10 +232,10 @@ def helpsteer2_pairs(rows: list[Mapping[str, Any]], weights: Mapping[str, float]
     if unknown := set(weights) - set(HELPSTEER2_ATTRIBUTES):
         raise ValueError(f"unknown HelpSteer2 attribute(s) {sorted(unknown)}; known: {HELPSTEER2_ATTRIBUTES}")
     if len(rows) < 2:
-        raise AdapterError("prompt has one response", "HelpSteer2 pairs need 2 consecutive rows with the same prompt")
+        raise FormatError("prompt has one response", "HelpSteer2 pairs need 2 consecutive rows with the same prompt")
     prompt = _field(rows[0], "prompt")
     if any(r.get("prompt") != prompt for r in rows):
-        raise AdapterError("rows of different prompts", "rows grouped as one prompt have different prompts")
+        raise FormatError("rows of different prompts", "rows grouped as one prompt have different prompts")
     # rounded, so two rating sets that weigh the same compare equal despite float summation order
     scored = [
         (round(sum(w * _number(_field(r, a, (int, float, str)), a) for a, w in weights.items()), 6), r) for r in rows
@@ -250,7 +243,7 @@ def helpsteer2_pairs(rows: list[Mapping[str, Any]], weights: Mapping[str, float]
     best = max(scored, key=lambda item: item[0])
     worst = min(scored, key=lambda item: item[0])
     if best[0] == worst[0]:
-        raise AdapterError("responses tie", f"every response scores {best[0]:g}")
+        raise FormatError("responses tie", f"every response scores {best[0]:g}")
     return [
         _pair(
             _helpsteer2_prompt(prompt),
@@ -294,14 +287,14 @@ def shp(record: Mapping[str, Any], *, min_score_ratio: float | None = None) -> l
     history = _field(record, "history")
     label = _number(_field(record, "labels", (int, float, str)), "labels")
     if label not in (0, 1):
-        raise AdapterError("invalid label", f"labels must be 0 or 1, got {record['labels']!r}")
+        raise FormatError("invalid label", f"labels must be 0 or 1, got {record['labels']!r}")
     score_a = _number(record.get("score_A"), "score_A")
     score_b = _number(record.get("score_B"), "score_B")
     if min(score_a, score_b) <= 0:
-        raise AdapterError("invalid scores", f"score_A={score_a:g}, score_B={score_b:g} must be positive")
+        raise FormatError("invalid scores", f"score_A={score_a:g}, score_B={score_b:g} must be positive")
     ratio = max(score_a, score_b) / min(score_a, score_b)
     if min_score_ratio is not None and ratio < min_score_ratio:
-        raise AdapterError("score ratio below minimum", f"score ratio {ratio:.3g} < min_score_ratio {min_score_ratio}")
+        raise FormatError("score ratio below minimum", f"score ratio {ratio:.3g} < min_score_ratio {min_score_ratio}")
     a, b = _field(record, "human_ref_A"), _field(record, "human_ref_B")
     (chosen, s_chosen), (rejected, s_rejected) = ((a, score_a), (b, score_b))[:: 1 if label == 1 else -1]
     return [
@@ -324,11 +317,11 @@ def generic(record: Mapping[str, Any]) -> list[Row]:
     lists), explicit ``prompt`` or implicit (``chosen``/``rejected`` hold the whole conversation) -> conversational."""
     chosen, rejected = record.get("chosen"), record.get("rejected")
     if chosen is None or rejected is None:
-        raise AdapterError("missing field", f"needs chosen and rejected; the record has {sorted(record)}")
+        raise FormatError("missing field", f"needs chosen and rejected; the record has {sorted(record)}")
     prompt = record.get("prompt")
     if prompt is None:
         if isinstance(chosen, str) or isinstance(rejected, str):
-            raise AdapterError("missing prompt", "plain-text chosen/rejected need a prompt (HH transcripts: hh_rlhf)")
+            raise FormatError("missing prompt", "plain-text chosen/rejected need a prompt (HH transcripts: hh_rlhf)")
         full_chosen, full_rejected = _messages(chosen, "chosen"), _messages(rejected, "rejected")
     else:
         head = as_messages(prompt) if isinstance(prompt, str) else _messages(prompt, "prompt")
@@ -338,7 +331,7 @@ def generic(record: Mapping[str, Any]) -> list[Row]:
 
 
 # -- registry ---------------------------------------------------------------------------------------------------
-ADAPTERS: dict[str, Adapter] = {
+CONVERTERS: dict[str, Converter] = {
     "hh_rlhf": hh_rlhf,
     "ultrafeedback": ultrafeedback,
     "ultrafeedback_binarized": ultrafeedback_binarized,
@@ -347,7 +340,7 @@ ADAPTERS: dict[str, Adapter] = {
     "generic": generic,
 }
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected", "source")
-# Columns each adapter adds beside the TRL ones (always present, maybe None), so a pipeline can check them statically.
+# Columns each converter adds beside TRL's (always present, maybe None), so a pipeline can check them statically.
 # Named as make_pairs names its own (chosen_model, chosen_score...), so AI and human rows share columns in a mix.
 PROVENANCE: dict[str, tuple[str, ...]] = {
     "hh_rlhf": (),
@@ -379,23 +372,23 @@ def detect_format(columns: Iterable[str] | Mapping[str, Any]) -> str | None:
     return None
 
 
-def adapter_options(name: str) -> tuple[str, ...]:
-    """The keyword options an adapter takes (``strategy``, ``weights``...)."""
-    params = inspect.signature(ADAPTERS[name]).parameters.values()
+def converter_options(name: str) -> tuple[str, ...]:
+    """The keyword options a converter takes (``strategy``, ``weights``...)."""
+    params = inspect.signature(CONVERTERS[name]).parameters.values()
     return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 def convert(name: str, record: Mapping[str, Any], **options: Any) -> list[Row]:
-    """Run adapter ``name`` on one record; rows gain ``source`` = the format name. Unknown names or options are
-    ``ValueError`` (configuration); anything wrong with the record is ``AdapterError``."""
-    if name not in ADAPTERS:
-        raise ValueError(f"unknown preference format {name!r}; known: {sorted(ADAPTERS)}")
-    if unknown := set(options) - set(adapter_options(name)):
-        raise ValueError(f"format {name!r} takes no option(s) {sorted(unknown)}; it takes {adapter_options(name)}")
+    """Convert one record from format ``name``; rows gain ``source`` = the format name. Unknown names or options are
+    ``ValueError`` (configuration); anything wrong with the record is ``FormatError``."""
+    if name not in CONVERTERS:
+        raise ValueError(f"unknown preference format {name!r}; known: {sorted(CONVERTERS)}")
+    if unknown := set(options) - set(converter_options(name)):
+        raise ValueError(f"format {name!r} takes no option(s) {sorted(unknown)}; it takes {converter_options(name)}")
     if not isinstance(record, Mapping):
-        raise AdapterError("not a record", f"expected a mapping, got {type(record).__name__}")
+        raise FormatError("not a record", f"expected a mapping, got {type(record).__name__}")
     try:
-        rows = ADAPTERS[name](record, **options)
+        rows = CONVERTERS[name](record, **options)
     except (KeyError, TypeError, AttributeError, IndexError) as exc:  # a shape no check anticipated
-        raise AdapterError("malformed record", f"{type(exc).__name__}: {exc}") from exc
+        raise FormatError("malformed record", f"{type(exc).__name__}: {exc}") from exc
     return [{**row, "source": name} for row in rows]
