@@ -12,10 +12,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from rlaif.formats import ROLES
 from rlaif.registry import resolve_component
 from rlaif.schema import GenerationParams, GenerationResult, Prompt
-
-VALID_ROLES = ("system", "user", "assistant", "tool")
 
 
 @runtime_checkable
@@ -60,8 +59,8 @@ def prompt_problem(prompt: Prompt) -> str | None:
     for i, message in enumerate(prompt):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
             return f"message {i} is not a {{'role', 'content'}} mapping"
-        if message["role"] not in VALID_ROLES:
-            return f"message {i} has role {message['role']!r}; expected one of {VALID_ROLES}"
+        if message["role"] not in ROLES:
+            return f"message {i} has role {message['role']!r}; expected one of {ROLES}"
         if not isinstance(message["content"], str):
             return f"message {i} content is not a string"
     return None
