@@ -1,13 +1,14 @@
-"""A pipeline's engines: shared backends (one engine per distinct model) and each model's sampling values. Steps
-reach them through their ``StepContext`` (rlaif.steps.base), which seeds each batch's sampling with ``batch_seed``."""
+"""A pipeline's engines: the run's engine pool (rlaif.pipeline.engines: one engine per distinct model) and each
+model's sampling values. Steps reach them through their ``StepContext`` (rlaif.steps.base), which seeds each batch's
+sampling with ``batch_seed``."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rlaif.backends import Backend, load_backend
+from rlaif.backends import Backend
+from rlaif.pipeline.engines import EnginePool
 from rlaif.pipeline.fingerprint import adapter_digest
 from rlaif.pipeline.spec import ModelSpec
 from rlaif.schema import GenerationParams, LoraAdapter
@@ -20,16 +21,11 @@ def lora_adapter(path: str) -> LoraAdapter:
     return LoraAdapter(name=f"lora-{adapter_digest(resolved)[:12]}", path=str(resolved))
 
 
-def engine_key(spec: ModelSpec) -> str:
-    """Model specs with equal keys share one engine: same backend, model and engine options (sampling may differ)."""
-    return repr((spec.backend, spec.model, sorted(spec.options.items())))
-
-
 class EngineRuntime:
     """Backends are built lazily, on the first batch that needs them, so a fully cached run loads no model.
 
-    Two model names with the same backend, model and options share one engine. ``provided`` backends (by model
-    name) are used as they are and left open: their owner (a test session, the loop) closes them.
+    Two model names with the same backend, model and options share one engine (the pool's). ``provided`` backends
+    (by model name) are used as they are and left open: their owner (a test session, the loop's pool) closes them.
     """
 
     def __init__(
@@ -37,8 +33,7 @@ class EngineRuntime:
     ) -> None:
         self.models = models
         self.pipeline_seed = pipeline_seed
-        self._provided = dict(provided or {})
-        self._backends: dict[str, Backend] = {}
+        self._pool = EnginePool(provided)
         self._adapters: dict[str, LoraAdapter] = {}  # by path: an adapter is hashed once per run, not per batch
 
     def context(self, step_name: str, batch_index: int = 0) -> StepContext:
@@ -46,13 +41,7 @@ class EngineRuntime:
         return StepContext(step_name, batch_index, self.pipeline_seed, self)
 
     def backend(self, model_name: str) -> Backend:
-        if model_name in self._provided:
-            return self._provided[model_name]
-        spec = self.models[model_name]
-        key = engine_key(spec)
-        if key not in self._backends:
-            self._backends[key] = load_backend(spec.backend, spec.model, **spec.options)
-        return self._backends[key]
+        return self._pool.engine(model_name, self.models[model_name])
 
     def sampling(self, model_name: str, **overrides: Any) -> GenerationParams:
         """The model's sampling values with ``overrides``; ``seed`` is the model's (or step's) own: the step's
@@ -70,10 +59,6 @@ class EngineRuntime:
     def model_reference(self, model_name: str) -> str:
         return self.models[model_name].model
 
-    def describe(self, model_name: str) -> dict[str, Any]:
-        return asdict(self.models[model_name])
-
     def close(self) -> None:
-        for backend in self._backends.values():
-            backend.close()
-        self._backends.clear()
+        """Close the engines this run started (never the provided ones)."""
+        self._pool.close()
