@@ -135,3 +135,10 @@ def test_the_report_reads_a_plugin_steps_phase_from_its_class():
         "d": {"type": "pairwise_judge", "wall_s": 4.0, "cached": True},
     }
     assert phase_times(stats) == {"generate": 1.0, "label": 2.0, "filter": 0.5}
+
+
+def test_record_digest_is_the_hash_per_record_draws_were_made_with():
+    from rlaif.steps.base import record_digest
+
+    parts = (0, 3, "judged", "Human: hi", "a", "b")
+    assert record_digest(*parts) == hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()

@@ -75,6 +75,13 @@ def batch_seed(pipeline_seed: int, model_seed: int | None, step_name: str, batch
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
+def record_digest(*parts: object) -> bytes:
+    """The seed material of a per-record draw (which principles, which in-context examples, which evolution):
+    keyed by the record's content and the step's ``seed``, never by its batch, so a record draws the same whatever
+    batch it lands in."""
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+
+
 class Engines(Protocol):
     """Engine access by model name (the pipeline's ``models:``): shared backends and each model's sampling values."""
 

@@ -8,7 +8,6 @@ a malformed one (no principles, a principle without an id, duplicate ids, unknow
 
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rlaif.formats import preference_row, prompt_text, sft_row
 from rlaif.schema import GenerationParams, GenerationResult, Prompt
 from rlaif.steps import verdicts
-from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
+from rlaif.steps.base import (
+    BatchResult,
+    ParamColumn,
+    Quarantined,
+    Record,
+    Step,
+    StepContext,
+    StepParams,
+    record_digest,
+)
 from rlaif.steps.judges import (
     JUDGE_FAILED,
     NO_LOGPROBS,
@@ -81,7 +89,7 @@ def load_constitution(path: Path) -> Constitution:
 def sample_principles(principles: list[Principle], k: int, *key: object) -> list[Principle]:
     """``k`` distinct principles chosen by a hash of ``key``: the same record always gets the same principles, and a
     batch redone after a kill labels exactly as before, whatever else ran."""
-    digest = hashlib.sha256("\x1f".join(map(str, key)).encode()).digest()
+    digest = record_digest(*key)
     return random.Random(int.from_bytes(digest[:8], "big")).sample(principles, min(k, len(principles)))
 
 

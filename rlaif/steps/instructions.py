@@ -9,7 +9,6 @@ input records are still output, dropped or quarantined.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import re
@@ -21,7 +20,16 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from rlaif.schema import Conversation
-from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
+from rlaif.steps.base import (
+    BatchResult,
+    ParamColumn,
+    Quarantined,
+    Record,
+    Step,
+    StepContext,
+    StepParams,
+    record_digest,
+)
 from rlaif.templates import render, template_path
 
 log = logging.getLogger(__name__)
@@ -56,7 +64,7 @@ def _normal(text: str) -> str:
 
 
 def _digest(*parts: object) -> str:
-    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()
+    return record_digest(*parts).hex()
 
 
 def _overrides(params: Any, **fixed: Any) -> dict[str, Any]:
