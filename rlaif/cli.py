@@ -5,11 +5,14 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import typing
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from rlaif.schema import Quantize
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="AI-feedback preference data and alignment.")
 models_app = typer.Typer(no_args_is_help=True, help="Builtin models: list them, convert them ahead of use.")
@@ -245,10 +248,7 @@ class PlanStage(enum.StrEnum):
     all = "all"
 
 
-class QuantizeName(enum.StrEnum):
-    nf4 = "nf4"
-    int8 = "int8"
-    none = "none"
+QuantizeName = enum.StrEnum("QuantizeName", {name: name for name in typing.get_args(Quantize)})  # typer's choices
 
 
 @app.command()

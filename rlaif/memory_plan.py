@@ -11,10 +11,11 @@ import json
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlparse
 
-Quantize = Literal["nf4", "int8", "none"]
+from rlaif.schema import Quantize
+
 STAGES = ("sft", "rm", "dpo", "ppo")
 GIB = 2**30
 # Bytes per quantized weight. NF4 (QLoRA, Dettmers et al. 2023): 4-bit codes, an 8-bit absmax per 64 weights and an

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 Message = dict[str, str]
 Conversation = list[Message]
 Prompt = Conversation | str
+# How a base model's weights are held for training: bitsandbytes NF4 (QLoRA), int8, or unquantized. `rlaif plan`
+# estimates memory for the same choices.
+Quantize = Literal["nf4", "int8", "none"]
 
 
 @dataclass(frozen=True)

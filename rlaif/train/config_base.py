@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-Quantize = Literal["nf4", "int8", "none"]
+from rlaif.schema import Quantize
 
 
 class _Strict(BaseModel):
