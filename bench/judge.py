@@ -3,7 +3,7 @@
     .venv/bin/python bench/judge.py [--data tests/fixtures/judge_prefs.jsonl] [--method pairwise|constitutional|both]
                                     [--cot] [--logprobs] [--limit N] [--seed 0]
 
-The file may be in any format rlaif.adapters reads (generic prompt/chosen/rejected, HH-RLHF, ...). Each pair is
+The file may be in any format rlaif.formats.human reads (generic prompt/chosen/rejected, HH-RLHF, ...). Each pair is
 shown with the human-preferred response at a random position (A or B, seeded), so a judge that always picks one
 position scores ~50%. Prints, per method: agreement with the human label (ties and failures count as misses),
 agreement among decided labels, position consistency (both orders agree), parse failures, ties, tokens/s, and for
@@ -31,8 +31,7 @@ FAILURES = ("judge parse failure", "no answer-token logprobs")
 def load_pairs(path: Path, limit: int | None, seed: int) -> list[dict[str, Any]]:
     """Records for a judge: ``prompt``, ``responses`` = the pair in a seeded random order, ``human`` = "A" | "B"."""
     from rlaif.formats import completion_text
-    from rlaif.formats.human import FormatError as AdapterError
-    from rlaif.formats.human import convert, detect_format
+    from rlaif.formats.human import FormatError, convert, detect_format
 
     raw = [json.loads(line) for line in path.open() if line.strip()]
     rng = random.Random(seed)
@@ -40,7 +39,7 @@ def load_pairs(path: Path, limit: int | None, seed: int) -> list[dict[str, Any]]
     for record in raw[:limit]:
         try:
             [row] = convert(detect_format(record) or "generic", record)[:1]
-        except (AdapterError, ValueError) as exc:
+        except (FormatError, ValueError) as exc:
             print(f"  skipped a record: {exc}")
             continue
         chosen, rejected = completion_text(row["chosen"]), completion_text(row["rejected"])

@@ -95,7 +95,7 @@ def test_no_import_circle_inside_rlaif():
 
 
 # DESIGN.md §1, bottom to top: a module imports only its own layer and those below it. Everything not listed
-# (rlaif.config, schema, formats, models, registry, templates, secrets, adapters, ...) is the floor, layer 0.
+# (rlaif.config, schema, formats, models, registry, templates, secrets, memory_plan, ...) is the floor, layer 0.
 # train sits beside steps: the dataset on disk or on the Hub is the only contract between the two halves.
 LAYERS = {
     "rlaif.backends": 1,

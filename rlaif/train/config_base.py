@@ -56,7 +56,7 @@ class DataConfig(_Strict):
     name: str | None = None  # the Hub dataset's config name
     revision: str | None = None
     split: str = "train"
-    format: str | None = None  # a human-preference adapter (rlaif.adapters): hh_rlhf, ultrafeedback, shp...
+    format: str | None = None  # a human-preference format (rlaif.formats.human): hh_rlhf, ultrafeedback, shp...
     format_options: dict[str, Any] = Field(default_factory=dict)
     test_size: float | int = 0.1  # held out for eval (fraction or rows); 0 = no eval
     eval_split: str | None = None  # an existing split to evaluate on instead of a held-out part
@@ -71,15 +71,14 @@ class DataConfig(_Strict):
         if (self.path is None) == (self.hub is None):
             raise ValueError("give exactly one of data.path (run dir, dataset dir or file) and data.hub (a Hub id)")
         if self.format is not None:
-            from rlaif.formats.human import CONVERTERS as ADAPTERS
-            from rlaif.formats.human import converter_options as adapter_options
+            from rlaif.formats.human import CONVERTERS, converter_options
 
-            if self.format not in ADAPTERS:
-                raise ValueError(f"unknown format {self.format!r}; known: {sorted(ADAPTERS)}")
-            if unknown := set(self.format_options) - set(adapter_options(self.format)):
+            if self.format not in CONVERTERS:
+                raise ValueError(f"unknown format {self.format!r}; known: {sorted(CONVERTERS)}")
+            if unknown := set(self.format_options) - set(converter_options(self.format)):
                 raise ValueError(
                     f"format {self.format!r} takes no option(s) {sorted(unknown)}; "
-                    f"it takes {list(adapter_options(self.format))}"
+                    f"it takes {list(converter_options(self.format))}"
                 )
         return self
 

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.config import ConfigError
-from rlaif.formats.human import FormatError as AdapterError
-from rlaif.formats.human import convert, detect_format
+from rlaif.formats.human import FormatError, convert, detect_format
 from rlaif.train.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -241,7 +240,7 @@ def _adapt(dataset: Any, name: str, options: dict[str, Any]) -> tuple[Any, Count
     for record in dataset:
         try:
             rows.extend(convert(name, record, **options))
-        except AdapterError as exc:
+        except FormatError as exc:
             quarantined[exc.reason] += 1
     if quarantined:
         log.warning(
