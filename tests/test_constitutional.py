@@ -19,7 +19,7 @@ from rlaif.steps.constitutional import load_constitution, sample_principles
 from rlaif.templates import CONSTITUTIONS_DIR
 
 JUDGE = "rlaif.steps.constitutional.ConstitutionalJudge"
-REVISE = "rlaif.steps.constitutional.CritiqueRevise"
+REVISE = "rlaif.steps.critique.CritiqueRevise"
 ln = math.log
 
 

@@ -18,8 +18,9 @@ from rlaif.config import ConfigError
 from rlaif.pipeline.run import run_pipeline
 from rlaif.pipeline.spec import load_pipeline
 from rlaif.schema import Completion, GenerationResult
+from rlaif.steps.evol import evolution_problem
 from rlaif.steps.generate import pre_query
-from rlaif.steps.instructions import NoveltyPool, evolution_problem, parse_numbered_list, rouge_l, words
+from rlaif.steps.instructions import NoveltyPool, parse_numbered_list, rouge_l, words
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = REPO / "pipelines" / "data" / "self_instruct_seeds.jsonl"
@@ -222,7 +223,7 @@ def test_evol_instruct_keeps_history_and_eliminates_failures(tmp_path):
     )
     step = {
         "name": "evolved",
-        "type": "rlaif.steps.instructions.EvolInstruct",
+        "type": "rlaif.steps.evol.EvolInstruct",
         "from": "seeds",
         "model": "policy",
         "rounds": 2,
@@ -254,7 +255,7 @@ def test_evol_method_choice_is_deterministic_and_uses_both_kinds(tmp_path):
             tmp_path,
             [
                 inline([{"instruction": "x"}]),
-                {"name": "e", "type": "rlaif.steps.instructions.EvolInstruct", "from": "seeds", "model": "policy"},
+                {"name": "e", "type": "rlaif.steps.evol.EvolInstruct", "from": "seeds", "model": "policy"},
             ],
         )
     )
@@ -270,7 +271,7 @@ def test_evol_method_choice_is_deterministic_and_uses_both_kinds(tmp_path):
                     inline([{"instruction": "x"}]),
                     {
                         "name": "e",
-                        "type": "rlaif.steps.instructions.EvolInstruct",
+                        "type": "rlaif.steps.evol.EvolInstruct",
                         "from": "seeds",
                         "model": "policy",
                         "methods": ["deeper"],
@@ -413,7 +414,7 @@ def test_instruction_methods_on_the_real_engine(vllm_backend, tmp_path):
         },
         {
             "name": "evol",
-            "type": "rlaif.steps.instructions.EvolInstruct",
+            "type": "rlaif.steps.evol.EvolInstruct",
             "from": "seeds",
             "model": "policy",
             "max_tokens": 64,
