@@ -82,6 +82,12 @@ def record_digest(*parts: object) -> bytes:
     return hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
 
 
+def sampling_overrides(params: StepParams, keys: tuple[str, ...], **fixed: Any) -> dict[str, Any]:
+    """The sampling values among ``keys`` that a step's parameters set (None: the model's own value stands), plus
+    the ones the step fixes: what a step passes to ``ctx.sampling``."""
+    return {**{k: getattr(params, k) for k in keys if getattr(params, k, None) is not None}, **fixed}
+
+
 class Engines(Protocol):
     """Engine access by model name (the pipeline's ``models:``): shared backends and each model's sampling values."""
 

@@ -10,7 +10,16 @@ from pydantic import Field
 
 from rlaif.formats import preference_row, prompt_text, sft_row
 from rlaif.schema import GenerationParams, Prompt
-from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
+from rlaif.steps.base import (
+    BatchResult,
+    ParamColumn,
+    Quarantined,
+    Record,
+    Step,
+    StepContext,
+    StepParams,
+    sampling_overrides,
+)
 from rlaif.steps.constitutional import Principle, constitution_path, load_constitution, sample_principles
 from rlaif.steps.judges import JUDGE_FAILED, check_template, conversation_text, count_tokens, first_text
 from rlaif.templates import render, template_path
@@ -158,10 +167,7 @@ class CritiqueRevise(Step):
                     state["current"] = text
 
     def _sampling(self, ctx: StepContext) -> GenerationParams:
-        overrides = {
-            k: getattr(self.params, k) for k in ("temperature", "max_tokens") if getattr(self.params, k) is not None
-        }
-        return ctx.sampling(self.params.model, n=1, **overrides)
+        return ctx.sampling(self.params.model, **sampling_overrides(self.params, ("temperature", "max_tokens"), n=1))
 
     def _prompt(self, state: dict[str, Any], stage: str, critique: Path, revision: Path) -> Prompt:
         principle: Principle = state["principle"]

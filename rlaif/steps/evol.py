@@ -17,8 +17,9 @@ from rlaif.steps.base import (
     StepContext,
     StepParams,
     record_digest,
+    sampling_overrides,
 )
-from rlaif.steps.instructions import normal_form, rouge_l, sampling_overrides, user_turn, words
+from rlaif.steps.instructions import SAMPLING, normal_form, rouge_l, user_turn, words
 from rlaif.templates import render, template_path
 
 # -- Evol-Instruct -------------------------------------------------------------------------------------------------
@@ -167,7 +168,7 @@ class EvolInstruct(Step):
             )
             for s, m in zip(states, methods, strict=True)
         ]
-        sampling = ctx.sampling(self.params.model, **sampling_overrides(self.params, n=1))
+        sampling = ctx.sampling(self.params.model, **sampling_overrides(self.params, SAMPLING, n=1))
         answers = ctx.backend(self.params.model).generate(prompts, sampling)
         for state, method, answer in zip(states, methods, answers, strict=True):
             result.tokens_in += answer.prompt_tokens

@@ -12,9 +12,23 @@ from pydantic import Field, field_validator
 
 from rlaif.models import reference_problem, resolve_model
 from rlaif.schema import Completion, Conversation, Prompt
-from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
+from rlaif.steps.base import (
+    BatchResult,
+    ParamColumn,
+    Quarantined,
+    Record,
+    Step,
+    StepContext,
+    StepParams,
+    sampling_overrides,
+)
 
 log = logging.getLogger(__name__)
+
+
+# The sampling values each step's parameters may set over the model's (None leaves the model's own).
+RESPONSE_SAMPLING = ("n", "temperature", "top_p", "max_tokens", "seed")
+MAGPIE_SAMPLING = ("n", "temperature", "top_p", "max_tokens")
 
 
 class GenerateResponsesParams(StepParams):
@@ -60,7 +74,7 @@ class GenerateResponses(Step):
         failed: dict[int, str] = {}
         used: dict[str, Any] = {}
         for model_name in self.model_names():
-            params = ctx.sampling(model_name, **self._overrides())
+            params = ctx.sampling(model_name, **sampling_overrides(self.params, RESPONSE_SAMPLING))
             used[model_name] = {k: v for k, v in vars(params).items() if v not in (None, ())}
             reference = ctx.model_reference(model_name)
             if params.lora is not None:
@@ -84,10 +98,6 @@ class GenerateResponses(Step):
             else:
                 result.records.append({**record, **outputs[i], "generation_params": used})
         return result
-
-    def _overrides(self) -> dict[str, Any]:
-        keys = ("n", "temperature", "top_p", "max_tokens", "seed")
-        return {k: getattr(self.params, k) for k in keys if getattr(self.params, k) is not None}
 
     def _prompt(self, record: Record) -> Prompt:
         value = record.get(self.params.prompt_column)
@@ -148,10 +158,6 @@ class MagpieParams(StepParams):
     system_prompt_column: str | None = Field(None, description="per-record system message (overrides the above)")
     tokenizer: str | None = Field(None, description="model reference whose chat template to use (default: model)")
     drop_truncated: bool = Field(True, description="drop samples that hit max_tokens (unfinished questions)")
-
-    def overrides(self) -> dict[str, Any]:
-        keys = ("n", "temperature", "top_p", "max_tokens")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
     @field_validator("tokenizer")
     @classmethod
@@ -243,7 +249,7 @@ class Magpie(Step):
         for i, system in enumerate(systems):
             groups.setdefault(system, []).append(i)
         queries = {system: pre_query(self.tokenizer(ctx), system) for system in groups}
-        sampling = ctx.sampling(self.params.model, **self.params.overrides())
+        sampling = ctx.sampling(self.params.model, **sampling_overrides(self.params, MAGPIE_SAMPLING))
         stops = tuple(dict.fromkeys((*sampling.stop, *sorted({end for _, end in queries.values() if end}))))
         per_request = max(1, MAX_SAMPLES_PER_REQUEST // n)
         calls: dict[tuple[int, int], list[tuple[str | None, list[int]]]] = {}  # (wave, members) -> requests

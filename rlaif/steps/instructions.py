@@ -15,7 +15,6 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field
 
@@ -29,6 +28,7 @@ from rlaif.steps.base import (
     StepContext,
     StepParams,
     record_digest,
+    sampling_overrides,
 )
 from rlaif.templates import render, template_path
 
@@ -68,10 +68,8 @@ def _digest(*parts: object) -> str:
     return record_digest(*parts).hex()
 
 
-def sampling_overrides(params: Any, **fixed: Any) -> dict[str, Any]:
-    """The step's sampling overrides (temperature, top_p, max_tokens when set) plus the ones the method fixes."""
-    keys = ("temperature", "top_p", "max_tokens")
-    return {**{k: getattr(params, k) for k in keys if getattr(params, k, None) is not None}, **fixed}
+# The sampling values Self-Instruct's and Evol-Instruct's parameters may set (their `seed` keys in-context draws).
+SAMPLING = ("temperature", "top_p", "max_tokens")
 
 
 def user_turn(text: str) -> Conversation:
@@ -251,7 +249,7 @@ class SelfInstruct(Step):
         for text in seeds:
             pool.add(text)
         rng = random.Random(_digest(p.seed, *seeds))  # same seeds and seed -> same in-context samples
-        sampling = ctx.sampling(p.model, **sampling_overrides(p))
+        sampling = ctx.sampling(p.model, **sampling_overrides(p, SAMPLING))
         harvest = _Harvest()
         for round_index in range(p.rounds):
             generated = [r["instruction"] for r in harvest.new]
