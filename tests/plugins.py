@@ -6,7 +6,16 @@ import os
 import re
 import time
 
-from rlaif.steps.base import BatchResult, ParamColumn, Record, Step, StepContext, StepParams
+from rlaif.steps.base import (
+    BatchResult,
+    ParamColumn,
+    Quarantine,
+    Record,
+    Step,
+    StepContext,
+    StepParams,
+    filter_records,
+)
 
 
 class UpperParams(StepParams):
@@ -73,6 +82,38 @@ class Liar(Step):
 
     def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         return BatchResult(records=records[1:])
+
+
+class MinWordsParams(StepParams):
+    column: str = "prompt"
+    min_words: int = 3
+
+
+class MinWords(Step):
+    """README's plugin example: drop records whose ``column`` has fewer than ``min_words`` words ("too few words");
+    quarantine a value that is not text ("not text"). Inputs: ``column``. Outputs: unchanged."""
+
+    Params = MinWordsParams
+    inputs = (ParamColumn("column"),)  # checked against upstream columns by `rlaif validate`
+    params: MinWordsParams
+
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
+        return filter_records(records, self.verdict)
+
+    def verdict(self, record: Record) -> str | None:
+        text = record[self.params.column]
+        if not isinstance(text, str):
+            raise Quarantine("not text", f"{self.params.column} is {type(text).__name__}")
+        return None if len(text.split()) >= self.params.min_words else "too few words"
+
+
+class Labeller(Step):
+    """A plugin that declares its loop phase: the loop's report counts its time as "label"."""
+
+    phase = "label"
+
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
+        return BatchResult(records=records)
 
 
 class AlphabeticalJudge:

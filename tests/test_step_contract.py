@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 from pathlib import Path
 
 import pytest
 
+from rlaif.config import ConfigError
 from rlaif.loop.report import phase_times, step_phase
 from rlaif.pipeline.runtime import EngineRuntime
 from rlaif.pipeline.spec import ModelSpec
@@ -121,15 +123,9 @@ def test_each_step_declares_its_loop_phase():
     assert step_phase("no_such_module.Step") == "filter"
 
 
-class Labeller(Step):
-    """A plugin step that declares itself a labeller: the loop's report counts its time as "label"."""
-
-    phase = "label"
-
-
 def test_the_report_reads_a_plugin_steps_phase_from_its_class():
     stats = {
-        "a": {"type": "test_step_contract.Labeller", "wall_s": 2.0},
+        "a": {"type": "plugins.Labeller", "wall_s": 2.0},
         "b": {"type": "generate_responses", "wall_s": 1.0},
         "c": {"type": "dedup", "wall_s": 0.5},
         "d": {"type": "pairwise_judge", "wall_s": 4.0, "cached": True},
@@ -142,3 +138,24 @@ def test_record_digest_is_the_hash_per_record_draws_were_made_with():
 
     parts = (0, 3, "judged", "Human: hi", "a", "b")
     assert record_digest(*parts) == hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+
+
+def test_a_plugin_filter_runs_in_a_pipeline_and_accounts_for_every_record(tmp_path):
+    from rlaif.pipeline.run import run_pipeline
+    from rlaif.pipeline.spec import load_pipeline
+
+    records = [{"prompt": "one two three"}, {"prompt": "too short"}, {"prompt": None}, {"prompt": "a b c d"}]
+    (tmp_path / "p.yaml").write_text(
+        "name: plugin\nmodels: {}\nsteps:\n"
+        f"  - {{name: src, type: inline, records: {json.dumps(records)}}}\n"
+        "  - {name: kept, type: plugins.MinWords, from: src, min_words: 3}\n"
+        f"output: {{save: {tmp_path / 'out'}}}\n"
+    )
+    summary = run_pipeline(load_pipeline(tmp_path / "p.yaml"), run_dir=tmp_path / "run")
+    stats = summary.stats["kept"]
+    assert (stats["records_in"], stats["records_out"]) == (4, 2)
+    assert stats["dropped"] == {"too few words": 1} and stats["quarantined"] == {"not text": 1}
+    bad = (tmp_path / "p.yaml").read_text().replace("min_words: 3", "min_words: 3, column: nope")
+    (tmp_path / "bad.yaml").write_text(bad)
+    with pytest.raises(ConfigError, match="nope"):  # the declared input is checked before the run
+        load_pipeline(tmp_path / "bad.yaml")

@@ -117,9 +117,6 @@ class StepContext:
         """This batch's seed for a model without a seed of its own (what ``sampling`` gives such a model)."""
         return batch_seed(self.pipeline_seed, None, self.step_name, self.batch_index)
 
-    def for_batch(self, batch_index: int) -> StepContext:
-        return replace(self, batch_index=batch_index)
-
     def backend(self, model_name: str) -> Backend:
         return self._engines().backend(model_name)
 
