@@ -251,7 +251,7 @@ def test_judge_reward_is_the_expected_score_over_the_score_tokens(tiny_model_dir
 def test_the_shared_base_judges_like_a_separately_loaded_judge(tiny_model_dir):
     from rlaif.train.config import JudgeConfig, LoraConfig, ModelConfig, RewardConfig
     from rlaif.train.model import build_model
-    from rlaif.train.rl.rewards import build_reward
+    from rlaif.train.rl.reward_sources import build_reward
     from rlaif.train.rl.shared_base import SharedBase, new_value_head
 
     cfg = ModelConfig(name=str(tiny_model_dir), gradient_checkpointing=False)
@@ -278,7 +278,7 @@ def test_the_shared_base_judges_like_a_separately_loaded_judge(tiny_model_dir):
 
 
 def test_rule_rewards_resolve_by_name_or_dotted_path_and_check_what_they_return():
-    from rlaif.train.rl.rewards import FunctionReward
+    from rlaif.train.rl.reward_sources import FunctionReward
 
     contains = FunctionReward("contains", {"word": "thanks"})
     assert contains(["q", "q"], ["Thanks a lot", "no"], [{}, {}]).tolist() == [1.0, 0.0]
@@ -462,7 +462,7 @@ def test_reward_model_adapter_on_the_shared_base_scores_like_the_reward_model(ti
     from rlaif.train.config import LoraConfig, ModelConfig
     from rlaif.train.model import build_model
     from rlaif.train.recipes import run_recipe
-    from rlaif.train.rl.rewards import AdapterReward, ModelReward, reward_problem
+    from rlaif.train.rl.reward_sources import AdapterReward, ModelReward, reward_problem
     from rlaif.train.rl.shared_base import SharedBase, new_value_head
 
     rm = run_recipe(

@@ -370,7 +370,7 @@ def test_reward_model_scoring_tokenizes_as_reward_training_did(tmp_path, reward_
 
     assert [reward_model_ids(tokenizer, PROMPT, r) for r in RESPONSES] == expected
     # PPO's reward-model sources read the same ids (before: no EOS without a chat template), cut from the left.
-    from rlaif.train.rl.rewards import conversation_ids
+    from rlaif.train.rl.reward_sources import conversation_ids
 
     assert [conversation_ids(tokenizer, PROMPT, r, max_length=512) for r in RESPONSES] == expected
     assert conversation_ids(tokenizer, PROMPT, RESPONSES[0], max_length=3) == expected[0][-3:]

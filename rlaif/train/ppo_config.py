@@ -53,7 +53,7 @@ class RewardConfig(_Strict):
             raise ValueError("reward.kwargs goes with reward.function")
         if self.function is not None:
             from rlaif.registry import UnknownComponent, resolve_component
-            from rlaif.train.rewards import REWARD_FUNCTIONS
+            from rlaif.train.reward_functions import REWARD_FUNCTIONS
 
             try:
                 resolve_component(REWARD_FUNCTIONS, self.function, "reward function")

@@ -37,7 +37,7 @@ from rlaif.train.model import build_model
 from rlaif.train.outputs import append_row, resume_checkpoint
 from rlaif.train.rl import core, state
 from rlaif.train.rl.evaluate import evaluate, finish
-from rlaif.train.rl.rewards import build_reward, reward_problem
+from rlaif.train.rl.reward_sources import build_reward, reward_problem
 from rlaif.train.rl.rollout import HFSampler, Rollout, Sampler, VllmSampler, prompt_ids, stop_token_ids, vllm_engine
 from rlaif.train.rl.shared_base import SharedBase, forward_rollout, hidden_size, load_value_head, new_value_head
 from rlaif.train.rl.state import Run

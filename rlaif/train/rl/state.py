@@ -21,7 +21,7 @@ import torch
 from rlaif.train.config import PPOArgs, PPORecipe, PPOTrain
 from rlaif.train.model import BuiltModel
 from rlaif.train.outputs import complete_checkpoints
-from rlaif.train.rl.rewards import RewardSource
+from rlaif.train.rl.reward_sources import RewardSource
 from rlaif.train.rl.rollout import Sampler
 from rlaif.train.rl.shared_base import SharedBase
 

@@ -1,6 +1,6 @@
 """The reward-function registry and the rule rewards it ships: pure Python, no torch, so that configs can check a
 ``reward.function`` name (rlaif.train.config) without loading the RL stack. The reward sources that call them (and
-reward models, LLM judges) are in rlaif.train.rl.rewards.
+reward models, LLM judges) are in rlaif.train.rl.reward_sources.
 
 Rule functions follow TRL's reward-function convention::
 
@@ -17,9 +17,9 @@ import re
 from typing import Any
 
 REWARD_FUNCTIONS: dict[str, str] = {
-    "contains": "rlaif.train.rewards:contains",
-    "length_penalty": "rlaif.train.rewards:length_penalty",
-    "regex_match": "rlaif.train.rewards:regex_match",
+    "contains": "rlaif.train.reward_functions:contains",
+    "length_penalty": "rlaif.train.reward_functions:length_penalty",
+    "regex_match": "rlaif.train.reward_functions:regex_match",
 }
 
 

@@ -2,7 +2,7 @@
 
 Every source is called as ``source(prompts, completions, rows) -> tensor[B]`` (float32, on CPU): ``prompts`` the
 prompt column values (string or messages), ``completions`` the decoded responses, ``rows`` the dataset rows (for
-functions that read extra columns). Rule functions and their registry are in rlaif.train.rewards (TRL's
+functions that read extra columns). Rule functions and their registry are in rlaif.train.reward_functions (TRL's
 reward-function convention, resolved by registry name first, dotted path second).
 """
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from rlaif.formats import prompt_text, reward_model_ids
 from rlaif.registry import resolve_component
-from rlaif.train.rewards import REWARD_FUNCTIONS
+from rlaif.train.reward_functions import REWARD_FUNCTIONS
 
 if TYPE_CHECKING:
     import torch
