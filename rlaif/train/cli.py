@@ -51,31 +51,25 @@ def _run(recipe: str, config: Path, overrides: list[str] | None, cpu: bool, resu
         console.print(f"  {key}: {value:.4f}", highlight=False)
 
 
-@train_app.command()
-def sft(config: ConfigArg, overrides: OverridesArg = None, cpu: CpuOpt = False, resume: ResumeOpt = False) -> None:
-    """Supervised fine-tuning (messages, prompt/completion or text rows)."""
-    _run("sft", config, overrides, cpu, resume)
+# One command per recipe, alike but for the help text: `rlaif train sft|rm|dpo|ppo|kto CONFIG [k=v...]`.
+RECIPE_HELP = {
+    "sft": "Supervised fine-tuning (messages, prompt/completion or text rows).",
+    "rm": "Reward model on preference pairs; reports pairwise accuracy.",
+    "dpo": "DPO and its loss family (ipo, robust, ..., orpo, simpo) on preference pairs; reports reward margins.",
+    "ppo": "PPO on prompts with a rule, RM-adapter, reward-model or LLM-judge reward; one shared quantized base.",
+    "kto": "KTO on unpaired good/bad completions (paired rows are unpaired first).",
+}
 
 
-@train_app.command()
-def rm(config: ConfigArg, overrides: OverridesArg = None, cpu: CpuOpt = False, resume: ResumeOpt = False) -> None:
-    """Reward model on preference pairs; reports pairwise accuracy."""
-    _run("rm", config, overrides, cpu, resume)
+def _recipe_command(recipe: str) -> None:
+    def command(
+        config: ConfigArg, overrides: OverridesArg = None, cpu: CpuOpt = False, resume: ResumeOpt = False
+    ) -> None:
+        _run(recipe, config, overrides, cpu, resume)
+
+    command.__doc__ = RECIPE_HELP[recipe]
+    train_app.command(name=recipe)(command)
 
 
-@train_app.command()
-def dpo(config: ConfigArg, overrides: OverridesArg = None, cpu: CpuOpt = False, resume: ResumeOpt = False) -> None:
-    """DPO and its loss family (ipo, robust, ..., orpo, simpo) on preference pairs; reports reward margins."""
-    _run("dpo", config, overrides, cpu, resume)
-
-
-@train_app.command()
-def ppo(config: ConfigArg, overrides: OverridesArg = None, cpu: CpuOpt = False, resume: ResumeOpt = False) -> None:
-    """PPO on prompts with a rule, RM-adapter, reward-model or LLM-judge reward; one shared quantized base."""
-    _run("ppo", config, overrides, cpu, resume)
-
-
-@train_app.command()
-def kto(config: ConfigArg, overrides: OverridesArg = None, cpu: CpuOpt = False, resume: ResumeOpt = False) -> None:
-    """KTO on unpaired good/bad completions (paired rows are unpaired first)."""
-    _run("kto", config, overrides, cpu, resume)
+for _recipe in RECIPE_HELP:
+    _recipe_command(_recipe)
