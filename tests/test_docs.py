@@ -155,6 +155,69 @@ def test_every_rlaif_module_named_exists(doc):
     assert not missing, f"{doc.name} names modules that do not exist: {missing}"
 
 
+# -- the reference covers what the code defines ---------------------------------------------------------------------
+def _code_words(page: str) -> set[str]:
+    """Every word inside a `code span` of docs/<page>."""
+    spans = re.findall(r"`([^`\n]+)`", (ROOT / "docs" / page).read_text())
+    return {word for span in spans for word in re.findall(r"\w+", span)}
+
+
+def _fields(*models) -> set[str]:
+    return {name for model in models for name in model.model_fields}
+
+
+def test_the_step_catalogue_lists_every_registered_step():
+    from rlaif.steps.registry import STEPS
+
+    rows = set(re.findall(r"^\| `(\w+)` \|", (ROOT / "docs" / "steps.md").read_text(), flags=re.M))
+    assert rows == set(STEPS), f"missing: {sorted(set(STEPS) - rows)}; not steps: {sorted(rows - set(STEPS))}"
+
+
+def test_every_pipeline_key_is_documented():
+    from rlaif.pipeline import spec
+
+    keys = {*spec.TOP_KEYS, *spec.STEP_KEYS, *spec.SAMPLING_KEYS, *spec.OUTPUT_KEYS, *spec.PUSH_KEYS}
+    assert not keys - _code_words("pipelines.md"), sorted(keys - _code_words("pipelines.md"))
+
+
+def test_every_training_config_key_is_documented():
+    from rlaif.train import config_base as c
+    from rlaif.train import ppo_config as p
+
+    keys = _fields(c.RecipeConfig, c.ModelConfig, c.LoraConfig, c.DataConfig, c.SFTTrain, c.RMTrain, c.DPOTrain)
+    keys |= _fields(c.KTOTrain, p.PPOTrain, p.RewardConfig, p.JudgeConfig)
+    assert not keys - _code_words("training.md"), sorted(keys - _code_words("training.md"))
+
+
+def test_every_loop_key_is_documented():
+    from rlaif.loop import config as c
+
+    keys = _fields(c.LoopConfig, c.PromptsConfig, c.PipelineRef, c.TrainRef, c.EvalRef)
+    assert not keys - _code_words("loop.md"), sorted(keys - _code_words("loop.md"))
+
+
+def _leaves(cmd, path: list[str]):
+    if hasattr(cmd, "commands"):
+        for name, sub in cmd.commands.items():
+            yield from _leaves(sub, [*path, name])
+    else:
+        yield path, cmd
+
+
+def test_every_command_and_option_is_documented():
+    parts = re.split(r"^## `([^`]+)`$", (ROOT / "docs" / "cli.md").read_text(), flags=re.M)
+    sections = dict(zip(parts[1::2], parts[2::2], strict=True))
+    missing = []
+    for path, cmd in _leaves(typer.main.get_command(app), ["rlaif"]):
+        heading = "rlaif train RECIPE" if path[1] == "train" else " ".join(path)
+        body = sections.get(heading, "")
+        names = [f"`{path[2]}`"] if path[1] == "train" else []
+        options = [f"`{opt}" for param in cmd.params for opt in (*param.opts, *param.secondary_opts) if "--" in opt]
+        missing += [f"{' '.join(path)}: {name}" for name in names + options if name not in body]
+        missing += [f"{' '.join(path)}: no section" for _ in [heading] if heading not in sections]
+    assert not missing, missing
+
+
 # -- YAML --------------------------------------------------------------------------------------------------------
 def _validate(path: Path) -> None:
     result = CliRunner().invoke(app, ["validate", str(path)])
