@@ -13,6 +13,9 @@ from typing import Any
 from jinja2 import StrictUndefined, Template
 from jinja2.sandbox import SandboxedEnvironment
 
+# What a judge scores against when no rubric is given: the pipeline's judge steps and PPO's judge reward alike.
+DEFAULT_RUBRIC = "A good answer is helpful, relevant, accurate, clear and appropriately detailed."
+
 # prompts/ and constitutions/ live at the top of the repository, beside the package (editable installs).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROMPTS_DIR = PROJECT_ROOT / "prompts"

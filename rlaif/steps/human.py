@@ -1,8 +1,9 @@
 """Human preference data as a pipeline source, and ``mix``: AI and human pairs combined with weights.
 
 ``human_preferences`` reads a published preference dataset (local files or a Hub id, through the ``load`` source's
-readers) and converts each record with an adapter from ``rlaif.adapters``; malformed records are quarantined under
-the adapter's reason with the raw record beside it. ``mix`` samples a weighted, seeded mixture of several sources.
+readers) and converts each record with a converter from ``rlaif.formats.human``; malformed records are quarantined
+under the converter's reason with the raw record beside it. ``mix`` samples a weighted, seeded mixture of several
+sources.
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rlaif.formats.human import CONVERTERS as ADAPTERS
 from rlaif.formats.human import (
+    CONVERTERS,
     HELPSTEER2_ATTRIBUTES,
     PREFERENCE_COLUMNS,
     PROVENANCE,
+    FormatError,
     convert,
+    converter_options,
     detect_format,
     group_by_prompt,
 )
-from rlaif.formats.human import FormatError as AdapterError
-from rlaif.formats.human import converter_options as adapter_options
 from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
 from rlaif.steps.sources import Load, LoadParams
 
@@ -37,7 +38,7 @@ OPTIONS = ("strategy", "score", "weights", "min_score_ratio")  # adapter options
 
 
 class HumanPreferencesParams(StepParams):
-    format: str = Field("auto", description=f"one of {sorted(ADAPTERS)}, or auto (named by the first record's keys)")
+    format: str = Field("auto", description=f"one of {sorted(CONVERTERS)}, or auto (named by the first record's keys)")
     path: str | None = Field(None, description="local file or glob (jsonl, json, parquet, csv)")
     dataset: str | None = Field(None, description="Hub dataset id, streamed with datasets")
     split: str = "train"
@@ -52,8 +53,8 @@ class HumanPreferencesParams(StepParams):
     def _check(self) -> HumanPreferencesParams:
         if (self.path is None) == (self.dataset is None):
             raise ValueError("give exactly one of path (a local file) or dataset (a Hub id)")
-        if self.format != "auto" and self.format not in ADAPTERS:
-            raise ValueError(f"format must be auto or one of {sorted(ADAPTERS)}, got {self.format!r}")
+        if self.format != "auto" and self.format not in CONVERTERS:
+            raise ValueError(f"format must be auto or one of {sorted(CONVERTERS)}, got {self.format!r}")
         if self.format != "auto":
             check_options(self.format, self.options())
         if self.weights and (unknown := set(self.weights) - set(HELPSTEER2_ATTRIBUTES)):
@@ -66,8 +67,8 @@ class HumanPreferencesParams(StepParams):
 
 def check_options(fmt: str, options: dict[str, Any]) -> None:
     """An option the format ignores is an error: a filter the user believes applied must not silently do nothing."""
-    if unknown := set(options) - set(adapter_options(fmt)):
-        takes = ", ".join(adapter_options(fmt)) or "no options"
+    if unknown := set(options) - set(converter_options(fmt)):
+        takes = ", ".join(converter_options(fmt)) or "no options"
         raise ValueError(f"format {fmt!r} does not use {sorted(unknown)}; it takes {takes}")
 
 
@@ -76,8 +77,8 @@ class HumanPreferences(Step):
     rows) as TRL conversational preference rows.
 
     Outputs: ``prompt`` (messages), ``chosen``/``rejected`` ([one assistant message]), ``source`` (the format name),
-    and the format's provenance columns (``rlaif.adapters.PROVENANCE``). Malformed records are quarantined with the
-    adapter's reason, the adapter's detail and the raw record as JSON in ``raw_output``.
+    and the format's provenance columns (``rlaif.formats.human.PROVENANCE``). Malformed records are quarantined with
+    the converter's reason, the converter's detail and the raw record as JSON in ``raw_output``.
 
     HelpSteer2 rows are paired by grouping CONSECUTIVE rows with the same prompt, which is how the dataset is laid out
     (two responses per prompt, adjacent): it streams with bounded memory, from a file or the Hub. A prompt whose rows
@@ -115,7 +116,7 @@ class HumanPreferences(Step):
             keys = sorted(first) if first is not None else "no records"
             raise ValueError(
                 f"cannot tell the preference format from the first record ({keys}); "
-                f"set format: one of {sorted(ADAPTERS)}"
+                f"set format: one of {sorted(CONVERTERS)}"
             )
         check_options(detected, self.params.options())
         return detected
@@ -147,7 +148,7 @@ class HumanPreferences(Step):
         raw_rows = item["rows"] if fmt == "helpsteer2" else [item]
         try:
             rows = convert(fmt, item, **self.params.options())
-        except AdapterError as err:
+        except FormatError as err:
             for raw in raw_rows:  # each raw row is quarantined, so the counts match the file
                 result.quarantined.append(Quarantined(raw, err.reason, err.detail, _dump(raw)))
             return

@@ -19,14 +19,13 @@ from rlaif.formats import as_messages, prompt_text
 from rlaif.schema import Completion, GenerationParams, GenerationResult, Prompt
 from rlaif.steps import verdicts
 from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
-from rlaif.templates import render, template_path
+from rlaif.templates import DEFAULT_RUBRIC, render, template_path
 
 PARSE_FAILURE = "judge parse failure"
 JUDGE_FAILED = "judge failed"  # the backend returned no output for the prompt (context overflow, dead engine...)
 FEW_RESPONSES = "fewer than 2 responses"
 NO_LOGPROBS = "no answer-token logprobs"  # logprobs were asked for, the verdict token has none for the options
 ULTRAFEEDBACK_ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
-DEFAULT_RUBRIC = "A good answer is helpful, relevant, accurate, clear and appropriately detailed."
 
 
 # -- helpers shared with the constitutional steps ----------------------------------------------------------------

@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rlaif.formats import prompt_text
-from rlaif.templates import render, template_path
+from rlaif.templates import DEFAULT_RUBRIC, render, template_path
 from rlaif.train.rl.core import left_padded
 
 if TYPE_CHECKING:
     from rlaif.train.config import JudgeConfig
 
 # The rating_judge step's default rubric (rlaif.steps.judges; train never imports steps, DESIGN.md §1).
-DEFAULT_RUBRIC = "A good answer is helpful, relevant, accurate, clear and appropriately detailed."
 ANSWER_PREFIX = "Rating:"
 # (input_ids [B, T] left-padded, attention_mask [B, T], k) -> logits of the last k positions [B, k, V]
 TailLogits = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
