@@ -90,8 +90,8 @@ class MinWordsParams(StepParams):
 
 
 class MinWords(Step):
-    """README's plugin example: drop records whose ``column`` has fewer than ``min_words`` words ("too few words");
-    quarantine a value that is not text ("not text"). Inputs: ``column``. Outputs: unchanged."""
+    """The plugin example of docs/pipelines.md: drop records whose ``column`` has fewer than ``min_words`` words
+    ("too few words"); quarantine a value that is not text ("not text"). Inputs: ``column``. Outputs: unchanged."""
 
     Params = MinWordsParams
     inputs = (ParamColumn("column"),)  # checked against upstream columns by `rlaif validate`

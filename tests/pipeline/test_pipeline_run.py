@@ -17,7 +17,7 @@ from rlaif.pipeline.run import run_pipeline
 from rlaif.pipeline.runner import AccountingError
 from rlaif.pipeline.spec import load_pipeline
 
-TESTS_DIR = Path(__file__).parent
+TESTS_DIR = Path(__file__).parents[1]
 
 
 def write_pipeline(tmp_path: Path, steps: str, records: int = 40, extra: str = "") -> Path:

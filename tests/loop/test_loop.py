@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from rlaif.config import ConfigError
 from rlaif.loop.config import load_loop_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = ROOT / "pipelines"
 
 

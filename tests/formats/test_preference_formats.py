@@ -27,7 +27,7 @@ from rlaif.pipeline.run import run_pipeline
 from rlaif.pipeline.spec import load_pipeline
 from rlaif.steps.human import mix_quotas
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 HUMAN = "rlaif.steps.human.HumanPreferences"
 MIX = "rlaif.steps.human.Mix"
 

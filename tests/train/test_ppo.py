@@ -26,9 +26,9 @@ from rlaif.train.config_load import load_config
 from rlaif.train.data import DataFormatError
 from rlaif.train.rl import core
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "pipelines" / "train" / "ppo.yaml"
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "train"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "train"
 BUILTIN = "builtin:smollm2-135m-instruct"
 RULE = ["reward.judge=null", "reward.function=length_penalty"]
 

@@ -23,9 +23,9 @@ from rlaif.train.config import trl_args
 from rlaif.train.config_load import load_config
 from rlaif.train.data import DataFormatError, load_training_data
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "pipelines" / "train"
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "train"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "train"
 BUILTIN = "builtin:smollm2-135m-instruct"
 
 

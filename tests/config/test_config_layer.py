@@ -18,7 +18,7 @@ from rlaif.pipeline.spec import load_pipeline
 from rlaif.schema import GenerationParams, sampling_problems
 from rlaif.train.config_load import load_any_config, load_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = ROOT / "pipelines"
 SHIPPED = sorted([*PIPELINES.glob("*.yaml"), *PIPELINES.glob("train/*.yaml"), *PIPELINES.glob("loop/*.yaml")])
 

@@ -11,7 +11,7 @@ import yaml
 from rlaif.pipeline.run import run_pipeline
 from rlaif.pipeline.spec import load_pipeline
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Pipeline files (loop files, with `rounds:`, are validated in test_loop.py).
 SHIPPED = sorted(
     p

@@ -12,7 +12,7 @@ from trl.data_utils import is_conversational, maybe_apply_chat_template
 from rlaif.pipeline.run import run_pipeline
 from rlaif.pipeline.spec import load_pipeline
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def accounted(stats: dict) -> bool:

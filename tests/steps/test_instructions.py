@@ -22,7 +22,7 @@ from rlaif.steps.evol import evolution_problem
 from rlaif.steps.generate import pre_query
 from rlaif.steps.instructions import NoveltyPool, parse_numbered_list, rouge_l, words
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SEEDS = REPO / "pipelines" / "data" / "self_instruct_seeds.jsonl"
 MODELS = {"policy": {"backend": "vllm", "model": "builtin:smollm2-135m-instruct", "max_tokens": 64}}
 SMOL_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
