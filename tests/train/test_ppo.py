@@ -458,7 +458,7 @@ def test_ppo_with_a_rule_reward_raises_the_mean_reward_with_bounded_kl(eos_model
 
 @pytest.mark.model
 def test_reward_model_adapter_on_the_shared_base_scores_like_the_reward_model(tiny_model_dir, tmp_path):
-    from rlaif.steps.rewards import load_reward_model, score_conversations
+    from rlaif.steps.scoring import load_reward_model, score_conversations
     from rlaif.train.config import LoraConfig, ModelConfig
     from rlaif.train.model import build_model
     from rlaif.train.recipes import run_recipe

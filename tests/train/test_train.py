@@ -458,7 +458,7 @@ def test_dpo_raises_the_eval_margin_on_a_learnable_set(tiny_model_dir, tmp_path)
 def test_reward_model_separates_a_trivially_separable_set(tiny_model_dir, tmp_path):
     import torch
 
-    from rlaif.steps.rewards import load_reward_model
+    from rlaif.steps.scoring import load_reward_model
     from rlaif.train.recipes import run_recipe
 
     cfg = _config(

@@ -176,7 +176,7 @@ def test_best_of_n_ranks_spreads_and_drops(tmp_path):
     records = [record([3, 9, 1, 6], id=0), record([5, 5.2], id=1), record([None, 4], id=2), record([2, 2], id=3)]
     step = {
         "name": "best",
-        "type": "rlaif.steps.rewards.BestOfN",
+        "type": "rlaif.steps.scoring.BestOfN",
         "from": "scored",
         "score_column": "ratings",
         "k": 2,
@@ -196,7 +196,7 @@ def test_best_of_n_ranks_spreads_and_drops(tmp_path):
 
 def test_best_of_n_emits_pairs_and_both(tmp_path):
     records = [record([3, 9, 1, 6]), record([7]), record([4, 4])]
-    step = {"name": "best", "type": "rlaif.steps.rewards.BestOfN", "from": "scored", "score_column": "ratings"}
+    step = {"name": "best", "type": "rlaif.steps.scoring.BestOfN", "from": "scored", "score_column": "ratings"}
     stats, rows = run(tmp_path / "pairs", [inline(records), {**step, "emit": "pairs"}])
     [pair] = rows["best"]
     assert (pair["chosen"][0]["content"], pair["rejected"][0]["content"], pair["margin"]) == (
@@ -219,10 +219,10 @@ def test_rows_are_accepted_by_trl(tmp_path, builtin_model_path):
     steps = [
         inline([record([3, 9, 1, 6]), record([2, 8])]),
         {"name": "pairs", "type": "rlaif.steps.pairs.MakePairs", "from": "scored", "score_column": "ratings"},
-        {"name": "sft", "type": "rlaif.steps.rewards.BestOfN", "from": "scored", "score_column": "ratings"},
+        {"name": "sft", "type": "rlaif.steps.scoring.BestOfN", "from": "scored", "score_column": "ratings"},
         {
             "name": "bon_pairs",
-            "type": "rlaif.steps.rewards.BestOfN",
+            "type": "rlaif.steps.scoring.BestOfN",
             "from": "scored",
             "score_column": "ratings",
             "emit": "pairs",
@@ -305,7 +305,7 @@ def test_reward_model_scores_match_unbatched_forward(tmp_path, reward_dirs):
     records = [{"prompt": PROMPT, "responses": RESPONSES, "id": 0}, {"prompt": PROMPT, "responses": [], "id": 1}]
     scores = {
         "name": "rm",
-        "type": "rlaif.steps.rewards.RewardModelScore",
+        "type": "rlaif.steps.scoring.RewardModelScore",
         "from": "scored",
         "reward_model": str(reward_dirs["rm"]),
         "micro_batch_size": 3,
@@ -358,7 +358,7 @@ def test_reward_model_scoring_tokenizes_as_reward_training_did(tmp_path, reward_
         reference = [float(model(input_ids=torch.tensor([ids])).logits[0, 0]) for ids in expected]
     step = {
         "name": "rm",
-        "type": "rlaif.steps.rewards.RewardModelScore",
+        "type": "rlaif.steps.scoring.RewardModelScore",
         "from": "scored",
         "reward_model": str(plain),
         "micro_batch_size": 3,
@@ -388,7 +388,7 @@ def test_reward_model_scoring_tokenizes_as_reward_training_did(tmp_path, reward_
 
 @pytest.mark.model
 def test_reward_model_reference_is_checked_at_validation(tmp_path, reward_dirs):
-    step = {"name": "rm", "type": "rlaif.steps.rewards.RewardModelScore", "from": "scored"}
+    step = {"name": "rm", "type": "rlaif.steps.scoring.RewardModelScore", "from": "scored"}
     with pytest.raises(ConfigError, match="reward_model"):
         load_pipeline(pipeline_file(tmp_path, [inline([record([1])]), {**step, "reward_model": "./no/such/dir"}]))
     broken = tmp_path / "broken-adapter"
