@@ -167,7 +167,7 @@ def test_make_pairs_strategy_validation_and_plugins(tmp_path):
                 ],
             )
         )
-    _, rows = run(tmp_path, [inline([record([1, 2])]), {**base, "strategy": "test_rewards_pairs.reversed_pairs"}])
+    _, rows = run(tmp_path, [inline([record([1, 2])]), {**base, "strategy": "test_scoring_pairs.reversed_pairs"}])
     assert rows["pairs"][0]["chosen"][0]["content"] == RESPONSES[0]
 
 
