@@ -144,10 +144,16 @@ def _unify(schema: pa.Schema, new: pa.Schema, split: str, index: int) -> pa.Sche
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """The table with the unified schema's columns, in its order; columns a batch lacked become nulls."""
     columns = [
-        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        _cast(table.column(f.name), f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
         for f in schema
     ]
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _cast(column: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
+    # Not a no-op cast: pyarrow's cast of list<null> to list<null> (a list column holding only Nones, e.g. a
+    # verifier's `verified` when no score is pass/fail) corrupts the list offsets, and the shard fails to validate.
+    return column if column.type == to else column.cast(to)
 
 
 def _write_split(spool: _Spool, root: Path, split: str, max_rows: int, jsonl: bool) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
@@ -29,6 +29,7 @@ class Candidate:
     text: str
     score: float
     model: str | None = None
+    judged: bool = False  # chosen by the pairwise judge's verdict, not by its score (make_pairs' hybrid mode)
 
 
 class ScoreError(ValueError):
@@ -55,6 +56,13 @@ def candidates(record: Record, score_column: str, responses_column: str = "respo
             raise ScoreError(f"{score_column}[{i}] is {score!r}, not a number")
         found.append(Candidate(i, text, float(score), model))
     return found
+
+
+def _score_at(scores: Any, index: int) -> float:
+    """The score at ``index`` as a float, NaN when there is none (unverifiable, unparsed, missing)."""
+    value = scores[index] if isinstance(scores, list) and index < len(scores) else None
+    usable = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if usable else math.nan
 
 
 def ranked(found: list[Candidate]) -> list[Candidate]:
@@ -113,6 +121,9 @@ class MakePairsParams(StepParams):
     prompt_column: str = "prompt"
     responses_column: str = "responses"
     keep_columns: list[str] = Field(default_factory=list, description="input columns copied onto every pair")
+    hybrid: bool = Field(
+        False, description="with score_column: where the scores give no pair, the judge's preference_column decides"
+    )
 
     @field_validator("strategy")
     @classmethod
@@ -130,6 +141,10 @@ class MakePairsParams(StepParams):
                 "a strategy needs scores: set score_column (rewards or ratings); pairwise verdicts "
                 "(preference) give exactly one pair, responses[0] vs responses[1]"
             )
+        if self.hybrid and self.score_column is None:
+            raise ValueError(
+                "hybrid needs score_column (the verifier's scores) beside preference_column (the judge's)"
+            )
         return self
 
 
@@ -139,6 +154,11 @@ class MakePairs(Step):
     From scores (``score_column``: ``rewards`` from reward_model_score or ``ratings`` from rating_judge): the
     ``strategy`` picks (chosen, rejected) among responses with a score; a pair needs margin > 0 and >= ``min_margin``.
     From pairwise verdicts (no ``score_column``): ``preference`` "A" prefers responses[0], "B" responses[1].
+    Unscored responses (a None score: a verifier could not check them, a rating the judge could not parse) are never
+    chosen nor rejected. Hybrid (``hybrid: true``, with both columns): the scores (e.g. a verifier's ``rewards``)
+    decide by ``strategy`` wherever they give a pair; where they do not (equal or unverifiable scores, or a margin
+    below ``min_margin``) the pairwise judge's ``preference`` decides responses[0] vs responses[1]; ``decided_by``
+    ("scores" | "judge") says which, and a judged pair carries the two responses' scores (None when unscored).
     Inputs: ``prompt``, ``responses``, ``response_models`` (optional), the score or preference column.
     Outputs: ``prompt`` (messages), ``chosen``, ``rejected`` (one assistant message each), ``chosen_model``,
     ``rejected_model``, ``source`` ("ai"); with scores also ``chosen_score``, ``rejected_score``, ``margin``;
@@ -154,7 +174,9 @@ class MakePairs(Step):
 
     def required_columns(self) -> set[str]:
         p = self.params
-        return {p.prompt_column, p.responses_column, p.score_column or p.preference_column, *p.keep_columns}
+        judged = {p.preference_column} if p.hybrid or p.score_column is None else set()
+        scored = {p.score_column} if p.score_column else set()
+        return {p.prompt_column, p.responses_column, *judged, *scored, *p.keep_columns}
 
     def output_columns(self, available: set[str] | None) -> set[str] | None:
         if available is None:
@@ -163,6 +185,8 @@ class MakePairs(Step):
         columns |= set(self.params.keep_columns)
         if self.params.score_column is not None:
             columns |= {"chosen_score", "rejected_score", "margin"}
+        if self.params.hybrid:
+            columns.add("decided_by")
         return columns | (set(PROVENANCE) & available)
 
     def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
@@ -175,6 +199,12 @@ class MakePairs(Step):
                 label = "invalid scores" if self.params.score_column else "invalid preference"
                 result.quarantined.append(Quarantined(record, label, str(exc)))
                 continue
+            if isinstance(pairs, str) and self.params.hybrid:
+                try:
+                    pairs = self._hybrid(record)
+                except ScoreError as exc:
+                    result.quarantined.append(Quarantined(record, "invalid preference", str(exc)))
+                    continue
             if isinstance(pairs, str):
                 result.dropped.append((record, pairs))
                 continue
@@ -208,14 +238,32 @@ class MakePairs(Step):
         a, b = (Candidate(i, responses[i], math.nan, models[i] if i < len(models) else None) for i in (0, 1))
         return [(a, b)] if verdict == "A" else [(b, a)]
 
+    def _hybrid(self, record: Record) -> list[tuple[Candidate, Candidate]] | str:
+        """The judge's pair where the scores gave none, each side carrying its own score (None when unscored)."""
+        assert self.params.score_column is not None
+        pairs = self._judged(record)
+        if isinstance(pairs, str):
+            return pairs
+        scores = record.get(self.params.score_column)
+        [(chosen, rejected)] = pairs
+        return [
+            (
+                replace(chosen, score=_score_at(scores, chosen.index), judged=True),
+                replace(rejected, score=_score_at(scores, rejected.index), judged=True),
+            )
+        ]
+
     def _row(self, record: Record, chosen: Candidate, rejected: Candidate) -> Record:
         provenance: dict[str, Any] = {"chosen_model": chosen.model, "rejected_model": rejected.model}
         if self.params.score_column is not None:
+            known = not (math.isnan(chosen.score) or math.isnan(rejected.score))
             provenance |= {
-                "chosen_score": chosen.score,
-                "rejected_score": rejected.score,
-                "margin": chosen.score - rejected.score,
+                "chosen_score": None if math.isnan(chosen.score) else chosen.score,
+                "rejected_score": None if math.isnan(rejected.score) else rejected.score,
+                "margin": chosen.score - rejected.score if known else None,
             }
+        if self.params.hybrid:
+            provenance["decided_by"] = "judge" if chosen.judged else "scores"
         provenance |= {k: record[k] for k in PROVENANCE if k in record}
         provenance |= {k: record.get(k) for k in self.params.keep_columns}
         return preference_row(record[self.params.prompt_column], chosen.text, rejected.text, **provenance, source="ai")

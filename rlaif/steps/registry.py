@@ -26,6 +26,8 @@ STEPS: dict[str, str] = {
     "judge_filter": "rlaif.steps.filters:JudgeFilter",
     "decontaminate": "rlaif.steps.decontaminate:Decontaminate",
     "expression": "rlaif.steps.expression:Expression",
+    "verify": "rlaif.steps.verify:Verify",
+    "add_constraints": "rlaif.steps.verify:AddConstraints",
 }
 
 

@@ -180,7 +180,7 @@ class RewardModelScore(Step):
 
 class BestOfNParams(StepParams):
     k: int = Field(1, ge=1, description="responses kept per prompt")
-    score_column: str = Field("rewards", description="rewards (reward_model_score) or ratings (rating_judge)")
+    score_column: str = Field("rewards", description="rewards (reward_model_score, verify) or ratings")
     emit: Literal["sft", "pairs", "both"] = "sft"
     min_spread: float = Field(0.0, ge=0, description="prompts whose max - min score is below this are dropped")
     prompt_column: str = "prompt"
@@ -192,7 +192,8 @@ class BestOfN(Step):
     """Rejection sampling: keep the top ``k`` of n responses per prompt (Touvron et al. 2023, Llama 2 rejection
     sampling fine-tuning; Dong et al. 2023, RAFT; Gulcehre et al. 2023, ReST's Improve step with a top-k filter).
 
-    Inputs: ``prompt``, ``responses``, ``score_column`` (one score per response; unscored responses are skipped),
+    Inputs: ``prompt``, ``responses``, ``score_column`` (one score per response; unscored ones — None, e.g. a
+    response ``verify`` could not check — are skipped: never kept, never the worst of a pair),
     ``response_models`` (optional). Outputs, by ``emit``:
     - sft: one row per kept response: ``messages`` (prompt + response), ``score``, ``rank`` (1 = best),
       ``response_model``;

@@ -111,6 +111,7 @@ def test_each_step_declares_its_loop_phase():
         "evol_instruct",
         "magpie",
         "best_of_n",
+        "add_constraints",
     }
     assert {n for n, p in phases.items() if p == "label"} == {
         "pairwise_judge",
@@ -118,6 +119,7 @@ def test_each_step_declares_its_loop_phase():
         "constitutional_judge",
         "critique_revise",
         "reward_model_score",
+        "verify",
     }
     assert step_phase("plugins.Upper") == "filter"  # a plugin's default
     assert step_phase("no_such_module.Step") == "filter"
