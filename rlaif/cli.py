@@ -22,6 +22,9 @@ from rlaif.train.cli import train_app  # noqa: E402
 
 app.add_typer(train_app, name="train")
 # --- end training sub-app ---
+from rlaif.judge_eval_cli import judge_eval  # noqa: E402 - rlaif judge-eval (rlaif/judge_eval_cli.py)
+
+app.command("judge-eval")(judge_eval)
 console = Console()
 
 

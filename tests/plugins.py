@@ -210,3 +210,14 @@ class RoundTaggedHF:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class LongerAnswerJudge(AlphabeticalJudge):
+    """Prefers the longer answer: consistent across both orders, and its agreement with a human file is known by
+    construction (tests/steps/test_judge_check.py)."""
+
+    name = "longer-answer-judge"
+
+    @staticmethod
+    def verdict(a: str, b: str) -> str:
+        return "A" if len(a) > len(b) else "B" if len(a) < len(b) else "tie"

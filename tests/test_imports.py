@@ -103,6 +103,7 @@ LAYERS = {
     "rlaif.train": 2,
     "rlaif.pipeline": 3,
     "rlaif.loop": 4,
+    "rlaif.judge_eval_cli": 4,  # a command module beside the loop: uses pipeline, registered by cli
     "rlaif.cli": 5,
 }
 

@@ -11,16 +11,20 @@ from typing import Any
 import pyarrow.parquet as pq
 from rich import box
 from rich.console import Group
-from rich.table import Table
+from rich.table import Column, Table
 
 from rlaif.pipeline.run import RunSummary
+from rlaif.rates import rate, short
 from rlaif.registry import UnknownComponent
+from rlaif.steps.judges import NO_LOGPROBS, PARSE_FAILURE
 from rlaif.steps.registry import step_class
 
 # The loop's phases, in round order, as keys of a round's "seconds" (the round table writes hand_off as hand-off).
 PHASES = ("generate", "label", "filter", "train", "hand_off", "eval")
 # Training metrics worth a column, as TRL logs them (DPO and its family, RM, SFT, KTO, PPO).
 TRAIN_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "accuracy", "kl", "objective/kl", "reward")
+# Judge quarantine reasons that mean "the verdict could not be read", as the eval reports them.
+PARSE_FAILURES = (PARSE_FAILURE, NO_LOGPROBS)
 
 
 def step_phase(step_type: str) -> str:
@@ -79,19 +83,76 @@ def train_summary(output_dir: Path) -> dict[str, Any]:
 
 
 def win_rate(result: RunSummary, judge_step: str) -> dict[str, Any]:
-    """Policy k (answer A, "candidate") against policy k-1 (B): wins + ties/2 over the judged held-out prompts."""
-    preferences = pq.read_table(result.datasets[judge_step] / "data", columns=["preference"]).column(0).to_pylist()
-    counts = Counter(preferences)
+    """The judge's figures for policy k (answer A, "candidate") against policy k-1 (B) on the held-out prompts,
+    read from the eval run's judge step (its ``preference``, ``consistent`` and, when written, ``p_a`` columns and
+    its quarantine counts). See ``judge_figures``."""
+    table = pq.read_table(result.datasets[judge_step] / "data")
+    names = set(table.column_names)
+    preferences = table.column("preference").to_pylist()
+    consistent = table.column("consistent").to_pylist() if "consistent" in names else None
+    p_a = table.column("p_a").to_pylist() if "p_a" in names else None
+    return judge_figures(preferences, consistent, p_a, dict(result.stats[judge_step]["quarantined"]))
+
+
+def judge_figures(
+    preferences: list[str],
+    consistent: list[bool] | None = None,
+    p_a: list[float | None] | None = None,
+    quarantined: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Win rate of A over B from a pairwise judge's verdicts, counted so that position bias cannot pass for a win.
+
+    A verdict whose two presentation orders disagree (``consistent`` false) is a tie, whatever side the averaged
+    probabilities leaned to. ``win_rate`` = (wins + ties/2) / judged, with the 95% Wilson interval on that count
+    (``rlaif.rates``: a tie is half a success; conservative). ``consistency`` = share of judged comparisons whose
+    two orders agree (None when the judge writes no ``consistent`` column); ``parse_failures`` = comparisons
+    quarantined as unreadable ("judge parse failure", "no answer-token logprobs"), as a share of all comparisons the
+    judge was asked; ``not_judged`` = every comparison the judge step quarantined (failures of any kind);
+    ``mean_p_a`` = the mean soft preference for A where the judge writes ``p_a`` (the constitutional judge), else
+    None. Every ``*_ci95`` is [low, high], or None when its n is 0.
+    """
+    quarantined = quarantined or {}
+    flags = consistent if consistent is not None else [True] * len(preferences)
+    wins = sum(p == "A" and bool(c) for p, c in zip(preferences, flags, strict=True))
+    losses = sum(p == "B" and bool(c) for p, c in zip(preferences, flags, strict=True))
     judged = len(preferences)
-    rate = (counts["A"] + 0.5 * counts["tie"]) / judged if judged else None
+    failures = sum(quarantined.get(reason, 0) for reason in PARSE_FAILURES)
+    not_judged = sum(quarantined.values())
+    win = rate(wins + 0.5 * (judged - wins - losses), judged)
+    agree = rate(sum(bool(c) for c in flags), judged) if consistent is not None else None
+    failed = rate(failures, judged + not_judged)
+    soft = [v for v in p_a or [] if isinstance(v, int | float)]
     return {
-        "win_rate": rate,
-        "wins": counts["A"],
-        "losses": counts["B"],
-        "ties": counts["tie"],
         "judged": judged,
-        "not_judged": sum(s["quarantined"].get("judge parse failure", 0) for s in result.stats.values()),
+        "wins": wins,
+        "losses": losses,
+        "ties": judged - wins - losses,
+        "inconsistent": judged - sum(bool(c) for c in flags),
+        "win_rate": win.value,
+        "win_rate_ci95": win.as_dict()["ci95"],
+        "consistency": agree.value if agree else None,
+        "consistency_ci95": agree.as_dict()["ci95"] if agree else None,
+        "parse_failures": failures,
+        "parse_failure_rate": failed.value,
+        "parse_failure_ci95": failed.as_dict()["ci95"],
+        "not_judged": not_judged,
+        "mean_p_a": sum(soft) / len(soft) if soft else None,
     }
+
+
+def base_row() -> dict[str, Any]:
+    """Round 0: the starting policy, before any training. The loop's eval compares policy k with policy k-1, so the
+    base has no comparison of its own: its ``eval`` is None and the table shows "base" (it is round 1's baseline)."""
+    return {"round": 0, "policy": "base", "trained": False, "not_trained": "the starting policy", "eval": None}
+
+
+def trained(kept: int, train: dict[str, Any]) -> str | None:
+    """Why round k's policy is policy k-1 (no rows kept, training skipped, zero optimizer steps), or None."""
+    if kept == 0 or train.get("skipped"):
+        return str(train.get("skipped") or "no rows kept")
+    if not train.get("steps"):
+        return "zero training steps"
+    return None
 
 
 def round_row(
@@ -104,10 +165,15 @@ def round_row(
     times: dict[str, float],
     released: list[str],
 ) -> dict[str, Any]:
+    """Round k's row of summary.json. ``not_trained`` says why policy k is policy k-1 (then ``eval`` is None: a
+    policy compared with itself would read 0.500, a number that measures nothing)."""
     phases = {**phase_times(data.stats), **times}
+    why = trained(kept, train)
     return {
         "round": k,
         **data_summary(data.stats, kept),
+        "trained": why is None,
+        "not_trained": why,
         "train": train,
         "eval": wins,
         "seconds": {name: round(value, 2) for name, value in phases.items()},
@@ -122,19 +188,24 @@ TABLE_STYLE: dict[str, Any] = {"box": box.SIMPLE_HEAD, "pad_edge": False, "paddi
 
 
 def rounds_table(rows: list[dict[str, Any]]) -> Group:
-    """Two tables, each readable in an 80-column terminal or log: what each round made and learned, and where
-    its time went."""
+    """Two tables, each readable in an 80-column terminal or log: what each round made and learned, with the
+    held-out win rate vs policy k-1 and its 95% interval, the judge's position consistency and its parse failures;
+    and where each round's time went. Round 0 is the base policy; a round that trained nothing says so."""
     data = Table(
         "round",
         "prompts",
         "made",
         "kept",
-        "dropped",
-        "train loss",
+        "drop",
+        "loss",
         "margin",
-        "win rate vs k-1",
-        title="rlaif loop: data, training, held-out win rate",
-        **TABLE_STYLE,
+        Column("win vs k-1 [95% CI]", no_wrap=True, min_width=19),
+        "cons.",
+        "fail",
+        "n",
+        title="rlaif loop: data, training, held-out judge eval",
+        caption="ties and split verdicts count 1/2; cons. = both orders agree",
+        **{**TABLE_STYLE, "padding": (0, 0, 0, 0)},  # 11 columns: one space between them, within 80
     )
     times = Table(
         "round",
@@ -145,17 +216,10 @@ def rounds_table(rows: list[dict[str, Any]]) -> Group:
         **TABLE_STYLE,
     )
     for row in rows:
-        train, seconds, wins = row["train"], row["seconds"], row.get("eval") or {}
-        data.add_row(
-            str(row["round"]),
-            str(row["prompts"]),
-            str(row["made"]),
-            str(row["kept"]),
-            str(sum(row["dropped"].values()) + sum(row["quarantined"].values())),
-            _num(train.get("loss")),
-            _num(train.get("rewards/margins")),
-            _num(wins.get("win_rate")) + (f" ({wins['judged']})" if wins else ""),
-        )
+        data.add_row(*_data_cells(row))
+        if "seconds" not in row:  # round 0 ran nothing
+            continue
+        seconds = row["seconds"]
         total = seconds.get("total", 0.0)
         times.add_row(
             str(row["round"]),
@@ -166,5 +230,32 @@ def rounds_table(rows: list[dict[str, Any]]) -> Group:
     return Group(data, times)
 
 
-def _num(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, int | float) else "-"
+def _data_cells(row: dict[str, Any]) -> list[str]:
+    if row["round"] == 0:
+        return ["0", "-", "-", "-", "-", "-", "-", "base policy", "-", "-", "-"]
+    train, wins = row.get("train") or {}, row.get("eval")
+    counts = [
+        str(row["prompts"]),
+        str(row["made"]),
+        str(row["kept"]),
+        str(sum(row["dropped"].values()) + sum(row["quarantined"].values())),
+        _num(train.get("loss")),
+        _num(train.get("rewards/margins")),
+    ]
+    if row.get("not_trained") and not wins:
+        return [str(row["round"]), *counts, "not trained", "-", "-", "-"]
+    if not wins:
+        return [str(row["round"]), *counts, "no eval", "-", "-", "-"]
+    win = {"rate": wins.get("win_rate"), "ci95": wins.get("win_rate_ci95"), "n": wins.get("judged", 0)}
+    return [
+        str(row["round"]),
+        *counts,
+        short(win) if win["ci95"] or win["rate"] is None else _num(win["rate"]),
+        _num(wins.get("consistency"), 2),
+        str(wins.get("parse_failures", wins.get("not_judged", 0))),
+        str(wins.get("judged", 0)),
+    ]
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"

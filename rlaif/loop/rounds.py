@@ -10,7 +10,7 @@ rate of policy k against policy k-1 on held-out prompts with the eval pipeline. 
     round-K/train/     the trainer's output (checkpoints, adapter/, metrics.jsonl)
     round-K/eval/      the eval pipeline's run
     round-K/stats.json the round's summary, written last: a round with it is finished and never repeated
-    summary.json       every finished round
+    summary.json       round 0 (the base policy), then every finished round
 
 Killed anywhere, a re-run continues: finished rounds are read back, the pipelines resume from their cache, the
 trainer from its last checkpoint.
@@ -32,7 +32,7 @@ from rlaif.backends import Backend
 from rlaif.config import ConfigError, Problem, load_yaml
 from rlaif.loop.config import LoopConfig, TrainRef, read_prompts
 from rlaif.loop.engines import EnginePool
-from rlaif.loop.report import round_row, train_summary, win_rate
+from rlaif.loop.report import base_row, round_row, train_summary, trained, win_rate
 from rlaif.pipeline.progress import Reporter
 from rlaif.pipeline.run import output_steps, run_pipeline
 from rlaif.pipeline.spec import Pipeline, load_pipeline
@@ -74,13 +74,14 @@ def run_loop(
     reporter: Reporter | None = None,
     on_round: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or continue) every round; returns the rows of summary.json. ``backends`` (by model name) are the
-    caller's: used as they are, never released or closed. ``on_round`` gets the rows after each finished round."""
+    """Run (or continue) every round; returns the rows of summary.json: round 0 (the base policy, ``base_row``),
+    then one per round. ``backends`` (by model name) are the caller's: used as they are, never released or closed.
+    ``on_round`` gets the rows after each finished round."""
     run_dir = cfg.run_dir()
     held_out = write_prompts(cfg, run_dir)
     validate(cfg, run_dir, held_out)
     pool = EnginePool(backends)
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = [base_row()]  # round 0: the starting policy, round 1's baseline
     try:
         previous: Path | None = None
         for k in range(1, cfg.rounds + 1):
@@ -267,7 +268,7 @@ def run_round(
 
     clock = time.perf_counter()
     wins = None
-    if cfg.eval:
+    if cfg.eval and trained(kept, train) is None:  # an untrained policy k is policy k-1: nothing to compare
         evaluation = eval_pipeline(cfg, paths, held_out, adapter, previous)
         result = run_pipeline(
             evaluation, run_dir=paths.eval, backends=pool.backends_for(evaluation.models), reporter=reporter

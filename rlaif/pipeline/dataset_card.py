@@ -13,6 +13,7 @@ import pyarrow as pa
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from rlaif import __version__
+from rlaif.rates import counts_text, short
 from rlaif.secrets import scrub_secrets
 
 _STEP_COLUMNS = ("name", "type", "records_in", "records_out", "dropped", "quarantined",
@@ -52,6 +53,7 @@ def render_dataset_card(info: DatasetCardInfo) -> str:
         f'ds = load_dataset("{info.repo_id or "path/to/this/folder"}")\n```',
         f"## Pipeline\n\n{fence}yaml\n{info.pipeline_yaml.rstrip()}\n{fence}",
         "## Steps\n\n" + _steps_table(info.steps),
+        *_checks(info.steps),
         "## Models\n\n" + (_bullets(info.models) or "None."),
         "## File hashes (sha256)\n\n" + (_bullets(info.file_hashes) or "None."),
         f"## Version\n\nGenerated with rlaif {info.rlaif_version}.",
@@ -81,6 +83,28 @@ def _steps_table(steps: list[dict[str, Any]]) -> str:
     for step in steps:
         lines.append("| " + " | ".join(_cell(step.get(key)) for key in _STEP_COLUMNS) + " |")
     return "\n".join(lines)
+
+
+def _checks(steps: list[dict[str, Any]]) -> list[str]:
+    """ "## Judge checks": each judge step's agreement with human labels, measured in its setup before it labelled
+    (``check:``; the figures under "setup" in the step's stats), every rate with its 95% interval and n."""
+    checked = [
+        (step["name"], step["setup"]["judge_check"]) for step in steps if "judge_check" in step.get("setup", {})
+    ]
+    if not checked:
+        return []
+    lines = ["| step | figure | count | rate [95% CI] |", "| --- | --- | ---: | --- |"]
+    for name, figures in checked:
+        for key, value in figures.items():
+            if isinstance(value, dict) and "ci95" in value:
+                row = (name, key.replace("_", " "), counts_text(value["successes"], value["n"]), short(value))
+                lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    notes = [
+        f"- `{name}`: {f['n']} pairs of `{f['data']}` (seed {f['seed']}), min_agreement {f['min_agreement']}"
+        for name, f in checked
+    ]
+    head = "## Judge checks\n\nAgreement with human preference labels, measured before the step labelled.\n\n"
+    return [head + "\n".join(lines) + "\n\n" + "\n".join(notes)]
 
 
 def _cell(value: Any) -> str:

@@ -78,6 +78,7 @@ def _run_step(
 ) -> dict[str, Any]:
     step = spec.step
     step.setup(runtime.context(spec.name))
+    report = step.setup_report()  # measured in setup (a judge check): kept with the step's stats, for the card
     done = store.done_batches()
     if done and step.stateful:
         log.info("step %s keeps state across batches: redoing it from its first batch", spec.name)
@@ -102,6 +103,8 @@ def _run_step(
             done[index] = stats
             advance(records_in)
     stats = _step_stats(spec, done.values(), time.perf_counter() - started)
+    if report:
+        stats["setup"] = report
     _check_accounting(spec.name, "step", stats)
     store.finish(stats)
     return stats

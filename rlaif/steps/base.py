@@ -191,6 +191,11 @@ class Step:
     def setup(self, ctx: StepContext) -> None:
         """One-time work before the first batch of a run (load a model, build an index); the default does nothing."""
 
+    def setup_report(self) -> dict[str, Any]:
+        """Figures ``setup`` measured (a judge's check against human labels, ``{"judge_check": {...}}``): the runner
+        records them in the step's stats under "setup", and the dataset card prints them. The default: none."""
+        return {}
+
     def read(self, ctx: StepContext) -> Iterator[BatchResult]:
         raise NotImplementedError(f"{type(self).__name__} is not a source")
 

@@ -27,6 +27,7 @@ from rlaif.steps.base import (
     StepParams,
     record_digest,
 )
+from rlaif.steps.judge_check import JudgeCheck, check_files, check_in_setup
 from rlaif.steps.judges import (
     JUDGE_FAILED,
     NO_LOGPROBS,
@@ -111,6 +112,7 @@ class ConstitutionalJudgeParams(StepParams):
     temperature: float = Field(0.0, ge=0)
     seed: int = Field(0, description="changes which principles are sampled")
     prompt_column: str = "prompt"
+    check: JudgeCheck | None = Field(None, description="score the judge on human labels before it labels")
 
 
 class ConstitutionalJudge(Step):
@@ -125,6 +127,7 @@ class ConstitutionalJudge(Step):
     Per principle and order, P("A") = exp(lpA) / (exp(lpA) + exp(lpB)) from the top-k log-probabilities of the
     first answer token; both orders are averaged, P(A) = (p_AB + 1 - p_BA) / 2, then principles are averaged.
     Neither letter among the top-k in some order: quarantined as "no answer-token logprobs".
+    ``check:`` scores the judge on human-labelled pairs before it labels, as for ``pairwise_judge``.
     Simplifications: zero-shot (the papers use few-shot multiple-choice prompts); one comparison question per
     principle; the conversation is shown as a plain Human/Assistant transcript.
     """
@@ -143,7 +146,7 @@ class ConstitutionalJudge(Step):
         return template_path("constitutional_judge.jinja", self.params.template, self.base_dir)
 
     def files(self) -> list[Path]:
-        return [self.constitution_file(), self.template()]
+        return [self.constitution_file(), self.template(), *check_files(self)]
 
     def output_columns(self, available: set[str] | None) -> set[str] | None:
         if self.constitution_file().is_file():
@@ -162,6 +165,10 @@ class ConstitutionalJudge(Step):
 
     def setup(self, ctx: StepContext) -> None:
         self.constitution = load_constitution(self.constitution_file())
+        self.checked = check_in_setup(self, ctx)  # raises JudgeCheckFailed below min_agreement: nothing labelled
+
+    def setup_report(self) -> dict[str, Any]:
+        return getattr(self, "checked", {})
 
     def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         result = BatchResult()

@@ -19,12 +19,13 @@ from rlaif.formats import as_messages, prompt_text
 from rlaif.schema import Completion, GenerationParams, GenerationResult, Prompt
 from rlaif.steps import verdicts
 from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
+from rlaif.steps.judge_check import JudgeCheck, check_files, check_in_setup
 from rlaif.templates import DEFAULT_RUBRIC, render, template_path
 
-PARSE_FAILURE = "judge parse failure"
+PARSE_FAILURE = verdicts.PARSE_FAILURE
 JUDGE_FAILED = "judge failed"  # the backend returned no output for the prompt (context overflow, dead engine...)
 FEW_RESPONSES = "fewer than 2 responses"
-NO_LOGPROBS = "no answer-token logprobs"  # logprobs were asked for, the verdict token has none for the options
+NO_LOGPROBS = verdicts.NO_LOGPROBS  # logprobs were asked for, the verdict token has none for the options
 ULTRAFEEDBACK_ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
 
 
@@ -84,6 +85,7 @@ class PairwiseJudgeParams(StepParams):
     temperature: float = Field(0.0, ge=0)
     max_tokens: int | None = Field(None, ge=1, description="default: 4 without cot, the model's with cot")
     prompt_column: str = "prompt"
+    check: JudgeCheck | None = Field(None, description="score the judge on human labels before it labels")
 
     @field_validator("parser")
     @classmethod
@@ -104,6 +106,9 @@ class PairwiseJudge(Step):
     ``confidence`` is always a measured probability: a record whose verdict token has no log-probabilities for the
     options in either order (none returned, the letter outside the top-k, no "[[X" with cot) is quarantined as
     "no answer-token logprobs", never given the agreement fallback.
+    ``check: {data, sample, min_agreement, seed}`` scores the judge on human-labelled pairs in ``setup``, before it
+    labels anything (``rlaif.steps.judge_check``): recorded in the step's stats and the dataset card; below
+    ``min_agreement`` the run stops.
     Simplification: one turn (the last user message); MT-Bench's multi-turn and reference-guided prompts are not here.
     """
 
@@ -118,11 +123,17 @@ class PairwiseJudge(Step):
         return template_path("pairwise_judge.jinja", self.params.template, self.base_dir)
 
     def files(self) -> list[Path]:
-        return [self.template()]
+        return [self.template(), *check_files(self)]
 
     def output_columns(self, available: set[str] | None) -> set[str] | None:
         check_template(self.template(), question="q", response_a="a", response_b="b", cot=self.params.cot)
         return super().output_columns(available)
+
+    def setup(self, ctx: StepContext) -> None:
+        self.checked = check_in_setup(self, ctx)  # raises JudgeCheckFailed below min_agreement: nothing labelled
+
+    def setup_report(self) -> dict[str, Any]:
+        return getattr(self, "checked", {})
 
     def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         result = BatchResult()

@@ -20,6 +20,10 @@ from rlaif.schema import Completion, TokenLogprob
 Verdict = str  # "A" | "B" | "tie", always in terms of the order the judge was shown
 VERDICTS: tuple[str, ...] = ("A", "B", "tie")
 FLIP: dict[str, str] = {"A": "B", "B": "A", "tie": "tie"}
+# Quarantine reasons of a verdict that could not be read (stable labels: stats, the loop's eval and the judge check
+# count by them).
+PARSE_FAILURE = "judge parse failure"
+NO_LOGPROBS = "no answer-token logprobs"  # logprobs were asked for, the verdict token has none for the options
 
 # -- verdict parsers --------------------------------------------------------------------------------------------
 # Letters are verdicts only in uppercase: a lowercase "a" is the English article ("a better answer is..."), never a

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from rlaif.config import ConfigError
 from rlaif.loop.config import load_loop_config
+from rlaif.rates import wilson
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = ROOT / "pipelines"
@@ -103,9 +104,10 @@ def test_two_rounds_train_on_the_previous_policy_and_report_every_round(tiny_mod
     seen: list[int] = []
     rows = run_loop(cfg, on_round=lambda rows: seen.append(len(rows)))
     run = tmp_path / "run"
-    assert seen == [1, 2] and [r["round"] for r in rows] == [1, 2]
+    assert seen == [2, 3] and [r["round"] for r in rows] == [0, 1, 2]  # round 0: the base policy, not evaluated
     assert json.loads((run / "summary.json").read_text()) == rows
-    for k, row in enumerate(rows, 1):
+    assert rows[0]["eval"] is None and rows[0]["trained"] is False
+    for k, row in enumerate(rows[1:], 1):
         # accounting: every generated pair was kept or dropped/quarantined with a reason
         assert row["prompts"] == 6 and row["made"] == 6
         assert row["kept"] + sum(row["dropped"].values()) + sum(row["quarantined"].values()) >= row["made"]
@@ -114,7 +116,17 @@ def test_two_rounds_train_on_the_previous_policy_and_report_every_round(tiny_mod
         assert (Path(row["adapter"]) / "adapter_model.safetensors").is_file()
         assert row["train"]["steps"] == 2 and row["train"]["loss"] > 0
         # policy k (the candidate, answer A) against policy k-1: the judge prefers k on all 4 held-out prompts
-        assert row["eval"] == {"win_rate": 1.0, "wins": 4, "losses": 0, "ties": 0, "judged": 4, "not_judged": 0}
+        ev = row["eval"]
+        assert (ev["win_rate"], ev["wins"], ev["losses"], ev["ties"], ev["judged"], ev["not_judged"]) == (
+            1.0,
+            4,
+            0,
+            0,
+            4,
+            0,
+        )
+        assert ev["consistency"] == 1.0 and ev["parse_failures"] == 0 and row["trained"] is True
+        assert ev["win_rate_ci95"] == pytest.approx(list(wilson(4, 4)))  # 4/4 is not certainty: [0.51, 1]
         assert set(row["seconds"]) >= {"generate", "label", "filter", "train", "hand_off", "eval", "total"}
         assert row["hand_off"], "the hf engine must be released before training"
     # the held-out prompts never reach a round; rounds take consecutive shares of the rest
@@ -151,8 +163,8 @@ def test_a_finished_loop_repeats_nothing_and_more_rounds_continue_it(tiny_model_
     stats = tmp_path / "run" / "round-1" / "stats.json"
     stamp = stats.stat().st_mtime_ns
     again = run_loop(load_loop_config(loop_file, ["rounds=2"]))
-    assert again[0] == first[0] and stats.stat().st_mtime_ns == stamp
-    assert again[1]["round"] == 2 and (tmp_path / "run" / "round-2" / "stats.json").is_file()
+    assert again[:2] == first and stats.stat().st_mtime_ns == stamp
+    assert again[2]["round"] == 2 and (tmp_path / "run" / "round-2" / "stats.json").is_file()
 
 
 @pytest.mark.model
@@ -186,10 +198,10 @@ def test_loop_killed_with_sigkill_resumes_without_repeating_finished_work(tiny_m
     starts = [row["step"] for row in starts if row.get("event") == "train_begin"]
     assert starts[0] == 0 and starts[-1] >= 1  # the trainer continued from its checkpoint
     rows = json.loads((run / "summary.json").read_text())
-    assert [r["round"] for r in rows] == [1, 2] and rows[1]["train"]["steps"] == 2
+    assert [r["round"] for r in rows] == [0, 1, 2] and rows[2]["train"]["steps"] == 2
     assert "rlaif loop" in result.output and "summary.json" in result.output
     # the round table is whole in an 80-column log (rich abbreviates with "…" what does not fit)
-    assert "win rate vs k-1" in result.output and "hand-off %" in result.output and "…" not in result.output
+    assert "win vs k-1 [95% CI]" in result.output and "hand-off %" in result.output and "…" not in result.output
 
 
 @pytest.mark.model
@@ -335,8 +347,8 @@ def test_builtin_loop_quickstart_two_rounds_on_vllm_with_engine_hand_off(tmp_pat
     )
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert [r["round"] for r in rows] == [1, 2]
-    for row in rows:
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    for row in rows[1:]:
         assert row["made"] == 6 and row["eval"]["judged"] + row["eval"]["not_judged"] == 3
         assert row["hand_off"] and all(h.endswith("close") for h in row["hand_off"])
         assert row["seconds"]["hand_off"] > 0 and row["seconds"]["train"] > 0
