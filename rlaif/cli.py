@@ -25,6 +25,9 @@ app.add_typer(train_app, name="train")
 from rlaif.judge_eval_cli import judge_eval  # noqa: E402 - rlaif judge-eval (rlaif/judge_eval_cli.py)
 
 app.command("judge-eval")(judge_eval)
+from rlaif.verify_cli import verify_command  # noqa: E402 - rlaif verify (rlaif/verify_cli.py)
+
+app.command("verify")(verify_command)
 console = Console()
 
 

@@ -32,11 +32,17 @@ class JudgeConfig(_Strict):
 
 class RewardConfig(_Strict):
     """Exactly one source: a ``function`` (rule reward by registry name or dotted path, called as
-    ``fn(prompts, completions, **kwargs)``), an RM ``adapter`` (from ``rlaif train rm``) applied on the shared base,
-    a separately loaded reward ``model`` (seq-cls checkpoint or RM adapter dir), or an LLM ``judge``."""
+    ``fn(prompts, completions, **kwargs)``), a ``verifier`` (rlaif.verifiers: ifeval, math, exact, regex or a dotted
+    path; reads the row's constraints/answer/pattern columns, renamed by ``columns``; an unverifiable completion
+    scores 0.0), an RM ``adapter`` (from ``rlaif train rm``) applied on the shared base, a separately loaded reward
+    ``model`` (seq-cls checkpoint or RM adapter dir), or an LLM ``judge``."""
 
     function: str | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    verifier: str | None = None
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict
+    )  # function arguments, or columns a verifier reads on every row
+    columns: dict[str, str] = Field(default_factory=dict)  # verifier column -> dataset column (answer: solution)
     adapter: str | None = None
     model: str | None = None
     judge: JudgeConfig | None = None
@@ -44,13 +50,15 @@ class RewardConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> RewardConfig:
-        given = [k for k in ("function", "adapter", "model", "judge") if getattr(self, k) is not None]
+        given = [k for k in ("function", "verifier", "adapter", "model", "judge") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                f"give exactly one reward source of function, adapter, model, judge (got {given or 'none'})"
+                f"give exactly one reward source of function, adapter, model, judge, verifier (got {given or 'none'})"
             )
-        if self.kwargs and self.function is None:
-            raise ValueError("reward.kwargs goes with reward.function")
+        if self.kwargs and self.function is None and self.verifier is None:
+            raise ValueError("reward.kwargs goes with reward.function or reward.verifier")
+        if self.columns and self.verifier is None:
+            raise ValueError("reward.columns goes with reward.verifier")
         if self.function is not None:
             from rlaif.registry import UnknownComponent, resolve_component
             from rlaif.train.reward_functions import REWARD_FUNCTIONS
@@ -60,6 +68,15 @@ class RewardConfig(_Strict):
             except UnknownComponent as exc:
                 raise ValueError(str(exc)) from None
         return self
+
+    @field_validator("verifier")
+    @classmethod
+    def _known_verifier(cls, name: str | None) -> str | None:
+        from rlaif.verifiers import verifier_problem
+
+        if name is not None and (problem := verifier_problem(name)):
+            raise ValueError(problem)
+        return name
 
 
 class PPOTrain(TrainConfig):

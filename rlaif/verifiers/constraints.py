@@ -117,8 +117,9 @@ def describe(spec: dict) -> str:
 
 def _unknown(name: str) -> str:
     match = difflib.get_close_matches(name, list(CONSTRAINTS), n=1)
-    hint = f" (did you mean {match[0]!r}?)" if match else ""
-    return f"unknown constraint type {name!r}{hint}; known: {', '.join(sorted(CONSTRAINTS))}"
+    if match:
+        return f"unknown constraint type {name!r} (did you mean {match[0]!r}?)"
+    return f"unknown constraint type {name!r}; known: {', '.join(sorted(CONSTRAINTS))}"
 
 
 def _bad_args(name: str, exc: ValidationError) -> str:

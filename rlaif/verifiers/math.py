@@ -20,6 +20,7 @@ from rlaif.verifiers import Verdict
 
 _GSM8K = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
 _HUGE = re.compile(r"(?:\^|\*\*)\s*[{(]?\s*-?\d{4,}|\d{4,}\s*!|\\(?:underbrace|overbrace)")
+_LATEX = re.compile(r"[\\^{]")
 _TIMEOUT_S = 5
 
 
@@ -43,7 +44,12 @@ def parse_reference(answer: Any) -> list:
         text = match.group(1)
     if not text or _HUGE.search(text):
         return []
-    return _parse(text) or _parse(f"${text}$")
+    return _parse(text) or _latex(text)
+
+
+def _latex(text: str) -> list:
+    # Bare LaTeX (``\sqrt{2}``) parses only between dollars; plain words must not (``a bird`` would become a*b*d*i*r).
+    return _parse(f"${text}$") if _LATEX.search(text) else []
 
 
 def final_answer(completion: str) -> list:
@@ -52,7 +58,8 @@ def final_answer(completion: str) -> list:
         return []
     tail = completion.rsplit("####", 1)
     if len(tail) == 2 and tail[1].strip():
-        return _parse(tail[1].strip().splitlines()[0]) or _parse(f"${tail[1].strip().splitlines()[0]}$")
+        line = tail[1].strip().splitlines()[0]
+        return _parse(line) or _latex(line)
     return _parse(completion)
 
 

@@ -2,8 +2,9 @@
 
 Every source is called as ``source(prompts, completions, rows) -> tensor[B]`` (float32, on CPU): ``prompts`` the
 prompt column values (string or messages), ``completions`` the decoded responses, ``rows`` the dataset rows (for
-functions that read extra columns). Rule functions and their registry are in rlaif.train.reward_functions (TRL's
-reward-function convention, resolved by registry name first, dotted path second).
+functions and verifiers that read extra columns). Rule functions and their registry are in
+rlaif.train.reward_functions (TRL's reward-function convention, resolved by registry name first, dotted path second);
+verifiers in rlaif.verifiers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import inspect
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -62,6 +64,38 @@ class FunctionReward:
                 "expected one finite number per completion"
             )
         return torch.tensor(values, dtype=torch.float32)
+
+
+class VerifierReward:
+    """A verifier (rlaif.verifiers: ifeval, math, exact, regex, or a user one by dotted path) as the reward: its score
+    in [0, 1] per completion, given the row's other columns (``constraints``, ``answer``, ``pattern``...).
+    ``columns`` maps a column the verifier reads to the dataset's name for it; ``kwargs`` are columns given once for
+    every row. An unverifiable completion (no final answer, malformed constraints) scores 0.0 — PPO needs a number
+    for every response; :attr:`unverifiable` counts them by reason over the run."""
+
+    def __init__(self, name: str, kwargs: dict[str, Any], columns: dict[str, str]) -> None:
+        from rlaif.verifiers import verifier_problem
+
+        if problem := verifier_problem(name):
+            raise ValueError(problem)
+        self.name, self.kwargs, self.columns = name, kwargs, columns
+        self.unverifiable: Counter[str] = Counter()
+        extras = {**({"columns": columns} if columns else {}), **kwargs}
+        self.description = f"verifier `{name}`" + (f" with {extras}" if extras else "")
+
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
+    ) -> torch.Tensor:
+        import torch
+
+        from rlaif.verifiers import verify
+
+        columns = {key: [row.get(key) for row in rows] for key in (rows[0] if rows else {}) if key != "prompt"}
+        columns |= {ours: [row.get(theirs) for row in rows] for ours, theirs in self.columns.items()}
+        columns |= {key: [value] * len(completions) for key, value in self.kwargs.items()}
+        verdicts = verify(self.name, [prompt_text(p) for p in prompts], list(completions), columns)
+        self.unverifiable.update(v.reason or "unverifiable" for v in verdicts if v.score is None)
+        return torch.tensor([0.0 if v.score is None else v.score for v in verdicts], dtype=torch.float32)
 
 
 # -- reward models ------------------------------------------------------------------------------------------------
@@ -218,6 +252,8 @@ def build_reward(
     wants one for a quantized base)."""
     if cfg.function is not None:
         return FunctionReward(cfg.function, cfg.kwargs)
+    if cfg.verifier is not None:
+        return VerifierReward(cfg.verifier, cfg.kwargs, cfg.columns)
     if cfg.adapter is not None:
         return AdapterReward(shared, Path(cfg.adapter).expanduser(), cfg.batch_size, max_length)
     if cfg.model is not None:
