@@ -166,6 +166,21 @@ def test_verify_scores_every_response_and_quarantines_malformed_constraints(tmp_
     assert "did you mean 'no_commas'" in reasons["unknown type"] and "num" in reasons["ill-typed"]
 
 
+def test_verify_reads_constraints_stored_as_parquet_structs(tmp_path):
+    # A list of mappings is one struct type per column in Parquet: each spec comes back with every other type's
+    # argument names set to None, which must not read as arguments.
+    records = [
+        graded(["red blue", "red, blue"], NO_COMMAS),
+        graded(
+            ["one two three", "one two three four five six"], [{"type": "word_count", "relation": "at_most", "num": 4}]
+        ),
+    ]
+    stats, rows, _ = run(
+        tmp_path, [inline(records), {"name": "v", "type": "verify", "from": "src", "verifier": "ifeval"}]
+    )
+    assert stats["v"]["quarantined"] == {} and [r["rewards"] for r in rows["v"]] == [[1.0, 0.0], [1.0, 0.0]]
+
+
 def test_verify_grades_a_string_column_with_one_value_per_row(tmp_path):
     records = [
         {"prompt": PROMPT, "chosen": "The answer is 4.", "answer": "4"},
