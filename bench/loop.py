@@ -28,7 +28,7 @@ def main(overrides: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="rlaif-bench-loop-") as tmp:
         cfg = load_loop_config(ROOT / "pipelines" / "loop_quickstart.yaml", [f"output_dir={tmp}/run", *overrides])
         started = time.perf_counter()
-        rows = run_loop(cfg)
+        rows = [row for row in run_loop(cfg) if row["round"] > 0]  # round 0 (the base policy) ran nothing
         wall = time.perf_counter() - started
     print(f"loop_quickstart: {len(rows)} rounds in {wall:.0f} s (engine first start included)")
     print(f"{'round':>5} " + " ".join(f"{p:>9}" for p in PHASES) + f" {'round s':>8} {'hand-off/round':>15}")
@@ -51,6 +51,9 @@ def main(overrides: list[str]) -> None:
                     "seconds": r["seconds"],
                     "kept": r["kept"],
                     "win_rate": (r.get("eval") or {}).get("win_rate"),
+                    "win_rate_ci95": (r.get("eval") or {}).get("win_rate_ci95"),
+                    "consistency": (r.get("eval") or {}).get("consistency"),
+                    "not_trained": r.get("not_trained"),
                 }
                 for r in rows
             ]

@@ -125,7 +125,7 @@ def run_check(
         merged.quarantined += part.quarantined
         merged.tokens_in += part.tokens_in
         merged.tokens_out += part.tokens_out
-    return score(records, merged)
+    return {**score(records, merged), "tokens_in": merged.tokens_in, "tokens_out": merged.tokens_out}
 
 
 def check_step(

@@ -5,6 +5,7 @@ seen as consistency 0, ``min_agreement`` stopping a run before any labelling cal
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def human_file(tmp_path: Path, agree: int, n: int) -> Path:
     """``n`` generic pairs; in the first ``agree`` the human-chosen answer is the longer one."""
     rows = []
     for i in range(n):
-        short, long = f"no {i}", f"a much longer answer number {i}"
+        short, long = f"meh {i}", f"a much longer answer number {i}"
         chosen, rejected = (long, short) if i < agree else (short, long)
         rows.append({"prompt": f"question {i}?", "chosen": chosen, "rejected": rejected})
     path = tmp_path / "human.jsonl"
@@ -39,7 +40,7 @@ def human_file(tmp_path: Path, agree: int, n: int) -> Path:
     return path
 
 
-def pipeline_file(tmp_path: Path, check: str) -> Path:
+def pipeline_file(tmp_path: Path, check: str, step_type: str = "pairwise_judge") -> Path:
     records = [{"prompt": "label me", "responses": ["first answer here", "second"]}]
     path = tmp_path / "pipe.yaml"
     path.write_text(
@@ -48,7 +49,7 @@ def pipeline_file(tmp_path: Path, check: str) -> Path:
         "  judge: {backend: plugins.LongerAnswerJudge, model: builtin:smollm2-135m-instruct}\n"
         "steps:\n"
         f"  - {{name: src, type: inline, records: {json.dumps(records)}}}\n"
-        f"  - {{name: judged, type: pairwise_judge, from: src, model: judge, check: {check}}}\n"
+        f"  - {{name: judged, type: {step_type}, from: src, model: judge, check: {check}}}\n"
         f"output: {{save: {tmp_path / 'dataset'}, jsonl: true}}\n"
     )
     return path
@@ -96,6 +97,20 @@ def test_a_position_biased_judge_has_consistency_zero(tmp_path):
     assert figures["consistency"]["successes"] == 0 and figures["agreement"]["successes"] == 0
     assert figures["ties"] == 10 and figures["agreement_consistent"] == {"rate": None, "ci95": None,
                                                                           "successes": 0, "n": 0}  # fmt: skip
+
+
+def test_the_constitutional_judge_is_checked_after_its_constitution_loads(tmp_path):
+    def top(prompt: str, params) -> dict[str, float]:  # P(longer answer) = 0.8, whichever side shows it
+        p_a = 0.8 if prompt.find("a much longer") < prompt.find("meh ") else 0.2
+        return {"A": math.log(p_a), "B": math.log(1 - p_a)}
+
+    human_file(tmp_path, agree=7, n=10)
+    path = pipeline_file(tmp_path, "{data: human.jsonl}", "constitutional_judge")
+    backend = ScriptedBackend(lambda p, s: "A", top)
+    summary = run_pipeline(load_pipeline(path), run_dir=tmp_path / "run", backends={"judge": backend})
+    figures = summary.stats["judged"]["setup"]["judge_check"]
+    assert figures["agreement"]["successes"] == 7 and figures["consistency"]["rate"] == 1.0
+    assert figures["mean_p_human"] == pytest.approx(0.62)  # (7 x 0.8 + 3 x 0.2) / 10
 
 
 def test_min_agreement_stops_the_run_before_any_labelling_call(tmp_path):
