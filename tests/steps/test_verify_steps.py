@@ -195,6 +195,25 @@ def test_verify_grades_a_string_column_with_one_value_per_row(tmp_path):
     assert stats["verified"]["quarantined"] == {"malformed pattern": 1} and "malformed pattern" in bad[0]["detail"]
 
 
+def test_math_answers_unverifiable_ones_take_no_side_and_count_by_reason(tmp_path):
+    records = [
+        {"prompt": "2+2?", "answer": "4", "responses": ["The answer is 4.", "so #### 5", "I cannot say"]},
+        {"prompt": "3+1?", "answer": "4", "responses": ["no idea", "none"]},
+    ]
+    steps = [
+        inline(records),
+        {"name": "v", "type": "verify", "from": "src", "verifier": "math"},
+        {"name": "pairs", "type": "make_pairs", "from": "v", "score_column": "rewards", "strategy": "all_pairs"},
+    ]
+    stats, rows, _ = run(tmp_path, steps)
+    assert accounted(stats) and stats["v"]["dropped"] == {"unverifiable: no final answer": 1}
+    [row] = rows["v"]
+    assert row["rewards"] == [1.0, 0.0, None] and row["verified"] == [True, False, None]
+    assert row["verification"][2]["reason"] == "no final answer"
+    [pair] = rows["pairs"]  # the unverifiable answer is neither chosen nor rejected
+    assert (pair["chosen"][0]["content"], pair["rejected"][0]["content"]) == ("The answer is 4.", "so #### 5")
+
+
 def half_credit(prompts: list, completions: list[str], **columns: Any) -> list[float | None]:
     """A user verifier by dotted path: None (unverifiable) when the row has no `target`, else 1 / 0.5 / 0."""
     return [
