@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 Relation = Literal["at_least", "at_most", "exactly"]
 _WORD = re.compile(r"\w+")
 _SENTENCE = re.compile(r"[^.!?]*\w[^.!?]*(?:[.!?]+|$)")
+_DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
 _PARAGRAPH_DIVIDER = re.compile(r"\s?\*\*\*\s?")
 _BULLET = re.compile(r"^\s*(?:\*[^*]|-\s).*$", re.MULTILINE)
 _HIGHLIGHT = re.compile(r"\*\*[^\n*]*\*\*|\*[^\n*]*\*")
@@ -93,7 +94,7 @@ class SentenceCount(_Count):
     low, high = (2, 8), (3, 15)
 
     def count(self, response: str) -> int:
-        return len(_SENTENCE.findall(response))
+        return len(_SENTENCE.findall(_DECIMAL_POINT.sub("_", response)))  # 3.5 is one number, not two sentences
 
     def describe(self) -> str:
         return f"Your response should contain {_relation_words(self.relation)} {self.num} sentences."

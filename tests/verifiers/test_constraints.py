@@ -28,7 +28,7 @@ CASES: dict[str, tuple[dict, list[str], list[str]]] = {
     ),
     "sentence_count": (
         {"type": "sentence_count", "relation": "at_most", "num": 2},
-        ["One. Two!", "Just one", "", "Is it? Yes."],
+        ["One. Two!", "Just one", "", "Is it? Yes.", "It costs 3.50 dollars. Or 2.5 euros."],
         ["One. Two. Three.", "A! B? C."],
     ),
     "paragraph_count": (
