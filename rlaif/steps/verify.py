@@ -7,6 +7,7 @@ attaches seeded, compatible IFEval-family constraints to prompts, as instruction
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections import Counter
 from typing import Any, Literal
@@ -32,6 +33,8 @@ from rlaif.verifiers.constraints import (
     parse_constraints,
     sample_constraints,
 )
+
+log = logging.getLogger(__name__)
 
 # The column each builtin verifier reads, and the step parameter that names it in the records.
 BUILTIN_COLUMNS: dict[str, tuple[str, str]] = {
@@ -138,6 +141,12 @@ class Verify(Step):
             for name, value in values.items():
                 columns.setdefault(name, []).extend([value] * len(responses))
         verdicts = verify(self.params.verifier, prompts, completions, columns) if completions else []
+        # Responses that could not be checked inside rows that stay (stats count rows; this counts responses).
+        unchecked = Counter((v.reason or "unverifiable").split(":")[0] for v in verdicts if v.score is None)
+        if unchecked:
+            log.info(
+                "%s: %d of %d responses unverifiable: %s", self.name, unchecked.total(), len(verdicts), dict(unchecked)
+            )
         position = 0
         for record, responses in graded:
             mine = verdicts[position : position + len(responses)]
