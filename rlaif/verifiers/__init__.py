@@ -20,6 +20,7 @@ import difflib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import isfinite  # not `import math`: the submodule rlaif.verifiers.math takes that name here
 from typing import Any
 
 __all__ = ["VERIFIERS", "Verdict", "reward_function", "verifier_problem", "verify"]
@@ -82,6 +83,8 @@ def _wrap_scores(name: str, scores: Any, n: int) -> list[Verdict]:
     values = list(scores)
     if len(values) != n:
         raise ValueError(f"verifier {name} returned {len(values)} scores for {n} completions")
+    if bad := [v for v in values if v is not None and not (isinstance(v, int | float) and isfinite(v))]:
+        raise ValueError(f"verifier {name} returned {bad[0]!r}: expected a finite number or None per completion")
     binary = all(v is None or v in (0, 1) for v in values)
     verdicts = []
     for value in values:

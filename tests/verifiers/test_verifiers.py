@@ -107,6 +107,8 @@ def test_user_verifiers_by_dotted_path():
     assert [(v.score, v.passed) for v in graded] == [(0.5, None), (1.0, None)]
     with pytest.raises(ValueError, match="returned 1 scores for 2"):
         verify("verifier_plugins.wrong_length", ["q"] * 2, ["a", "b"], {})
+    with pytest.raises(ValueError, match="expected a finite number or None"):
+        verify("verifier_plugins.not_a_number", ["q"], ["a"], {})
 
 
 def test_reward_function_is_the_ppo_convention():

@@ -18,4 +18,8 @@ def wrong_length(prompts, completions, **_):
     return [1.0]
 
 
+def not_a_number(prompts, completions, **_):
+    return [float("nan") for _ in completions]
+
+
 NOT_CALLABLE = 3
