@@ -307,7 +307,10 @@ def test_add_constraints_parameters_fail_validation(tmp_path, change, message):
 # -- the real engine -------------------------------------------------------------------------------------------------
 @pytest.mark.engine
 def test_constraints_generate_verify_pairs_on_the_real_engine(vllm_backend, tmp_path):
+    # 12 prompts: on the builtin model with these seeds 3 of the first 8 rows scored their two answers apart; more rows
+    # keep a pair likely on a machine whose float results (and so samples) differ.
     topics = ["the sea", "a library", "winter", "cooking", "city buses", "a garden", "trains", "rain"]
+    topics += ["bees", "a bakery", "mountains", "chess"]
     steps = [
         inline([{"prompt": f"Write a few sentences about {topic}."} for topic in topics]),
         {
@@ -339,6 +342,6 @@ def test_constraints_generate_verify_pairs_on_the_real_engine(vllm_backend, tmp_
     pairs = step_rows(tmp_path, "pairs")
     differing = [r for r in verified if r["rewards"][0] != r["rewards"][1]]
     assert len(pairs) == len(differing)  # every row whose answers score differently gives its pair
-    assert pairs  # 3 of 8 rows on the builtin model with these seeds (2-3 constraints: scores 0, 1/3, 1/2, ...)
+    assert pairs  # scores are fractions of 2-3 constraints (0, 1/3, 1/2, ...): some answers differ
     for pair in pairs:
         assert pair["chosen_score"] > pair["rejected_score"] and pair["chosen"] != pair["rejected"]
