@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -60,12 +60,13 @@ class TrainRef(_Strict):
 
 class EvalRef(_Strict):
     """A pipeline that compares two policies on the held-out prompts: models ``candidate`` (policy k) and
-    ``baseline`` (policy k-1), a source step ``prompts_step``, and a pairwise judge step whose ``preference``
-    column says A (candidate) / B (baseline) / tie."""
+    ``baseline`` (policy k-1, or the base policy with ``against: base``), a source step ``prompts_step``, and a
+    pairwise judge step whose ``preference`` column says A (candidate) / B (baseline) / tie."""
 
     file: str
     prompts_step: str = "prompts"
     judge_step: str = "judged"
+    against: Literal["previous", "base"] = "previous"  # base: every round against round 0, read as progress
     overrides: list[str] = Field(default_factory=list)
 
 

@@ -191,6 +191,7 @@ def rounds_table(rows: list[dict[str, Any]]) -> Group:
     """Two tables, each readable in an 80-column terminal or log: what each round made and learned, with the
     held-out win rate vs policy k-1 and its 95% interval, the judge's position consistency and its parse failures;
     and where each round's time went. Round 0 is the base policy; a round that trained nothing says so."""
+    against = next((r["eval"].get("against") for r in rows if r.get("eval")), "previous")
     data = Table(
         "round",
         "prompts",
@@ -199,7 +200,7 @@ def rounds_table(rows: list[dict[str, Any]]) -> Group:
         "drop",
         "loss",
         "margin",
-        Column("win vs k-1 [95% CI]", no_wrap=True, min_width=19),
+        Column(f"win vs {'base' if against == 'base' else 'k-1'} [95% CI]", no_wrap=True, min_width=19),
         "cons.",
         "fail",
         "n",

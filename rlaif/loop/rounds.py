@@ -3,7 +3,9 @@
 Round k (1-based) generates with policy k-1 — the base model for k = 1, else the base plus round k-1's LoRA adapter,
 served by the shared engine as a LoRA request (no merge) — runs the data pipeline on the round's prompts, hands the
 accelerator to the trainer, trains adapter k (continuing adapter k-1), takes the engine back, and measures the win
-rate of policy k against policy k-1 on held-out prompts with the eval pipeline. Layout of the run directory::
+rate of policy k against policy k-1 on held-out prompts with the eval pipeline (``report.judge_figures``: split
+verdicts are ties, every rate with its 95% interval). Round 0 is the base policy (a row, nothing run); a round that
+trained nothing is not evaluated. Layout of the run directory::
 
     prompts/held_out.jsonl, prompts/round-K.jsonl    the prompt pool, split once
     round-K/data/      the data pipeline's run (cache, stats, dataset)
@@ -269,11 +271,12 @@ def run_round(
     clock = time.perf_counter()
     wins = None
     if cfg.eval and trained(kept, train) is None:  # an untrained policy k is policy k-1: nothing to compare
-        evaluation = eval_pipeline(cfg, paths, held_out, adapter, previous)
+        baseline = previous if cfg.eval.against == "previous" else None  # None: the base model, no adapter
+        evaluation = eval_pipeline(cfg, paths, held_out, adapter, baseline)
         result = run_pipeline(
             evaluation, run_dir=paths.eval, backends=pool.backends_for(evaluation.models), reporter=reporter
         )
-        wins = win_rate(result, cfg.eval.judge_step)
+        wins = {**win_rate(result, cfg.eval.judge_step), "against": cfg.eval.against}
     eval_s = time.perf_counter() - clock
     times = {"train": train_s, "hand_off": hand_off, "eval": eval_s, "total": time.perf_counter() - started}
     row = round_row(k, data, kept, adapter, train, wins, times, released)

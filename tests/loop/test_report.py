@@ -88,6 +88,71 @@ def test_the_round_table_shows_base_intervals_consistency_and_untrained_rounds_i
     assert "0.500" not in line  # an untrained round is not scored as a tie
 
 
+def test_the_table_names_the_baseline():
+    wins = {**judge_figures(["A", "B"], [True, True]), "against": "base"}
+    console = Console(width=80, record=True)
+    console.print(rounds_table([base_row(), _row(1, wins)]))
+    assert "win vs base [95% CI]" in console.export_text()
+
+
 def test_round_zero_is_the_base_policy():
     row = base_row()
     assert row["round"] == 0 and row["trained"] is False and row["eval"] is None
+
+
+def test_a_loop_round_that_keeps_no_rows_is_not_trained_nor_evaluated(tmp_path):
+    """No model loads: the policy is the alphabetical plugin (every answer "A"), so both responses are equal, the
+    judge calls every pair a tie, the filter drops ties, nothing is kept: no training, and no eval run (a policy
+    compared with itself would read 0.500)."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from rlaif.loop.config import load_loop_config
+    from rlaif.loop.rounds import run_loop
+
+    pipelines = Path(__file__).resolve().parents[2] / "pipelines"
+    fake = {"backend": "plugins.AlphabeticalJudge", "model": "builtin:smollm2-135m-instruct"}
+    prompts = {"name": "prompts", "type": "load", "path": str(pipelines / "data" / "loop_prompts.jsonl")}
+
+    def pipeline(name: str, models: dict, steps: list) -> str:
+        path = tmp_path / f"{name}.yaml"
+        body = {"name": name, "models": models, "steps": [prompts, *steps], "output": {"jsonl": True}}
+        path.write_text(yaml.safe_dump(body, sort_keys=False))
+        return str(path)
+
+    responses = {"name": "responses", "type": "generate_responses", "from": "prompts", "n": 2}
+    judged = {"name": "judged", "type": "pairwise_judge", "from": "responses", "model": "judge"}
+    data = pipeline(
+        "prefs",
+        {"policy": fake, "judge": fake},
+        [
+            {**responses, "model": "policy"},
+            judged,
+            {"name": "kept", "type": "judge_filter", "from": "judged", "drop_ties": True},
+            {"name": "pairs", "type": "make_pairs", "from": "kept"},
+        ],
+    )
+    evaluation = pipeline(
+        "eval",
+        {"candidate": fake, "baseline": fake, "judge": fake},
+        [{**responses, "model": ["candidate", "baseline"], "n": 1}, judged],
+    )
+    loop = {
+        "name": "untrained",
+        "rounds": 1,
+        "output_dir": str(tmp_path / "run"),
+        "prompts": {"path": str(pipelines / "data" / "loop_prompts.jsonl"), "held_out": 2, "per_round": 3},
+        "pipeline": {"file": data},
+        "train": {"file": str(pipelines / "train" / "dpo.yaml")},
+        "eval": {"file": evaluation},
+    }
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump(loop, sort_keys=False))
+    rows = run_loop(load_loop_config(tmp_path / "loop.yaml"))
+    assert [r["round"] for r in rows] == [0, 1]
+    [base, row] = rows
+    assert base["eval"] is None and row["kept"] == 0
+    assert row["trained"] is False and row["not_trained"] == "no rows kept" and row["eval"] is None
+    assert not (tmp_path / "run" / "round-1" / "eval").exists()  # the eval pipeline never ran
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == rows
