@@ -12,6 +12,7 @@ which only the main thread may set: elsewhere (a worker thread, Ray actor thread
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from typing import Any
@@ -37,14 +38,17 @@ def _parse(text: str) -> list:
 def parse_reference(answer: Any) -> list:
     """The reference answer as math-verify's parse result ([] when unparseable): a number, LaTeX with or without
     ``$``, or a GSM8K answer field (``... #### 42``)."""
-    if answer is None:
-        return []
-    text = str(answer).strip()
+    return [] if answer is None else list(_reference(str(answer).strip()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _reference(text: str) -> tuple:
+    # Cached: a row's n sampled responses share one reference, parsed once.
     if match := _GSM8K.search(text):
         text = match.group(1)
     if not text or _HUGE.search(text):
-        return []
-    return _parse(text) or _latex(text)
+        return ()
+    return tuple(_parse(text) or _latex(text))
 
 
 def _latex(text: str) -> list:
