@@ -56,6 +56,7 @@ def evaluate(method: str, records: list[dict[str, Any]], args: argparse.Namespac
     return {
         **figures,
         "method": name,
+        "data": args.data.name,
         "seconds": seconds,
         "tokens_per_s": (figures["tokens_in"] + figures["tokens_out"]) / seconds,
         "generated_tokens_per_s": figures["tokens_out"] / seconds,

@@ -88,7 +88,7 @@ def figures_table(figures: dict[str, Any]) -> Table:
         "count",
         "rate",
         "95% CI",
-        title=f"judge check: step {figures['step']!r} on {figures['n']} pairs of {figures['data']}",
+        title=f"judge check: step {figures['step']!r} on {figures['n']} pairs of {figures.get('data', 'the sample')}",
         caption=f"judged {figures['judged']}, ties {figures['ties']}, quarantined {figures['quarantined'] or 0}",
     )
     for key, label in LABELS.items():
