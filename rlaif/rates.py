@@ -84,3 +84,25 @@ def short(figure: dict[str, Any] | None) -> str:
 def counts_text(successes: float, n: int) -> str:
     """``7/10`` or ``6.5/10``: the count a rate comes from."""
     return f"{successes:g}/{n}"
+
+
+def paired_difference(both: int, first_only: int, second_only: int, neither: int) -> dict[str, Any]:
+    """Difference of two proportions measured on the same items (pass rate of policy k minus the base's on the same
+    held-out prompts): ``(first_only - second_only) / n`` with Newcombe's hybrid score interval for paired data
+    (Newcombe 1998, method 10: the two Wilson intervals combined with the phi correlation of the 2x2 table; phi 0
+    when no item is discordant). For part 2's verifier eval: base vs policy k on the same prompts. Returns
+    ``{"difference", "ci95", "n"}``; difference and ci95 are None when n = 0."""
+    n = both + first_only + second_only + neither
+    if n == 0:
+        return {"difference": None, "ci95": None, "n": 0}
+    p1, p2 = (both + first_only) / n, (both + second_only) / n
+    (l1, u1), (l2, u2) = wilson(both + first_only, n), wilson(both + second_only, n)  # type: ignore[misc]
+    margins = (both + first_only) * (second_only + neither) * (both + second_only) * (first_only + neither)
+    # No discordant item makes phi 1 and the interval [0, 0]; treating the two rates as independent there (phi 0)
+    # keeps an honest width (20 prompts that all agree do not prove a difference of exactly 0).
+    discordant = first_only + second_only
+    phi = (both * neither - first_only * second_only) / math.sqrt(margins) if margins and discordant else 0.0
+    low = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    high = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    difference = p1 - p2
+    return {"difference": difference, "ci95": [max(-1.0, difference - low), min(1.0, difference + high)], "n": n}

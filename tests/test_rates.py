@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlaif.rates import Rate, short, wilson
+from rlaif.rates import Rate, paired_difference, short, wilson
 
 
 def test_all_successes_has_a_lower_bound_below_one():
@@ -44,3 +44,15 @@ def test_out_of_range_counts_are_errors():
 
 def test_short_form():
     assert Rate(7, 10).short() == "0.700 [0.397-0.892]"
+
+
+def test_paired_difference_matches_newcombe_1998():
+    # The worked example of Newcombe (1998), Statistics in Medicine 17: 36 both, 12 / 2 discordant, 0 neither.
+    d = paired_difference(36, 12, 2, 0)
+    assert d["difference"] == pytest.approx(0.2) and d["ci95"] == pytest.approx([0.0569, 0.3404], abs=1e-4)
+
+
+def test_paired_difference_without_discordant_items_keeps_a_width_and_n_zero_has_none():
+    d = paired_difference(10, 0, 0, 10)
+    assert d["difference"] == 0.0 and d["ci95"][0] < -0.1 and d["ci95"][1] > 0.1
+    assert paired_difference(0, 0, 0, 0) == {"difference": None, "ci95": None, "n": 0}
