@@ -49,6 +49,7 @@ bench: setup
 	$(PY) bench/engine.py
 	$(PY) bench/rerun.py
 	$(PY) bench/filters.py
+	$(PY) bench/verify.py
 	$(PY) bench/judge.py --data tests/fixtures/judge_prefs.jsonl --method both
 	$(PY) bench/train.py
 	$(PY) bench/loop.py

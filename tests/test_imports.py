@@ -104,6 +104,7 @@ LAYERS = {
     "rlaif.pipeline": 3,
     "rlaif.loop": 4,
     "rlaif.judge_eval_cli": 4,  # a command module beside the loop: uses pipeline, registered by cli
+    "rlaif.verify_cli": 4,  # `rlaif verify`: a command module, registered by cli
     "rlaif.cli": 5,
 }
 
