@@ -314,8 +314,9 @@ def loop(
         console.print(str(exc), highlight=False, markup=False)
         raise typer.Exit(2) from exc
     run_dir = cfg.run_dir()
+    trained = sum(1 for row in rows if row.get("round", 0) > 0)  # row 0 is the base policy, measured
     console.print(
-        f"rounds: {len(rows)}; per-round stats: {run_dir}/round-K/stats.json; all rounds: {run_dir / 'summary.json'}",
+        f"rounds: {trained}; per-round stats: {run_dir}/round-K/stats.json; all rounds: {run_dir / 'summary.json'}",
         highlight=False,
         soft_wrap=True,
     )

@@ -200,6 +200,7 @@ def test_loop_killed_with_sigkill_resumes_without_repeating_finished_work(tiny_m
     rows = json.loads((run / "summary.json").read_text())
     assert [r["round"] for r in rows] == [0, 1, 2] and rows[2]["train"]["steps"] == 2
     assert "rlaif loop" in result.output and "summary.json" in result.output
+    assert "rounds: 2;" in result.output  # the trained rounds; row 0 is the base policy
     # the round table is whole in an 80-column log (rich abbreviates with "…" what does not fit)
     assert "win vs k-1 [95% CI]" in result.output and "hand-off %" in result.output and "…" not in result.output
 
