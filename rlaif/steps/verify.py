@@ -54,13 +54,12 @@ class BadRow(ValueError):
 
 
 def row_constraints(value: Any) -> list[dict]:
-    """A row's constraint specs (a list or its JSON string); ``BadRow`` naming every problem when malformed.
-
-    Specs stored as a list of mappings come back from Parquet as one struct type for the whole column: every spec
-    carries every argument name of every type in the column, None where it has none. Those Nones are not the spec's
-    arguments and are removed (no constraint argument is ever None)."""
-    if isinstance(value, list):
-        value = [{k: v for k, v in s.items() if v is not None} if isinstance(s, dict) else s for s in value]
+    """A row's constraint specs (a list or its JSON string); ``BadRow`` naming every problem when malformed. Specs
+    read back from Parquet lose the None arguments other types gave them (``parse_constraints``)."""
+    try:
+        value = parse_constraints(value)
+    except ValueError as exc:
+        raise BadRow("malformed constraints", str(exc)) from None
     if problems := constraint_problems(value):
         raise BadRow("malformed constraints", "; ".join(problems))
     return parse_constraints(value)

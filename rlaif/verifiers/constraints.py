@@ -92,7 +92,11 @@ def parse(spec: dict) -> t.Constraint:
 
 def parse_constraints(value: Any) -> list[dict]:
     """A row's constraints as a list of specs: the list itself, or one decoded from a JSON string. Raises
-    ValueError when it is neither."""
+    ValueError when it is neither.
+
+    Specs stored as a list of mappings come back from Parquet as one struct type for the whole column: every spec
+    carries every argument name of every type in the column, None where it has none. Those Nones are not the spec's
+    arguments and are removed (no constraint argument is ever None)."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -102,7 +106,7 @@ def parse_constraints(value: Any) -> list[dict]:
         value = [value]
     if not isinstance(value, list | tuple):
         raise ValueError(f"constraints must be a list of specs, got {type(value).__name__}")
-    return list(value)
+    return [{k: v for k, v in spec.items() if v is not None} if isinstance(spec, dict) else spec for spec in value]
 
 
 def check(response: str, spec: dict) -> bool:

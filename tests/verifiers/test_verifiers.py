@@ -129,3 +129,26 @@ def test_the_floor_imports_no_torch_or_transformers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_ifeval_reads_specs_as_parquet_returns_them(tmp_path):
+    """A constraints column of mappings round-trips through Parquet as one struct type: every spec gains the other
+    types' argument names, set to None. The verifier must read them as the specs that were written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    specs = [
+        [{"type": "no_commas"}, {"type": "word_count", "relation": "at_most", "num": 5}],
+        [{"type": "all_lowercase"}],
+    ]
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"constraints": specs}), path)
+    stored = pq.read_table(path).to_pylist()
+    assert any(None in spec.values() for row in stored for spec in row["constraints"])  # the struct padding
+    verdicts = verify(
+        "ifeval",
+        ["p", "p"],
+        ["short answer here", "lowercase only"],
+        {"constraints": [r["constraints"] for r in stored]},
+    )
+    assert [v.score for v in verdicts] == [1.0, 1.0] and all(v.reason is None for v in verdicts)
