@@ -50,7 +50,7 @@ def test_columns_are_renamed_and_kwargs_reach_every_row(tmp_path):
     source = build_reward(math_cfg.reward, None, math_cfg.model, math_cfg.lora, True, 256)
     rows = [{"prompt": "q", "solution": "#### 12"}, {"prompt": "q", "solution": "7"}]
     assert source(["q", "q"], ["so \\boxed{12}", "I give up"], rows).tolist() == [1.0, 0.0]
-    assert source.unverifiable == {"no final answer": 1}
+    assert source.unverifiable == {"no final answer": 1} and source.last_unverifiable == 1  # PPO logs it per step
     regex_cfg = load_config(_config(tmp_path, "  verifier: regex\n  kwargs: {pattern: '^\\d+$'}\n"), "ppo")
     regex = build_reward(regex_cfg.reward, None, regex_cfg.model, regex_cfg.lora, True, 256)
     assert regex(["q", "q"], ["42", "x"], [{"prompt": "q"}, {"prompt": "q"}]).tolist() == [1.0, 0.0]

@@ -212,6 +212,8 @@ def ppo_step(run: Run, prompts: list[Any], rows: list[dict[str, Any]]) -> dict[s
     rollout = run.sampler.generate(prompts)
     raw_scores = run.reward(prompts, rollout.texts, rows)
     batch, metrics = score(run, rollout, raw_scores)
+    if hasattr(run.reward, "last_unverifiable"):  # a verifier reward: completions it could not check scored 0.0
+        metrics["val/unverifiable"] = run.reward.last_unverifiable
     run.shared.model.train()
     metrics.update(update(run, rollout, batch))
     return metrics

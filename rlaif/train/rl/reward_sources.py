@@ -80,6 +80,7 @@ class VerifierReward:
             raise ValueError(problem)
         self.name, self.kwargs, self.columns = name, kwargs, columns
         self.unverifiable: Counter[str] = Counter()
+        self.last_unverifiable = 0
         extras = {**({"columns": columns} if columns else {}), **kwargs}
         self.description = f"verifier `{name}`" + (f" with {extras}" if extras else "")
 
@@ -95,6 +96,7 @@ class VerifierReward:
         columns |= {key: [value] * len(completions) for key, value in self.kwargs.items()}
         verdicts = verify(self.name, [prompt_text(p) for p in prompts], list(completions), columns)
         self.unverifiable.update(v.reason or "unverifiable" for v in verdicts if v.score is None)
+        self.last_unverifiable = sum(v.score is None for v in verdicts)  # this batch's, for metrics.jsonl
         return torch.tensor([0.0 if v.score is None else v.score for v in verdicts], dtype=torch.float32)
 
 
