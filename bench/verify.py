@@ -14,6 +14,7 @@ packages on PyPI need NLTK data fetched from the network (see docs/verifiers.md)
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -22,8 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rlaif.steps.base import StepContext  # noqa: E402
+from rlaif.steps.verify import Verify  # noqa: E402
 from rlaif.verifiers import verify  # noqa: E402
-from rlaif.verifiers.constraints import KEYWORD_POOL, _parse_cached, sample_constraints  # noqa: E402
+from rlaif.verifiers.constraints import KEYWORD_POOL, PARSED, sample_constraints  # noqa: E402
 from rlaif.verifiers.math import _reference  # noqa: E402
 
 
@@ -79,7 +82,7 @@ def timed(name: str, completions: list[str], columns: dict[str, list], repeat: i
     rates, verdicts = [], []
     verify(name, prompts[:10], completions[:10], {k: v[:10] for k, v in columns.items()})  # imports, compiled regexes
     for _ in range(repeat):
-        _parse_cached.cache_clear()  # every run starts cold: no spec or reference parsed by an earlier run
+        PARSED.clear()  # every run starts cold: no spec or reference parsed by an earlier run
         _reference.cache_clear()
         start = time.perf_counter()
         verdicts = verify(name, prompts, completions, columns)
@@ -92,6 +95,30 @@ def timed(name: str, completions: list[str], columns: dict[str, list], repeat: i
     )
 
 
+def timed_step(completions: list[str], constraints: list[list[dict]], repeat: int, batch: int = 1000) -> None:
+    """The ``verify`` step itself on the same rows, as a pipeline runs it: records with a ``responses`` list (two
+    responses each: the row's and the next row's) and the constraints as the JSON string ``add_constraints`` writes,
+    in batches of the step's default size; records are built before the clock starts."""
+    records = [
+        {"prompt": "prompt", "responses": [c, completions[i - 1]], "constraints": json.dumps(spec)}
+        for i, (c, spec) in enumerate(zip(completions, constraints, strict=True))
+    ]
+    step = Verify("verified", Verify.Params(verifier="ifeval"), Path("."))
+    ctx = StepContext("verified")
+    step.process(records[:10], ctx)
+    rates = []
+    for _ in range(repeat):
+        PARSED.clear()
+        start = time.perf_counter()
+        kept = sum(len(step.process(records[i : i + batch], ctx).records) for i in range(0, len(records), batch))
+        rates.append(len(records) / (time.perf_counter() - start))
+    print(
+        f"  verify step (ifeval, 2 responses a row): {len(records)} rows, {statistics.median(rates):,.0f} rows/s "
+        f"median [{min(rates):,.0f}-{max(rates):,.0f}] ({2 * statistics.median(rates):,.0f} responses/s); "
+        f"kept {kept}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ifeval-rows", type=int, default=100_000)
@@ -100,6 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     completions, constraints = ifeval_rows(args.ifeval_rows)
     timed("ifeval", completions, {"constraints": constraints}, args.repeat)
+    timed_step(completions, constraints, args.repeat)
     completions, answers = math_rows(args.math_rows)
     timed("math", completions, {"answer": answers}, args.repeat)
 

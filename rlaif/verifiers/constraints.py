@@ -8,7 +8,6 @@ the instruction sentence a prompt carries."""
 from __future__ import annotations
 
 import difflib
-import functools
 import json
 import random
 from itertools import combinations
@@ -70,24 +69,28 @@ _NEEDS_WORDS = ("sentence_count", "keyword_frequency", "capital_word_frequency",
                 "highlighted_sections", "bullet_count", "paragraph_count", "section_count")  # fmt: skip
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse_cached(key: str) -> t.Constraint:
-    spec = json.loads(key)
-    return CONSTRAINTS[spec["type"]].model_validate(spec)
+PARSED: dict[str, t.Constraint] = {}  # spec's repr -> its validated constraint; specs repeat across rows
+_MAX_PARSED = 4096
 
 
 def parse(spec: dict) -> t.Constraint:
-    """The validated constraint of one spec; raises ValueError (unknown type, bad arguments)."""
+    """The validated constraint of one spec; raises ValueError (unknown type, bad arguments). Cached by the spec's
+    repr (3x cheaper than a sorted JSON key: an equal spec in another key order is only a cache miss)."""
     if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
         raise ValueError(f"a constraint is a mapping with a string 'type', got {spec!r}")
+    key = repr(spec)
+    if (constraint := PARSED.get(key)) is not None:
+        return constraint
     if spec["type"] not in CONSTRAINTS:
         raise ValueError(_unknown(spec["type"]))
     try:
-        return _parse_cached(json.dumps(spec, sort_keys=True))
+        constraint = CONSTRAINTS[spec["type"]].model_validate(spec)
     except ValidationError as exc:
         raise ValueError(_bad_args(spec["type"], exc)) from None
-    except TypeError:  # not JSON-serializable arguments
-        return CONSTRAINTS[spec["type"]].model_validate(spec)
+    if len(PARSED) >= _MAX_PARSED:
+        PARSED.clear()
+    PARSED[key] = constraint
+    return constraint
 
 
 def parse_constraints(value: Any) -> list[dict]:
