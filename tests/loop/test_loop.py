@@ -246,7 +246,8 @@ def test_rlhf_stages_sft_then_reward_model_then_ppo_against_it_in_one_round(tiny
         },
     ]
     loop_file.write_text(yaml.safe_dump(loop, sort_keys=False))
-    [row] = run_loop(load_loop_config(loop_file))
+    base, row = run_loop(load_loop_config(loop_file))  # row 0: the base policy, measured, not trained
+    assert base["round"] == 0 and not base["trained"] and row["round"] == 1
     stages = tmp_path / "run" / "round-1" / "train"
     assert Path(row["adapter"]) == stages / "ppo" / "adapter"  # the last policy stage makes the round's policy
     assert set(row["train"]["stages"]) == {"sft", "rm", "ppo"}
