@@ -59,11 +59,16 @@ class TrainRef(_Strict):
 
 
 class EvalRef(_Strict):
-    """A pipeline that compares two policies on the held-out prompts: models ``candidate`` (policy k) and
-    ``baseline`` (policy k-1, or the base policy with ``against: base``), a source step ``prompts_step``, and a
-    pairwise judge step whose ``preference`` column says A (candidate) / B (baseline) / tie."""
+    """How each round's policy is measured on the held-out prompts. ``kind: judge`` (default): a pipeline that
+    compares two policies — models ``candidate`` (policy k) and ``baseline`` (policy k-1, or the base policy with
+    ``against: base``), a source step ``prompts_step``, and a pairwise judge step whose ``preference`` column says
+    A (candidate) / B (baseline) / tie. ``kind: verifier``: a pipeline that measures one policy alone — model
+    ``policy`` (the base for round 0, base + adapter k for round k) answers each held-out prompt once, and the
+    ``verify_step`` (a ``verify`` step with ``unverifiable: keep``) says which answers pass."""
 
+    kind: Literal["judge", "verifier"] = "judge"
     file: str
+    verify_step: str = "verified"  # kind: verifier
     prompts_step: str = "prompts"
     judge_step: str = "judged"
     against: Literal["previous", "base"] = "previous"  # base: every round against round 0, read as progress

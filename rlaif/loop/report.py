@@ -191,6 +191,33 @@ def rounds_table(rows: list[dict[str, Any]]) -> Group:
     """Two tables, each readable in an 80-column terminal or log: what each round made and learned, with the
     held-out win rate vs policy k-1 and its 95% interval, the judge's position consistency and its parse failures;
     and where each round's time went. Round 0 is the base policy; a round that trained nothing says so."""
+    if any((r.get("eval") or {}).get("kind") == "verifier" for r in rows):
+        data = _verifier_table(rows)
+    else:
+        data = _judge_table(rows)
+    times = Table(
+        "round",
+        *(p.replace("_", "-") for p in PHASES),
+        "total",
+        "hand-off %",
+        title="rlaif loop: seconds per phase",
+        **TABLE_STYLE,
+    )
+    for row in rows:
+        if "seconds" not in row:  # round 0 ran nothing but (verifier eval) its own eval
+            continue
+        seconds = row["seconds"]
+        total = seconds.get("total", 0.0)
+        times.add_row(
+            str(row["round"]),
+            *(f"{seconds.get(p, 0.0):.1f}" for p in PHASES),
+            f"{total:.1f}",
+            f"{100 * seconds.get('hand_off', 0.0) / total:.1f}" if total else "-",
+        )
+    return Group(data, times)
+
+
+def _judge_table(rows: list[dict[str, Any]]) -> Table:
     against = next((r["eval"].get("against") for r in rows if r.get("eval")), "previous")
     data = Table(
         "round",
@@ -208,27 +235,45 @@ def rounds_table(rows: list[dict[str, Any]]) -> Group:
         caption="ties and split verdicts count 1/2; cons. = both orders agree",
         **{**TABLE_STYLE, "padding": (0, 0, 0, 0)},  # 11 columns: one space between them, within 80
     )
-    times = Table(
-        "round",
-        *(p.replace("_", "-") for p in PHASES),
-        "total",
-        "hand-off %",
-        title="rlaif loop: seconds per phase",
-        **TABLE_STYLE,
-    )
     for row in rows:
         data.add_row(*_data_cells(row))
-        if "seconds" not in row:  # round 0 ran nothing
+    return data
+
+
+def _verifier_table(rows: list[dict[str, Any]]) -> Table:
+    """Each policy's own held-out pass rate (round 0: the base) and, per trained round, its difference from the
+    base on the same prompts with Newcombe's paired interval."""
+    data = Table(
+        "round",
+        "prompts",
+        "made",
+        "kept",
+        "loss",
+        Column("pass rate [95% CI]", no_wrap=True, min_width=19),
+        Column("vs base [95% CI]", no_wrap=True, min_width=22),
+        "n",
+        title="rlaif loop: data, training, held-out verifier eval",
+        caption="pass = every constraint held; greedy answers; vs base: paired, same prompts",
+        **{**TABLE_STYLE, "padding": (0, 0, 0, 0)},
+    )
+    for row in rows:
+        ev = row.get("eval") or {}
+        counts = ["-"] * 4 if row["round"] == 0 else [str(row["prompts"]), str(row["made"]), str(row["kept"])]
+        if row["round"]:
+            counts.append(_num((row.get("train") or {}).get("loss")))
+        if not ev:
+            label = "base policy" if row["round"] == 0 else ("not trained" if row.get("not_trained") else "no eval")
+            data.add_row(str(row["round"]), *counts, label, "-", "-")
             continue
-        seconds = row["seconds"]
-        total = seconds.get("total", 0.0)
-        times.add_row(
-            str(row["round"]),
-            *(f"{seconds.get(p, 0.0):.1f}" for p in PHASES),
-            f"{total:.1f}",
-            f"{100 * seconds.get('hand_off', 0.0) / total:.1f}" if total else "-",
-        )
-    return Group(data, times)
+        passing = {"rate": ev.get("pass_rate"), "ci95": ev.get("pass_rate_ci95"), "n": ev.get("n", 0)}
+        diff = ev.get("vs_base") or {}
+        vs = "-" if diff.get("difference") is None else _signed(diff["difference"], diff["ci95"])
+        data.add_row(str(row["round"]), *counts, short(passing), vs, str(ev.get("n", 0)))
+    return data
+
+
+def _signed(value: float, ci95: list[float]) -> str:
+    return f"{value:+.3f} [{ci95[0]:+.3f},{ci95[1]:+.3f}]"
 
 
 def _data_cells(row: dict[str, Any]) -> list[str]:

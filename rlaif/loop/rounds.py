@@ -35,6 +35,7 @@ from rlaif.config import ConfigError, Problem, load_yaml
 from rlaif.loop.config import LoopConfig, TrainRef, read_prompts
 from rlaif.loop.engines import EnginePool
 from rlaif.loop.report import base_row, round_row, train_summary, trained, win_rate
+from rlaif.loop.verifier_eval import verifier_figures, verifier_pipeline, vs_base
 from rlaif.pipeline.progress import Reporter
 from rlaif.pipeline.run import output_steps, run_pipeline
 from rlaif.pipeline.spec import Pipeline, load_pipeline
@@ -85,6 +86,8 @@ def run_loop(
     pool = EnginePool(backends)
     rows: list[dict[str, Any]] = [base_row()]  # round 0: the starting policy, round 1's baseline
     try:
+        if cfg.eval and cfg.eval.kind == "verifier":  # the base measured alone, on the same held-out prompts
+            rows[0]["eval"] = evaluate(cfg, round_paths(run_dir, 0), held_out, None, None, pool, reporter)
         previous: Path | None = None
         for k in range(1, cfg.rounds + 1):
             paths = round_paths(run_dir, k)
@@ -94,6 +97,8 @@ def run_loop(
             else:
                 row = run_round(cfg, k, paths, pool, previous, held_out, reporter)
             previous = Path(row["adapter"]) if row.get("adapter") else previous
+            if (row.get("eval") or {}).get("kind") == "verifier":
+                row["eval"]["vs_base"] = vs_base(row["eval"], rows[0]["eval"])
             rows.append(row)
             (run_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
             if on_round:
@@ -158,13 +163,17 @@ def _data_problems(cfg: LoopConfig, paths: RoundPaths) -> list[Problem]:
 def _eval_problems(cfg: LoopConfig, paths: RoundPaths, held_out: Path) -> list[Problem]:
     if not cfg.eval:
         return []
-    evaluation = eval_pipeline(cfg, paths, held_out, None, None)
-    problems = _lora_problems(evaluation, ["candidate", "baseline"])
-    if cfg.eval.judge_step not in output_steps(evaluation):
+    verifier = cfg.eval.kind == "verifier"
+    evaluation = (
+        verifier_pipeline(cfg, held_out, None) if verifier else eval_pipeline(cfg, paths, held_out, None, None)
+    )
+    problems = _lora_problems(evaluation, ["policy"] if verifier else ["candidate", "baseline"])
+    key, step = ("verify_step", cfg.eval.verify_step) if verifier else ("judge_step", cfg.eval.judge_step)
+    if step not in output_steps(evaluation):
         problems.append(
             cfg.problem(
-                ("eval", "judge_step"),
-                f"eval.judge_step {cfg.eval.judge_step!r} is not an output step of "
+                ("eval", key),
+                f"eval.{key} {step!r} is not an output step of "
                 f"{evaluation.file.name}; outputs: {output_steps(evaluation)}",
             )
         )
@@ -271,17 +280,37 @@ def run_round(
     clock = time.perf_counter()
     wins = None
     if cfg.eval and trained(kept, train) is None:  # an untrained policy k is policy k-1: nothing to compare
-        baseline = previous if cfg.eval.against == "previous" else None  # None: the base model, no adapter
-        evaluation = eval_pipeline(cfg, paths, held_out, adapter, baseline)
-        result = run_pipeline(
-            evaluation, run_dir=paths.eval, backends=pool.backends_for(evaluation.models), reporter=reporter
-        )
-        wins = {**win_rate(result, cfg.eval.judge_step), "against": cfg.eval.against}
+        wins = evaluate(cfg, paths, held_out, adapter, previous, pool, reporter)
     eval_s = time.perf_counter() - clock
     times = {"train": train_s, "hand_off": hand_off, "eval": eval_s, "total": time.perf_counter() - started}
     row = round_row(k, data, kept, adapter, train, wins, times, released)
     paths.stats.write_text(json.dumps(row, indent=2) + "\n")  # last: the round's completion marker
     return row
+
+
+def evaluate(
+    cfg: LoopConfig,
+    paths: RoundPaths,
+    held_out: Path,
+    adapter: Path | None,
+    previous: Path | None,
+    pool: EnginePool,
+    reporter: Reporter | None,
+) -> dict[str, Any]:
+    """Round k's eval figures: the judge's verdicts of policy k (``adapter``) against its baseline, or, for
+    ``kind: verifier``, policy k's own pass rate (``adapter`` None: the base policy, round 0)."""
+    assert cfg.eval is not None
+    if cfg.eval.kind == "verifier":
+        evaluation = verifier_pipeline(cfg, held_out, adapter)
+    else:
+        baseline = previous if cfg.eval.against == "previous" else None  # None: the base model, no adapter
+        evaluation = eval_pipeline(cfg, paths, held_out, adapter, baseline)
+    result = run_pipeline(
+        evaluation, run_dir=paths.eval, backends=pool.backends_for(evaluation.models), reporter=reporter
+    )
+    if cfg.eval.kind == "verifier":
+        return verifier_figures(result, cfg.eval.verify_step)
+    return {**win_rate(result, cfg.eval.judge_step), "against": cfg.eval.against}
 
 
 def train_round(

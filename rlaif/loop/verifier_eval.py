@@ -1,0 +1,74 @@
+"""The loop's ``verifier`` eval: each policy measured alone on the held-out prompts by a program, not a judge.
+
+Round 0 (the base policy) and every trained round k answer each held-out prompt once, greedily, with the eval
+pipeline's model ``policy`` (round k: base + adapter k as a vLLM LoRA request); its verify step says which answers
+hold all their constraints. Per policy: the pass rate with its 95% Wilson interval, the mean score (fraction of
+constraints held), n, and the per-prompt pass list in prompt order, so two policies pair up prompt by prompt
+(``rlaif.rates.paired_difference``: policy k minus the base, Newcombe's paired interval)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from rlaif.loop.config import LoopConfig
+from rlaif.pipeline.run import RunSummary
+from rlaif.pipeline.spec import Pipeline, load_pipeline
+from rlaif.rates import paired_difference, rate
+
+
+def verifier_pipeline(cfg: LoopConfig, held_out: Path, adapter: Path | None) -> Pipeline:
+    """The eval pipeline on the held-out prompts; ``adapter`` None is the base policy."""
+    assert cfg.eval is not None
+    overrides = [*cfg.eval.overrides, f"steps.{cfg.eval.prompts_step}.path={held_out.resolve()}"]
+    if adapter is not None:
+        overrides.append(f"models.policy.lora={adapter.resolve()}")
+    return load_pipeline(cfg.resolve(cfg.eval.file), overrides)
+
+
+def verified_rows(result: RunSummary, verify_step: str) -> list[dict[str, Any]]:
+    """The verify step's rows as ``{"prompt", "passed", "score"}`` (its first response), sorted by prompt so that
+    two runs on the same prompts line up whatever order the pipeline wrote them in."""
+    table = pq.read_table(result.datasets[verify_step] / "data", columns=["prompt", "verified", "rewards"])
+    rows = []
+    for prompt, verified, rewards in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
+        passed = verified[0] if isinstance(verified, list) else verified
+        score = rewards[0] if isinstance(rewards, list) else rewards
+        rows.append({"prompt": str(prompt), "passed": passed is True, "score": score})
+    return sorted(rows, key=lambda row: row["prompt"])
+
+
+def pass_figures(passed: list[bool], scores: list[float | None]) -> dict[str, Any]:
+    """Pass rate (all constraints held; an unverifiable answer fails) with its 95% Wilson interval, the mean score
+    over the answers that could be checked, n, and the per-prompt ``passed`` list (for ``vs_base``)."""
+    passing = rate(sum(passed), len(passed))
+    checked = [s for s in scores if isinstance(s, int | float)]
+    return {
+        "kind": "verifier",
+        "n": len(passed),
+        "passes": sum(passed),
+        "pass_rate": passing.value,
+        "pass_rate_ci95": passing.as_dict()["ci95"],
+        "mean_score": sum(checked) / len(checked) if checked else None,
+        "unverifiable": sum(s is None for s in scores),
+        "passed": [bool(p) for p in passed],
+    }
+
+
+def verifier_figures(result: RunSummary, verify_step: str) -> dict[str, Any]:
+    rows = verified_rows(result, verify_step)
+    return pass_figures([r["passed"] for r in rows], [r["score"] for r in rows])
+
+
+def vs_base(figures: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Policy k's pass rate minus the base's on the same prompts, with Newcombe's paired 95% interval; None when the
+    base was not measured on the same number of prompts."""
+    if not base or len(base.get("passed") or []) != len(figures["passed"]) or not figures["passed"]:
+        return None
+    pairs = list(zip(figures["passed"], base["passed"], strict=True))
+    both = sum(k and b for k, b in pairs)
+    k_only = sum(k and not b for k, b in pairs)
+    base_only = sum(b and not k for k, b in pairs)
+    return paired_difference(both, k_only, base_only, len(pairs) - both - k_only - base_only)
