@@ -164,12 +164,15 @@ class VllmBackend(BackendBase):
         tokens = 0
         for item in items:
             # Counted in sequences (requests x n): each of a request's n samples is a sequence with its own generator.
-            full = (len(chunks[-1]) + 1) * params.n > SEEDED_CHUNK_REQUESTS or tokens + len(item.token_ids) > budget
+            # Each sequence prefills its own copy of the prompt: n samples of a prompt cost n times its tokens in
+            # the step (a chunk of 16 prompts x 4 samples of ~70 tokens split its prefill and killed the engine).
+            cost = len(item.token_ids) * params.n
+            full = (len(chunks[-1]) + 1) * params.n > SEEDED_CHUNK_REQUESTS or tokens + cost > budget
             if chunks[-1] and full:
                 chunks.append([])
                 tokens = 0
             chunks[-1].append(item)
-            tokens += len(item.token_ids)
+            tokens += cost
         return chunks
 
     def _run(self, items: list[TokenizedPrompt], params: GenerationParams) -> dict[int, GenerationResult]:
