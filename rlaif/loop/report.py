@@ -142,7 +142,8 @@ def judge_figures(
 
 def base_row() -> dict[str, Any]:
     """Round 0: the starting policy, before any training. The loop's eval compares policy k with policy k-1, so the
-    base has no comparison of its own: its ``eval`` is None and the table shows "base" (it is round 1's baseline)."""
+    base has no comparison of its own: its ``eval`` is None and the table shows "base" (it is round 1's baseline).
+    With ``eval.kind: verifier`` the loop fills ``eval`` with the base's own pass rate (``verifier_eval``)."""
     return {"round": 0, "policy": "base", "trained": False, "not_trained": "the starting policy", "eval": None}
 
 
