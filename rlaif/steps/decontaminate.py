@@ -6,10 +6,8 @@ numpy (``text_word_hashes``): Python runs per contaminated record, never per wor
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,40 +16,10 @@ from pydantic import Field, field_validator
 
 from rlaif.steps.base import BatchResult, ParamColumn, Record, Step, StepContext, StepParams
 from rlaif.steps.dedup import column_text, read_texts
+from rlaif.steps.item_files import ITEM_READERS as BENCHMARK_READERS
 from rlaif.steps.ngrams import HashLookup, flat_ngram_hashes, locate_windows, text_word_hashes, tokens, window_sums
 
 log = logging.getLogger(__name__)
-
-
-def _jsonl_items(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open() as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: invalid JSON ({exc})") from None
-            yield item if isinstance(item, dict) else {"text": item}
-
-
-def _parquet_items(path: Path) -> Iterator[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1000):
-        yield from batch.to_pylist()
-
-
-def _txt_items(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open() as handle:
-        yield from ({"text": line} for line in handle if line.strip())
-
-
-BENCHMARK_READERS: dict[str, Callable[[Path], Iterator[dict[str, Any]]]] = {
-    ".jsonl": _jsonl_items,
-    ".parquet": _parquet_items,
-    ".txt": _txt_items,
-}
 
 
 def item_texts(item: dict[str, Any], fields: list[str] | None) -> list[str]:

@@ -16,7 +16,6 @@ interval) with its n:
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections import Counter
@@ -32,6 +31,7 @@ from rlaif.formats import completion_text
 from rlaif.formats.human import FormatError, convert, detect_format
 from rlaif.rates import Rate, counts_text, short
 from rlaif.steps.base import BatchResult, Record, Step, StepContext, StepParams
+from rlaif.steps.item_files import read_items
 from rlaif.steps.verdicts import NO_LOGPROBS, PARSE_FAILURE
 
 log = logging.getLogger(__name__)
@@ -54,20 +54,12 @@ class JudgeCheckFailed(ConfigError):
     and exit 2 like any problem found before work starts."""
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def load_pairs(path: Path, sample: int | None, seed: int, prompt_column: str = "prompt") -> list[Record]:
     """Judge records from a human-preference file: ``prompt_column``, ``responses`` (the pair, human-preferred side
     drawn by ``seed``), ``_check_human`` ("A" | "B") and ``_check_id``. Records the adapters reject are skipped with a
     warning; ``sample`` pairs are drawn without replacement (seeded), in file order."""
     pairs = []
-    for number, raw in enumerate(read_rows(path), 1):
+    for number, raw in enumerate(read_items(path), 1):
         try:
             rows = convert(detect_format(raw) or "generic", raw)
         except (FormatError, ValueError) as exc:
