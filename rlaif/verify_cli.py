@@ -18,10 +18,9 @@ from typing import Annotated, Any
 import typer
 
 from rlaif.rates import Rate
-from rlaif.verifiers import Verdict, verifier_problem, verify
+from rlaif.verifiers import READS, Verdict, verifier_problem, verify
 
 RESPONSE_COLUMNS = ("responses", "response", "completion", "output", "messages")
-VERIFIER_COLUMN = {"ifeval": "constraints", "math": "answer", "exact": "answer", "regex": "pattern"}
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -93,7 +92,7 @@ def grade(
 ) -> list[dict[str, Any]]:
     """One result per response: ``{"row", "response_index", "score", "passed", "reason", "details"}``."""
     column = response_column or next((c for r in rows[:1] for c in RESPONSE_COLUMNS if c in r), RESPONSE_COLUMNS[1])
-    target = VERIFIER_COLUMN.get(name, "answer")
+    target = READS.get(name, "answer")
     items, results = [], []
     for index, row in enumerate(rows):
         for position, text in enumerate(responses_of(row.get(column))):

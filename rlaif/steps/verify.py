@@ -25,7 +25,7 @@ from rlaif.steps.base import (
     StepParams,
     record_digest,
 )
-from rlaif.verifiers import Verdict, verifier_problem, verify
+from rlaif.verifiers import READS, Verdict, verifier_problem, verify
 from rlaif.verifiers.constraints import (
     CONSTRAINTS,
     constraint_problems,
@@ -36,13 +36,8 @@ from rlaif.verifiers.constraints import (
 
 log = logging.getLogger(__name__)
 
-# The column each builtin verifier reads, and the step parameter that names it in the records.
-BUILTIN_COLUMNS: dict[str, tuple[str, str]] = {
-    "ifeval": ("constraints", "constraints_column"),
-    "math": ("answer", "answer_column"),
-    "exact": ("answer", "answer_column"),
-    "regex": ("pattern", "pattern_column"),
-}
+# The column each builtin verifier reads (rlaif.verifiers.READS), and the step parameter that names it in the records.
+BUILTIN_COLUMNS: dict[str, tuple[str, str]] = {name: (column, f"{column}_column") for name, column in READS.items()}
 
 
 class BadRow(ValueError):

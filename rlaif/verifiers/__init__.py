@@ -45,6 +45,8 @@ VERIFIERS: dict[str, str] = {
     "exact": "rlaif.verifiers.match:verify_exact",
     "regex": "rlaif.verifiers.match:verify_regex",
 }
+# The column each builtin verifier reads (callers map their own column names onto these).
+READS: dict[str, str] = {"ifeval": "constraints", "math": "answer", "exact": "answer", "regex": "pattern"}
 
 
 def _did_you_mean(name: str) -> str:
