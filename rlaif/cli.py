@@ -173,9 +173,18 @@ def run(
     dry_run: int | None = typer.Option(None, "--dry-run", help="Push the first N records through; cache nothing."),
     run_dir: Path | None = typer.Option(None, help="Run directory (default runs/<name>)."),
     progress: bool = typer.Option(True, help="Progress bars."),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial", help="Accept (exit 0, save) a run that quarantined more than max_quarantined."
+    ),
+    retry_quarantined: bool = typer.Option(
+        False, "--retry-quarantined", help="Retry every quarantined record, not only the transient failures."
+    ),
 ) -> None:
-    """Validate, then run a pipeline: cached, resumable, every record accounted for."""
+    """Validate, then run a pipeline: cached, resumable, every record accounted for. Ends with the outcome (ok,
+    partial, failed); exit 0 only for ok or an accepted partial run, 1 when the run failed, 2 for a config error.
+    A run that is not accepted leaves the previous dataset as it was."""
     from rlaif.config import ConfigError
+    from rlaif.pipeline.outcome import outcome_lines
     from rlaif.pipeline.progress import Reporter
     from rlaif.pipeline.push import PushError
     from rlaif.pipeline.run import run_pipeline
@@ -188,7 +197,13 @@ def run(
         raise typer.Exit(2) from exc
     try:
         summary = run_pipeline(
-            pipeline, run_dir=run_dir, fresh=fresh, dry_run=dry_run, reporter=Reporter(console=console, bars=progress)
+            pipeline,
+            run_dir=run_dir,
+            fresh=fresh,
+            dry_run=dry_run,
+            reporter=Reporter(console=console, bars=progress),
+            allow_partial=allow_partial,
+            retry_quarantined=retry_quarantined,
         )
     except PushError as exc:
         console.print(f"[red]push failed:[/red] {exc}", highlight=False)
@@ -198,11 +213,15 @@ def run(
             console.rule(f"{name}: first records of {summary.rows[name]}")
             for record in records:
                 console.print_json(data=record, default=str)
-        return
     for name, path in summary.datasets.items():
-        console.print(f"saved {name}: {summary.rows[name]} rows -> {path}")
+        console.print(f"saved {name}: {summary.rows[name]} rows -> {path}", highlight=False, soft_wrap=True)
     if summary.pushed:
         console.print(f"pushed: {summary.pushed}")
+    colour = {"ok": "green", "partial": "yellow"}.get(summary.outcome.status, "red")
+    for i, line in enumerate(outcome_lines(summary.outcome, summary.kept)):  # last: the outcome and why
+        style = colour if i == 0 else None
+        console.print(line, style=style, highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(summary.outcome.exit_code)
 
 
 @app.command()
@@ -300,6 +319,7 @@ def loop(
     from rlaif.loop.report import rounds_table
     from rlaif.loop.rounds import run_loop
     from rlaif.pipeline.progress import Reporter
+    from rlaif.pipeline.run import RunFailed
     from rlaif.train.data import DataFormatError
 
     try:
@@ -313,6 +333,9 @@ def loop(
         console.print("[red]error:[/red] ", end="")
         console.print(str(exc), highlight=False, markup=False)
         raise typer.Exit(2) from exc
+    except RunFailed as exc:  # a round's pipeline run failed (rlaif.pipeline.outcome): its outcome, exit 1
+        console.print(str(exc), highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
     run_dir = cfg.run_dir()
     trained = sum(1 for row in rows if row.get("round", 0) > 0)  # row 0 is the base policy, measured
     console.print(

@@ -73,6 +73,44 @@ def context_problem(prompt_tokens: int, max_model_len: int) -> str | None:
     return None
 
 
+# -- transient failures -----------------------------------------------------------------------------------------
+# An error reason that starts with this prefix names a failure that may pass on its own (server down, rate limit,
+# timeout, dead engine): the pipeline quarantines the record as transient and retries it on the next run. Steps copy
+# a backend's reason into the quarantine detail (often behind their own prefix), so the mark travels as text.
+TRANSIENT = "transient error: "
+# Exception classes (by name, anywhere in the MRO, so no heavy import is needed to test for them) whose failures may
+# pass on their own. Everything else a step raises (TypeError from a bad config value, KeyError from a bad record)
+# is permanent: the same input fails the same way again.
+TRANSIENT_EXCEPTIONS = frozenset(
+    {
+        "TransientBackendError",
+        "TimeoutError",
+        "ConnectionError",
+        "TransportError",  # httpx: timeouts, network and protocol errors
+        "EngineDeadError",
+        "EngineGenerateError",
+        "OutOfMemoryError",
+    }
+)
+
+
+class TransientBackendError(RuntimeError):
+    """Raised by a backend for a failure of the whole call that may pass on its own (the server is unreachable)."""
+
+
+def transient(reason: str) -> str:
+    """``reason`` marked as transient (see ``TRANSIENT``)."""
+    return reason if reason.startswith(TRANSIENT) else TRANSIENT + reason
+
+
+def is_transient_reason(text: str | None) -> bool:
+    return bool(text) and TRANSIENT in text
+
+
+def is_transient_exception(exc: BaseException) -> bool:
+    return any(cls.__name__ in TRANSIENT_EXCEPTIONS for cls in type(exc).__mro__)
+
+
 @dataclass
 class TokenizedPrompt:
     """A prompt that passed the per-record checks: its position in the batch and its token ids."""

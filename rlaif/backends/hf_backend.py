@@ -15,7 +15,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from rlaif.backends.base import BackendBase, TokenizedPrompt, admit_prompts, plain_generation, tokenize_prompt
+from rlaif.backends.base import (
+    BackendBase,
+    TokenizedPrompt,
+    admit_prompts,
+    plain_generation,
+    tokenize_prompt,
+    transient,
+)
 from rlaif.models import resolve_model
 from rlaif.schema import Completion, GenerationParams, GenerationResult, LoraAdapter, Prompt, TokenLogprob
 
@@ -119,7 +126,7 @@ class HFBackend(BackendBase):
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(batch) == 1:
-                reason = f"out of memory: {exc}".splitlines()[0]
+                reason = transient(f"out of memory: {exc}".splitlines()[0])
                 return {batch[0].index: GenerationResult.failed(reason, len(batch[0].token_ids))}
             log.warning("batch of %d ran out of memory; splitting it", len(batch))
             half = len(batch) // 2

@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from rlaif.backends.base import BackendBase, prompt_problem
+from rlaif.backends.base import BackendBase, prompt_problem, transient
 from rlaif.schema import Completion, GenerationParams, GenerationResult, Prompt, TokenLogprob
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,8 @@ class OpenAIBackend(BackendBase):
                     "%s attempt %d/%d failed (%s); retry in %.2fs", path, attempt, self.max_retries, reason, delay
                 )
                 await asyncio.sleep(delay)
-        return f"gave up on {path} after {self.max_retries} attempts; last error: {last}"
+        # Marked transient: the pipeline retries this record on its next run (its neighbours are kept).
+        return transient(f"gave up on {path} after {self.max_retries} attempts; last error: {last}")
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from rlaif.backends.base import BackendBase, TokenizedPrompt, admit_prompts, tokenize_prompt
+from rlaif.backends.base import BackendBase, TokenizedPrompt, admit_prompts, tokenize_prompt, transient
 from rlaif.models import resolve_model
 from rlaif.schema import Completion, GenerationParams, GenerationResult, LoraAdapter, Prompt, TokenLogprob
 
@@ -180,7 +180,7 @@ class VllmBackend(BackendBase):
             return self._engine_generate(items, params)
         except Exception as exc:
             dead = self._engine_is_dead(exc)
-            reason = f"{'engine died' if dead else 'engine error'}: {type(exc).__name__}: {exc}"
+            reason = transient(f"{'engine died' if dead else 'engine error'}: {type(exc).__name__}: {exc}")
             log.warning("vLLM batch of %d failed (%s); isolating the failing records", len(items), reason)
             if dead:
                 if self._restarts_left <= 0:

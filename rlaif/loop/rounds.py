@@ -263,7 +263,9 @@ def run_round(
     """One round, phases timed: data (generate, label, filter), hand-off, train, hand-off, eval."""
     started = time.perf_counter()
     pipeline = data_pipeline(cfg, paths, previous)
-    data = run_pipeline(pipeline, run_dir=paths.data, backends=pool.backends_for(pipeline.models), reporter=reporter)
+    # A round trains on what its pipeline kept, even a partial run; a failed one (a step lost every record) stops it.
+    backends = pool.backends_for(pipeline.models)
+    data = run_pipeline(pipeline, run_dir=paths.data, backends=backends, reporter=reporter, allow_partial=True).check()
     [dataset] = data.datasets.values()
     kept = sum(data.rows.values())
 
@@ -306,8 +308,12 @@ def evaluate(
         baseline = previous if cfg.eval.against == "previous" else None  # None: the base model, no adapter
         evaluation = eval_pipeline(cfg, paths, held_out, adapter, baseline)
     result = run_pipeline(
-        evaluation, run_dir=paths.eval, backends=pool.backends_for(evaluation.models), reporter=reporter
-    )
+        evaluation,
+        run_dir=paths.eval,
+        backends=pool.backends_for(evaluation.models),
+        reporter=reporter,
+        allow_partial=True,
+    ).check()
     if cfg.eval.kind == "verifier":
         return verifier_figures(result, cfg.eval.verify_step)
     return {**win_rate(result, cfg.eval.judge_step), "against": cfg.eval.against}

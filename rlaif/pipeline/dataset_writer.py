@@ -45,10 +45,12 @@ def write_dataset(
     info: DatasetCardInfo,
     jsonl: bool = False,
     max_rows_per_shard: int = 100_000,
+    extra_files: dict[str, str] | None = None,
 ) -> dict[str, int]:
     """Write every split as Parquet shards in Hub layout plus the card; return split -> rows.
 
-    Atomic: the folder is built beside ``out_dir`` and replaces it only once complete. A split with no rows gets no
+    Atomic: the folder is built beside ``out_dir`` and replaces it only once complete (``extra_files``, name -> text,
+    are written into it before the swap). A split with no rows gets no
     files and no entry in the card's configs. Raises :class:`SchemaConflictError` naming the column when two batches
     of a split cannot share a schema.
     """
@@ -80,6 +82,8 @@ def write_dataset(
             dataset_info=hub_dataset_info(schema, {s: (counts[s], n) for s, (_, n) in written.items()}, tmp / "data"),
         )
         (tmp / "README.md").write_text(render_dataset_card(card), encoding="utf-8")
+        for name, text in (extra_files or {}).items():  # inside the swapped folder: they match its data and card
+            (tmp / name).write_text(text, encoding="utf-8")
         shutil.rmtree(tmp / ".spool", ignore_errors=True)
         _swap_into_place(tmp, out_dir)
     finally:
@@ -206,6 +210,19 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
     os.replace(out_dir, old)
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dataset(out_dir: Path) -> bool:
+    """Put back the dataset a write killed between its two renames left in ``.<name>.old-*`` (``out_dir`` missing).
+    Called before a run, so a run that then fails still leaves the previous dataset where it was."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        return False
+    olds = sorted(out_dir.parent.glob(f".{out_dir.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not olds or not (olds[-1] / "README.md").is_file():
+        return False
+    os.replace(olds[-1], out_dir)
+    return True
 
 
 def _remove_stale(out_dir: Path) -> None:

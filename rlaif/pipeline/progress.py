@@ -40,6 +40,10 @@ class Reporter:
         if self.enabled:
             self.console.print(f"[bold]{name:<20}[/bold] cached ({stats['records_out']} records)")
 
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
     def summary(self, stats: dict[str, dict[str, Any]]) -> None:
         if self.enabled:
             self.console.print(summary_table(stats))

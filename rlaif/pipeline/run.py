@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -15,23 +16,39 @@ import pyarrow.parquet as pq
 from rlaif import __version__
 from rlaif.backends import Backend
 from rlaif.pipeline.dataset_card import DatasetCardInfo
-from rlaif.pipeline.dataset_writer import write_dataset
+from rlaif.pipeline.dataset_writer import recover_dataset, write_dataset
 from rlaif.pipeline.fingerprint import adapter_digest, file_digest
+from rlaif.pipeline.outcome import Outcome, judge_run, outcome_lines
 from rlaif.pipeline.progress import Reporter
 from rlaif.pipeline.push import PushError, push_dataset
 from rlaif.pipeline.runner import RunResult, run_steps
 from rlaif.pipeline.runtime import EngineRuntime
 from rlaif.pipeline.spec import ModelSpec, Pipeline
 
+log = logging.getLogger(__name__)
+STAMP = ".rlaif-fingerprint"  # in a saved dataset: the key of the run output it holds
+
+
+class RunFailed(RuntimeError):
+    """A pipeline run that was not accepted (``RunSummary.check``), for callers that cannot go on without its data."""
+
 
 @dataclass
 class RunSummary:
     run_dir: Path
     stats: dict[str, dict[str, Any]]
-    datasets: dict[str, Path]  # output step -> saved dataset directory
+    datasets: dict[str, Path]  # output step -> saved dataset directory (none when the run was not accepted)
     rows: dict[str, int]
     pushed: str | None = None
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # dry runs: the first records
+    outcome: Outcome = field(default_factory=lambda: Outcome("ok", True))
+    kept: list[Path] = field(default_factory=list)  # datasets a rejected run left as they were
+
+    def check(self) -> RunSummary:
+        """Raise ``RunFailed`` (with the outcome's lines) unless the run was accepted; else return self."""
+        if not self.outcome.accepted:
+            raise RunFailed("\n".join(outcome_lines(self.outcome, self.kept)))
+        return self
 
 
 def default_run_dir(pipeline: Pipeline) -> Path:
@@ -46,31 +63,47 @@ def run_pipeline(
     dry_run: int | None = None,
     reporter: Reporter | None = None,
     backends: dict[str, Backend] | None = None,
+    allow_partial: bool = True,
+    retry_quarantined: bool = False,
 ) -> RunSummary:
     """Run with caching in ``run_dir`` (default ``runs/<name>``). A dry run uses a throwaway directory: the first
     ``dry_run`` records of each source through every step, nothing cached, nothing saved or pushed.
-    ``backends`` (by model name) are used instead of building engines, and left open."""
+    ``backends`` (by model name) are used instead of building engines, and left open.
+
+    The run's outcome (rlaif.pipeline.outcome) decides what is saved: only an accepted run (ok, or partial within
+    ``max_quarantined`` or with ``allow_partial``) replaces the saved datasets and pushes; any other leaves them as
+    they were. A failed run is never accepted. ``allow_partial`` is on for library callers, which read the outcome
+    themselves; ``rlaif run`` turns it off unless given ``--allow-partial``. A re-run retries records quarantined
+    for a transient reason (``retry_quarantined``: all of them)."""
     reporter = reporter or Reporter(enabled=False)
     if dry_run is not None:
         with tempfile.TemporaryDirectory(prefix="rlaif-dry-run-") as tmp:
             runtime = EngineRuntime(pipeline.models, pipeline.seed, backends)
             result = run_steps(pipeline, Path(tmp), limit=dry_run, reporter=reporter, runtime=runtime)
             reporter.summary(result.stats)
-            samples = {name: _first(result, name, 3) for name in output_steps(pipeline)}
+            samples = {name: _first(result, name, 3) for name in output_steps(pipeline) if name in result.stores}
             rows = {name: sum(len(b) for b in result.stores[name].records()) for name in samples}
-            return RunSummary(Path(tmp), result.stats, {}, rows, samples=samples)
+            outcome = judge_run(pipeline, result, allow_partial, None)
+            return RunSummary(Path(tmp), result.stats, {}, rows, samples=samples, outcome=outcome)
     run_dir = run_dir or default_run_dir(pipeline)
+    for target in dataset_dirs(pipeline, run_dir).values():
+        if recover_dataset(target):  # a save killed between its renames: the previous dataset comes back first
+            log.warning("restored %s from an interrupted save", target)
     if fresh and (run_dir / "steps").exists():
         shutil.rmtree(run_dir / "steps")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "pipeline.yaml").write_text(pipeline.text)
     runtime = EngineRuntime(pipeline.models, pipeline.seed, backends)
-    result = run_steps(pipeline, run_dir, reporter=reporter, runtime=runtime)
+    result = run_steps(pipeline, run_dir, reporter=reporter, runtime=runtime, retry_all=retry_quarantined)
+    outcome = judge_run(pipeline, result, allow_partial, run_dir / "quarantine")
     (run_dir / "stats.json").write_text(json.dumps(result.stats, indent=2))
     _save_quarantine(result)
-    datasets, rows = save_outputs(pipeline, result)
     reporter.summary(result.stats)
-    summary = RunSummary(run_dir, result.stats, datasets, rows)
+    if not outcome.accepted:
+        kept = [path for path in dataset_dirs(pipeline, run_dir).values() if (path / "README.md").is_file()]
+        return RunSummary(run_dir, result.stats, {}, {}, outcome=outcome, kept=kept)
+    datasets, rows = save_outputs(pipeline, result)
+    summary = RunSummary(run_dir, result.stats, datasets, rows, outcome=outcome)
     push = pipeline.output.get("push_to_hub")
     if push:
         [dataset_dir] = datasets.values()  # validation allows a push only with one output step
@@ -82,25 +115,35 @@ def output_steps(pipeline: Pipeline) -> list[str]:
     return list(pipeline.output.get("steps") or pipeline.leaves())
 
 
-def save_outputs(pipeline: Pipeline, result: RunResult) -> tuple[dict[str, Path], dict[str, int]]:
-    """Each output step as a Hub-layout Parquet dataset with its card: ``<save>/`` for one, ``<save>/<step>/``."""
+def dataset_dirs(pipeline: Pipeline, run_dir: Path) -> dict[str, Path]:
+    """Where each output step's dataset is saved: ``<save>/`` for one output step, ``<save>/<step>/`` for several."""
     names = output_steps(pipeline)
-    root = Path(pipeline.output.get("save") or result.run_dir / "dataset")
+    root = Path(pipeline.output.get("save") or run_dir / "dataset")
+    return {name: root if len(names) == 1 else root / name for name in names}
+
+
+def save_outputs(pipeline: Pipeline, result: RunResult) -> tuple[dict[str, Path], dict[str, int]]:
+    """Each output step as a Hub-layout Parquet dataset with its card (swapped in whole: data and card match)."""
+    targets = dataset_dirs(pipeline, result.run_dir)
     split = (pipeline.output.get("push_to_hub") or {}).get("split", "train")
     jsonl = bool(pipeline.output.get("jsonl"))
     datasets, rows = {}, {}
-    for name in names:
-        target = root if len(names) == 1 else root / name
-        # The output's own key: an unchanged re-run finds the dataset already written and skips the rewrite.
-        key = f"{result.fingerprints[name]}/{split}/{jsonl}/{len(names)}"
-        stamp = target / ".rlaif-fingerprint"
+    for name, target in targets.items():
+        # The output's own key (its step's content included: a retry that recovered records changes it): an
+        # unchanged re-run finds the dataset already written and skips the rewrite.
+        content = result.stats[name].get("content", "")
+        key = f"{result.fingerprints[name]}/{content}/{split}/{jsonl}/{len(targets)}"
+        stamp = target / STAMP
         if stamp.is_file() and stamp.read_text() == key:
             datasets[name], rows[name] = target, _saved_rows(target)
             continue
         counts = write_dataset(
-            {split: result.stores[name].tables()}, target, card_info(pipeline, result, name), jsonl=jsonl
+            {split: result.stores[name].tables()},
+            target,
+            card_info(pipeline, result, name),
+            jsonl=jsonl,
+            extra_files={STAMP: key},
         )
-        stamp.write_text(key)
         datasets[name], rows[name] = target, sum(counts.values())
     return datasets, rows
 
@@ -151,4 +194,4 @@ def _first(result: RunResult, step_name: str, count: int) -> list[dict[str, Any]
     return list(itertools.islice(records, count))
 
 
-__all__ = ["PushError", "RunSummary", "default_run_dir", "run_pipeline", "save_outputs"]
+__all__ = ["PushError", "RunFailed", "RunSummary", "dataset_dirs", "default_run_dir", "run_pipeline", "save_outputs"]

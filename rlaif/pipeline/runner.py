@@ -6,20 +6,23 @@ stays bounded by one batch per step whatever the source size, and every batch bo
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rlaif.backends.base import is_transient_exception, is_transient_reason
 from rlaif.pipeline.fingerprint import step_fingerprint
 from rlaif.pipeline.progress import Reporter
 from rlaif.pipeline.runtime import EngineRuntime
 from rlaif.pipeline.spec import Pipeline, StepSpec
-from rlaif.pipeline.store import StepStore
+from rlaif.pipeline.store import StepStore, quarantine_rows
 from rlaif.steps.base import BatchResult, Quarantined, Record, Step, StepContext
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,7 @@ class RunResult:
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     stores: dict[str, StepStore] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
+    failed_step: str | None = None  # the step whose every record was quarantined; the steps after it did not run
 
 
 def run_steps(
@@ -44,8 +48,14 @@ def run_steps(
     limit: int | None = None,
     runtime: EngineRuntime | None = None,
     reporter: Reporter | None = None,
+    retry_all: bool = False,
 ) -> RunResult:
-    """Run (or reuse from cache) every step; ``limit`` caps what each source reads (dry runs)."""
+    """Run (or reuse from cache) every step; ``limit`` caps what each source reads (dry runs).
+
+    A step is reused when it finished with nothing left to retry and its upstream steps still hold what it was built
+    from. Otherwise it runs again, keeping every batch whose input is unchanged and retrying, in those batches, the
+    records quarantined for a transient reason (``retry_all``: every quarantined record). The run stops after a step
+    whose every input record was quarantined (a failed step; it is never cached as complete)."""
     runtime = runtime or EngineRuntime(pipeline.models, pipeline.seed)
     reporter = reporter or Reporter(enabled=False)
     result = RunResult(run_dir)
@@ -54,60 +64,141 @@ def run_steps(
             fingerprint = step_fingerprint(pipeline, spec, [result.fingerprints[u] for u in spec.upstream])
             store = StepStore(run_dir / "steps" / name, fingerprint)
             result.fingerprints[name], result.stores[name] = fingerprint, store
-            if store.complete:
-                stats = {**store.stats(), "cached": True}
+            upstream = {u: result.stats[u]["content"] for u in spec.upstream}
+            if store.complete(upstream) and not (retry_all and sum(store.stats()["quarantined"].values())):
+                stats = {"content": store.content(), **store.stats(), "cached": True}
                 reporter.cached(name, stats)
             else:
                 inputs = [result.stores[u] for u in spec.upstream]
                 total = sum(result.stats[u]["records_out"] for u in spec.upstream) if inputs else None
-                stats = _run_step(spec, store, inputs, runtime, reporter, total, limit)
+                run = _StepRun(spec, store, runtime, reporter, retry_all)
+                stats = run.run(inputs, total, limit, upstream)
             result.stats[name] = stats
+            if stats.get("failed"):
+                result.failed_step = name
+                break
     finally:
         runtime.close()
     return result
 
 
-def _run_step(
-    spec: StepSpec,
-    store: StepStore,
-    inputs: list[StepStore],
-    runtime: EngineRuntime,
-    reporter: Reporter,
-    total: int | None,
-    limit: int | None,
+@dataclass
+class _StepRun:
+    """One step's pass: new batches processed, unchanged ones kept, quarantined records of kept ones retried."""
+
+    spec: StepSpec
+    store: StepStore
+    runtime: EngineRuntime
+    reporter: Reporter
+    retry_all: bool
+
+    def run(self, inputs: list[StepStore], total: int | None, limit: int | None, upstream: dict[str, str]) -> dict:
+        spec, store, step = self.spec, self.store, self.spec.step
+        step.setup(self.runtime.context(spec.name))
+        report = step.setup_report()  # measured in setup (a judge check): kept with the step's stats, for the card
+        done = store.done_batches()
+        previous = store.previous_stats() or {}
+        if done and (step.stateful or previous.get("failed")):
+            # A stateful step's batches depend on the ones before; a step that failed entirely kept nothing worth
+            # keeping (and may fail for a reason since fixed, e.g. a plugin's code): both start over.
+            log.info("step %s: redoing it from its first batch", spec.name)
+            store.reset()
+            done = {}
+        retry = not (step.stateful or step.is_source)
+        started = time.perf_counter()
+        seen, retried = set(), 0
+        with self.reporter.step(spec.name, total) as advance:
+            batches = _batches(step, self.runtime.context(spec.name), inputs, spec.batch_size, limit)
+            for index, batch in enumerate(batches):
+                seen.add(index)
+                digest = None if isinstance(batch, BatchResult) else _digest(batch)
+                if index in done and done[index].get("input_digest", digest) == digest:
+                    if retry:
+                        retried += self._retry(index, done)
+                    advance(done[index]["records_in"])
+                    continue
+                done[index] = self._first_pass(index, batch, digest)
+                advance(done[index]["records_in"])
+        for stale in set(done) - seen:  # the upstream now yields fewer batches
+            store.forget(stale)
+            del done[stale]
+        if retried:
+            self.reporter.note(f"{spec.name}: retried {retried} quarantined records")
+        stats = _step_stats(spec, done.values(), time.perf_counter() - started)
+        if report:
+            stats["setup"] = report
+        _check_accounting(spec.name, "step", stats)
+        stats["failed"] = stats["records_in"] > 0 and sum(stats["quarantined"].values()) == stats["records_in"]
+        return store.finish(stats, upstream, complete=not (stats["failed"] or stats["transient"]))
+
+    def _first_pass(self, index: int, batch: list[Record] | BatchResult, digest: str | None) -> dict[str, Any]:
+        step, ctx = self.spec.step, self.runtime.context(self.spec.name, index)
+        batch_started = time.perf_counter()
+        outcome = batch if isinstance(batch, BatchResult) else _process(step, batch, ctx)
+        _classify(outcome, step.is_source)
+        records_in = _count(outcome) if isinstance(batch, BatchResult) else len(batch)
+        stats = _batch_stats(records_in, outcome, time.perf_counter() - batch_started)
+        if digest is not None:
+            stats["input_digest"] = digest
+        _check_accounting(self.spec.name, f"batch {index}", stats)
+        self.store.write_batch(index, outcome, stats)
+        return stats
+
+    def _retry(self, index: int, done: dict[int, dict[str, Any]]) -> int:
+        """Retry batch ``index``'s transient quarantined records (all of them with ``retry_all``); merge the result
+        into the batch. Returns how many records were retried."""
+        stats = done[index]
+        if not (stats.get("transient") or (self.retry_all and sum(stats["quarantined"].values()))):
+            return 0
+        rows = self.store.batch_quarantine(index, stats)
+        chosen = [row for row in rows if self.retry_all or row.get("transient")]
+        if not chosen:
+            return 0
+        kept = [row for row in rows if not (self.retry_all or row.get("transient"))]
+        started = time.perf_counter()
+        records = [json.loads(row["record"]) for row in chosen]
+        outcome = _process(self.spec.step, records, self.runtime.context(self.spec.name, index))
+        _classify(outcome, False)
+        again = _batch_stats(len(records), outcome, time.perf_counter() - started)
+        _check_accounting(self.spec.name, f"batch {index} retry", again)
+        merged = _merge_retry(stats, chosen, kept, again)
+        _check_accounting(self.spec.name, f"batch {index}", merged)
+        self.store.write_retry(index, outcome, kept + quarantine_rows(outcome), merged)
+        done[index] = merged
+        return len(chosen)
+
+
+def _merge_retry(
+    stats: dict[str, Any], chosen: list[dict[str, Any]], kept: list[dict[str, Any]], again: dict[str, Any]
 ) -> dict[str, Any]:
-    step = spec.step
-    step.setup(runtime.context(spec.name))
-    report = step.setup_report()  # measured in setup (a judge check): kept with the step's stats, for the card
-    done = store.done_batches()
-    if done and step.stateful:
-        log.info("step %s keeps state across batches: redoing it from its first batch", spec.name)
-        store.reset()
-        done = {}
-    started = time.perf_counter()
-    with reporter.step(spec.name, total) as advance:
-        for stats in done.values():
-            advance(stats["records_in"])
-        batches = _batches(step, runtime.context(spec.name), inputs, spec.batch_size, limit)
-        for index, batch in enumerate(batches):
-            if index in done:
-                continue
-            batch_started = time.perf_counter()
-            outcome = (
-                batch if isinstance(batch, BatchResult) else _process(step, batch, runtime.context(spec.name, index))
-            )
-            records_in = _count(outcome) if isinstance(batch, BatchResult) else len(batch)
-            stats = _batch_stats(records_in, outcome, time.perf_counter() - batch_started)
-            _check_accounting(spec.name, f"batch {index}", stats)
-            store.write_batch(index, outcome, stats)
-            done[index] = stats
-            advance(records_in)
-    stats = _step_stats(spec, done.values(), time.perf_counter() - started)
-    if report:
-        stats["setup"] = report
-    _check_accounting(spec.name, "step", stats)
-    store.finish(stats)
-    return stats
+    """A batch's stats after a retry: the retried records leave the quarantine counts, what became of them joins."""
+    quarantined = Counter(stats["quarantined"])
+    quarantined.subtract(Counter(row["reason"] for row in chosen))
+    quarantined.update(again["quarantined"])
+    merged = dict(stats)
+    for key in ("records_out", "inputs_emitted", "tokens_in", "tokens_out", "wall_s"):
+        merged[key] = stats[key] + again[key]
+    merged.update(
+        dropped=dict(Counter(stats["dropped"]) + Counter(again["dropped"])),
+        quarantined={reason: n for reason, n in quarantined.items() if n > 0},
+        transient=sum(1 for row in kept if row.get("transient")) + again["transient"],
+        retries=stats.get("retries", 0) + 1,
+        retried=stats.get("retried", 0) + len(chosen),
+    )
+    return merged
+
+
+def _digest(batch: list[Record]) -> str:
+    """What a batch's input was: a kept batch is reused only while its upstream still gives it the same records."""
+    return hashlib.sha256(json.dumps(batch, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _classify(outcome: BatchResult, is_source: bool) -> None:
+    """Settle each quarantined record's ``transient``: the step's own word, else a backend's mark in the detail.
+    A source's input is never retried: whatever it could not read, it cannot read again."""
+    for i, q in enumerate(outcome.quarantined):
+        transient = is_transient_reason(q.detail) if q.transient is None else q.transient
+        outcome.quarantined[i] = replace(q, transient=transient and not is_source)
 
 
 def _batches(
@@ -146,7 +237,8 @@ def _process(step: Step, batch: list[Record], ctx: StepContext) -> BatchResult:
         try:
             one = step.process([record], ctx)
         except Exception as exc:  # noqa: BLE001
-            merged.quarantined.append(Quarantined(record, f"step raised {type(exc).__name__}", str(exc)))
+            reason = f"step raised {type(exc).__name__}"
+            merged.quarantined.append(Quarantined(record, reason, str(exc), transient=is_transient_exception(exc)))
             continue
         merged.inputs_emitted = (merged.inputs_emitted or 0) + one.emitted
         merged.records += one.records
@@ -168,6 +260,7 @@ def _batch_stats(records_in: int, outcome: BatchResult, seconds: float) -> dict[
         "inputs_emitted": outcome.emitted,
         "dropped": dict(Counter(reason for _, reason in outcome.dropped)),
         "quarantined": dict(Counter(q.reason for q in outcome.quarantined)),
+        "transient": sum(1 for q in outcome.quarantined if q.transient),
         "tokens_in": outcome.tokens_in,
         "tokens_out": outcome.tokens_out,
         "wall_s": seconds,
@@ -183,12 +276,14 @@ def _step_stats(spec: StepSpec, batches: Any, wall_s: float) -> dict[str, Any]:
         "inputs_emitted": 0,
         "tokens_in": 0,
         "tokens_out": 0,
+        "transient": 0,
+        "retried": 0,
     }
     dropped: Counter[str] = Counter()
     quarantined: Counter[str] = Counter()
     for stats in batches:
-        for key in ("records_in", "records_out", "inputs_emitted", "tokens_in", "tokens_out"):
-            totals[key] += stats[key]
+        for key in ("records_in", "records_out", "inputs_emitted", "tokens_in", "tokens_out", "transient", "retried"):
+            totals[key] += stats.get(key, 0)
         dropped.update(stats["dropped"])
         quarantined.update(stats["quarantined"])
     totals.update(dropped=dict(dropped), quarantined=dict(quarantined), wall_s=round(wall_s, 3))

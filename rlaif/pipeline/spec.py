@@ -5,29 +5,44 @@ Nothing here loads a model or reads more than the first record of a data file: t
 
 from __future__ import annotations
 
-import difflib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from rlaif.backends import backend_class
-from rlaif.config import ConfigError, Located, Problem, apply_overrides, load_yaml
+from rlaif.config import ConfigError, Located, Problem, apply_overrides, check_kind, closest, load_yaml
 from rlaif.models import reference_problem
 from rlaif.pipeline.graph import check_columns, topological_order
 from rlaif.registry import UnknownComponent
 from rlaif.schema import sampling_problems
 from rlaif.steps.base import Step
-from rlaif.steps.registry import step_class
+from rlaif.steps.registry import STEPS, step_class
 
-TOP_KEYS = ("name", "description", "seed", "models", "steps", "output")
-STEP_KEYS = ("name", "type", "from", "batch_size")
+TOP_KEYS = ("name", "description", "seed", "models", "steps", "output", "max_quarantined")
+STEP_KEYS = ("name", "type", "from", "batch_size", "max_quarantined")
 # Per-request settings of a model. `lora` is a PEFT adapter directory applied to every request of this model name
 # (vLLM serves it as a LoRA request on the shared engine: two names, one with and one without, share one engine).
 SAMPLING_KEYS = ("n", "temperature", "top_p", "max_tokens", "seed", "stop", "logprobs", "lora")
 OUTPUT_KEYS = ("save", "steps", "jsonl", "push_to_hub")
+# Ranges of backend options (their types come from the backend constructor's annotations).
+OPTION_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "gpu_memory_utilization": (lambda v: 0 < v <= 1, "a fraction in (0, 1] of the device memory"),
+    "kv_cache_gib": (lambda v: v > 0, "> 0 (GiB)"),
+    "max_model_len": (lambda v: v >= 1, ">= 1 (tokens)"),
+    "max_lora_rank": (lambda v: v >= 1, ">= 1"),
+    "max_loras": (lambda v: v >= 1, ">= 1"),
+    "max_restarts": (lambda v: v >= 0, ">= 0"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "max_concurrency": (lambda v: v >= 1, ">= 1"),
+    "max_retries": (lambda v: v >= 0, ">= 0"),
+    "timeout_s": (lambda v: v > 0, "> 0 (seconds)"),
+    "backoff_base_s": (lambda v: v >= 0, ">= 0 (seconds)"),
+    "backoff_max_s": (lambda v: v >= 0, ">= 0 (seconds)"),
+}
 PUSH_KEYS = ("repo_id", "private", "split")
 
 
@@ -60,6 +75,7 @@ class Pipeline:
     steps: dict[str, StepSpec]  # in topological order
     output: dict[str, Any]
     columns: dict[str, set[str] | None]
+    max_quarantined: float = 0.1  # a run is accepted while each step quarantines at most this share (outcome.py)
 
     def leaves(self) -> list[str]:
         used = {u for s in self.steps.values() for u in s.upstream}
@@ -73,13 +89,20 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         raise ConfigError([Problem(str(path), None, "pipeline file not found")])
     text = path.read_text()
     located = load_yaml(path, text)
+    check_kind(located, "pipeline")
     apply_overrides(located, overrides or [])
     return _Validator(located, path, text).run()
 
 
 def _closest(word: str, choices: list[str] | tuple[str, ...]) -> str:
-    match = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    return closest(word, choices)
+
+
+def _constructor_hints(cls: type) -> dict[str, Any]:
+    try:
+        return get_type_hints(cls.__init__)
+    except (NameError, TypeError):  # an annotation that names a type only imported for type checking: skip typing
+        return {}
 
 
 class _Validator:
@@ -88,6 +111,9 @@ class _Validator:
         self.path = path
         self.text = text
         self.problems: list[Problem] = []
+        # Steps that could not be built (unknown type, bad parameters, a repeated name): their problem is reported
+        # once, and steps that name them get no follow-on "unknown upstream" or missing-column errors.
+        self.broken: set[str] = set()
 
     def add(self, where: tuple, message: str) -> None:
         self.problems.append(self.located.problem(where, message))
@@ -113,11 +139,13 @@ class _Validator:
                 f"push_to_hub needs exactly one output step; these steps are "
                 f"outputs: {outputs}. Name one with output.steps: [name]",
             )
+        self._share(("max_quarantined",), data.get("max_quarantined"))
         if self.problems:
             raise ConfigError(self.problems)
         ordered = {n: steps[n] for n in order}
         seed = data.get("seed", 0)
-        return Pipeline(str(name), self.path, self.text, seed, models, ordered, output, columns)
+        limit = data.get("max_quarantined", 0.1)
+        return Pipeline(str(name), self.path, self.text, seed, models, ordered, output, columns, limit)
 
     # -- models -----------------------------------------------------------------------------------------------
     def _models(self, raw: Any) -> dict[str, ModelSpec]:
@@ -147,6 +175,7 @@ class _Validator:
                     f"unknown option {key!r} for backend {backend!r}{_closest(key, choices)}; "
                     f"expected one of {choices}",
                 )
+        self._option_values(where, cls, options)
         if backend != "openai" and (problem := reference_problem(cfg["model"])):
             self.add((*where, "model"), problem.replace("\n", " "))
         sampling = {k: cfg[k] for k in SAMPLING_KEYS if k in cfg}
@@ -157,6 +186,22 @@ class _Validator:
         else:
             self._lora(where, backend, sampling["lora"], options)
         return ModelSpec(name, backend, cfg["model"], sampling, options)
+
+    def _option_values(self, where: tuple, cls: type, options: dict[str, Any]) -> None:
+        """Each backend option typed against its constructor's annotation, and counts and fractions in range."""
+        hints = _constructor_hints(cls)
+        for key, value in options.items():
+            if key not in hints:
+                continue
+            try:
+                TypeAdapter(hints[key]).validate_python(value, strict=True)
+            except ValidationError:
+                expected = str(hints[key]).replace("typing.", "").replace("NoneType", "null")
+                self.add((*where, key), f"{key} must be {expected}, got {value!r}")
+                continue
+            bound = OPTION_BOUNDS.get(key)
+            if bound is not None and value is not None and not bound[0](value):
+                self.add((*where, key), f"{key} must be {bound[1]}, got {value!r}")
 
     def _lora(self, where: tuple, backend: str, adapter: Any, options: dict[str, Any]) -> None:
         # Resolved from the working directory, like model references (from_pretrained semantics).
@@ -175,16 +220,25 @@ class _Validator:
             self.add(("steps",), "`steps` must be a non-empty list")
             return {}
         specs: dict[str, StepSpec] = {}
+        seen: dict[str, int] = {}
         for index, cfg in enumerate(raw):
+            name = cfg.get("name") if isinstance(cfg, dict) else None
+            if isinstance(name, str) and name in seen:
+                # The first step keeps the name; the repeat is one problem, not also a cycle or a lost step.
+                first = self.located.line(("steps", seen[name]))
+                self.add(("steps", index, "name"), f"duplicate step name {name!r} (first at line {first}): rename one")
+                continue
+            if isinstance(name, str):
+                seen[name] = index
             spec = self._step(index, cfg, models)
             if spec is None:
+                if isinstance(name, str):
+                    self.broken.add(name)
                 continue
-            if spec.name in specs:
-                self.add(("steps", index, "name"), f"duplicate step name {spec.name!r}")
             specs[spec.name] = spec
         for spec in specs.values():
             for up in spec.upstream:
-                if up not in specs:
+                if up not in specs and up not in self.broken:
                     self.add(
                         self._step_where(spec.name, "from"),
                         f"step {spec.name!r}: unknown upstream {up!r}{_closest(up, list(specs))}; "
@@ -207,7 +261,9 @@ class _Validator:
         try:
             cls = step_class(type_name)
         except UnknownComponent as exc:
-            self.add((*where, "type"), f"step {name!r}: {exc}")
+            hint = _closest(type_name, list(STEPS)) if type_name not in STEPS and "." not in type_name else ""
+            message = str(exc).replace(f"{type_name!r};", f"{type_name!r}{hint};", 1) if hint else str(exc)
+            self.add((*where, "type"), f"step {name!r}: {message}")
             return None
         params = {k: v for k, v in cfg.items() if k not in STEP_KEYS}
         try:
@@ -228,7 +284,13 @@ class _Validator:
         batch_size = cfg.get("batch_size", cls.default_batch_size)
         if not isinstance(batch_size, int) or batch_size < 1:
             self.add((*where, "batch_size"), f"step {name!r}: batch_size must be a positive integer")
+        self._share((*where, "max_quarantined"), cfg.get("max_quarantined"))
         return StepSpec(name, type_name, upstream, step, batch_size, cfg)
+
+    def _share(self, where: tuple, value: Any) -> None:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if value is not None and not (number and 0 <= value <= 1):
+            self.add(where, f"max_quarantined must be a share between 0 and 1 (e.g. 0.1), got {value!r}")
 
     def _param_errors(self, where: tuple, name: str, cls: type[Step], exc: ValidationError) -> None:
         fields = list(cls.Params.model_fields)
@@ -289,11 +351,14 @@ class _Validator:
         if cyclic:
             self.add(self._step_where(cyclic[0], "from"), f"steps form a cycle: {' -> '.join(cyclic)}")
             return order, {}
+        # A step fed by a broken one sees unknown columns (like a Hub dataset's): no guessed missing-column errors.
+        unknown = {name for name, s in steps.items() if any(u in self.broken for u in s.upstream)}
         columns, problems = check_columns(
             order,
             {n: s.step for n, s in steps.items()},
             upstream,
             lambda name, message: self.located.problem(self._step_where(name, "from"), message),
+            unknown_input=unknown,
         )
         self.problems.extend(problems)
         return order, columns

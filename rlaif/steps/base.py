@@ -41,12 +41,17 @@ class StepParams(BaseModel):
 
 @dataclass(frozen=True)
 class Quarantined:
-    """A record that failed. ``reason`` is a short stable label (stats count by it); ``detail`` says exactly why."""
+    """A record that failed. ``reason`` is a short stable label (stats count by it); ``detail`` says exactly why.
+
+    ``transient``: whether the failure may pass on its own (a backend, HTTP or engine error, a timeout), so a re-run
+    retries the record; None lets the engine decide from the detail (a backend's reason marked with
+    ``rlaif.backends.base.transient``). A bad record or an unparseable answer is permanent."""
 
     record: Record
     reason: str
     detail: str = ""
     raw_output: str | None = None
+    transient: bool | None = None
 
 
 @dataclass
