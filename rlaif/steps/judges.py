@@ -100,7 +100,10 @@ class PairwiseJudge(Step):
     Outputs: ``preference`` ("A" | "B" | "tie", in the original order), ``confidence`` (probability of the
     preference: the verdict-token probabilities averaged over both orders with ``logprobs: true``, else 1.0 when
     both orders agree and 0.5 when they do not), ``consistent`` (both orders gave the same verdict),
-    ``judge_outputs`` (raw texts: [A-first order, B-first order]), ``judge_model``.
+    ``judge_outputs`` (raw texts: [A-first order, B-first order]), ``judge_model``; with ``logprobs: true`` also
+    ``p_a``, the soft label P(A better) = P(A) + P(tie)/2 of the averaged verdict distribution (a tie is a coin
+    flip; with no tie mass this is RLAIF's debiased (p_AB + 1 - p_BA) / 2, as the constitutional judge writes it).
+    make_pairs carries it to the pairs as ``chosen_prob``, which ``train.soft_labels`` trains on.
     Position bias: disagreeing orders become "tie", or the side the averaged probabilities favour. Unparseable
     output in either order is quarantined as "judge parse failure" with the raw output. With ``logprobs: true``,
     ``confidence`` is always a measured probability: a record whose verdict token has no log-probabilities for the
@@ -127,7 +130,8 @@ class PairwiseJudge(Step):
 
     def output_columns(self, available: set[str] | None) -> set[str] | None:
         check_template(self.template(), question="q", response_a="a", response_b="b", cot=self.params.cot)
-        return super().output_columns(available)
+        columns = super().output_columns(available)
+        return columns | {"p_a"} if columns is not None and self.params.logprobs else columns
 
     def setup(self, ctx: StepContext) -> None:
         self.checked = check_in_setup(self, ctx)  # raises JudgeCheckFailed below min_agreement: nothing labelled
@@ -187,7 +191,13 @@ class PairwiseJudge(Step):
                 record, NO_LOGPROBS, f"no verdict log-probabilities in the {dist} order", raw_output=raw
             )
         preference, confidence, consistent = verdicts.combine_orders(first, verdicts.FLIP[second], dist)
-        return {"preference": preference, "confidence": confidence, "consistent": consistent, "judge_outputs": texts}
+        outcome = {
+            "preference": preference,
+            "confidence": confidence,
+            "consistent": consistent,
+            "judge_outputs": texts,
+        }
+        return outcome if dist is None else {"p_a": verdicts.tie_split_p_a(dist), **outcome}
 
     def _distribution(self, ab: Completion, ba: Completion) -> dict[str, float] | str | None:
         """Averaged verdict probabilities over both orders (original order); None without ``logprobs``; the order

@@ -19,6 +19,7 @@ from rlaif.steps.base import BatchResult, Quarantined, Record, Step, StepContext
 # Judge provenance carried onto each pair when the input has it.
 PROVENANCE = ("judge_model", "principle", "principles", "confidence")
 PREFERENCES = ("A", "B", "tie")
+SOFT_LABEL = "p_a"  # a judge's P(responses[0] better): constitutional_judge, pairwise_judge with logprobs
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,16 @@ def candidates(record: Record, score_column: str, responses_column: str = "respo
             raise ScoreError(f"{score_column}[{i}] is {score!r}, not a number")
         found.append(Candidate(i, text, float(score), model))
     return found
+
+
+def soft_label(record: Record) -> float | None:
+    """The record's ``p_a`` as a float (None when missing or null); anything but a probability is a ScoreError."""
+    value = record.get(SOFT_LABEL)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ScoreError(f"{SOFT_LABEL!r} is {value!r}; expected a probability in [0, 1] (P(responses[0] better))")
+    return float(value)
 
 
 def _score_at(scores: Any, index: int) -> float:
@@ -163,6 +174,10 @@ class MakePairs(Step):
     Outputs: ``prompt`` (messages), ``chosen``, ``rejected`` (one assistant message each), ``chosen_model``,
     ``rejected_model``, ``source`` ("ai"); with scores also ``chosen_score``, ``rejected_score``, ``margin``;
     ``judge_model``, ``principle``, ``principles``, ``confidence`` when the input has them; ``keep_columns``.
+    Soft labels: where the input has a judge's ``p_a`` (P(responses[0] better)), every pair the judge decided carries
+    ``chosen_prob`` = P(chosen better) = ``p_a`` or ``1 - p_a`` (a 0.501 verdict stays a 0.501 pair, not a hard
+    one); a pair the scores decided (hybrid) or a row without ``p_a`` gets None, a hard label. ``rlaif train rm|dpo``
+    trains on it with ``train.soft_labels: true``. A ``p_a`` that is not a probability quarantines the record.
     TRL's RewardTrainer reads a ``margin`` column as the Llama 2 margin term of its loss; ``rlaif train rm`` drops
     the column (plain Bradley-Terry) unless ``train.use_margin: true``. Dropped: "fewer than 2 responses", "no pair
     above margin", "tie". Quarantined: "invalid scores", "invalid preference". One input may give several pairs
@@ -187,6 +202,8 @@ class MakePairs(Step):
             columns |= {"chosen_score", "rejected_score", "margin"}
         if self.params.hybrid:
             columns.add("decided_by")
+        if SOFT_LABEL in available and (self.params.hybrid or self.params.score_column is None):
+            columns.add("chosen_prob")
         return columns | (set(PROVENANCE) & available)
 
     def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
@@ -234,6 +251,7 @@ class MakePairs(Step):
             raise ScoreError(f"{self.params.preference_column!r} is {verdict!r}; expected one of {PREFERENCES}")
         if verdict == "tie":
             return "tie"
+        soft_label(record)  # a bad p_a is a data error here, before a pair is made
         models = record.get("response_models") or [None, None]
         a, b = (Candidate(i, responses[i], math.nan, models[i] if i < len(models) else None) for i in (0, 1))
         return [(a, b)] if verdict == "A" else [(b, a)]
@@ -264,6 +282,9 @@ class MakePairs(Step):
             }
         if self.params.hybrid:
             provenance["decided_by"] = "judge" if chosen.judged else "scores"
+        if SOFT_LABEL in record and (self.params.score_column is None or self.params.hybrid):
+            p_a = soft_label(record) if self.params.score_column is None or chosen.judged else None
+            provenance["chosen_prob"] = None if p_a is None else (p_a if chosen.index == 0 else 1.0 - p_a)
         provenance |= {k: record[k] for k in PROVENANCE if k in record}
         provenance |= {k: record.get(k) for k in self.params.keep_columns}
         return preference_row(record[self.params.prompt_column], chosen.text, rejected.text, **provenance, source="ai")

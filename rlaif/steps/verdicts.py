@@ -173,6 +173,12 @@ def soft_preference(p_a: float, tie_margin: float) -> Verdict:
     return "tie"
 
 
+def tie_split_p_a(dist: Mapping[str, float]) -> float:
+    """P(A better) from a verdict distribution over A / B / tie: a tie counts half to each side. Without tie mass it
+    is P(A) itself, so a pairwise judge's soft label reads like the constitutional judge's."""
+    return dist.get("A", 0.0) + dist.get("tie", 0.0) / 2.0
+
+
 def flip_distribution(dist: Mapping[str, float]) -> dict[str, float]:
     """A verdict distribution from the swapped order, expressed in the original order."""
     return {FLIP[k]: v for k, v in dist.items()}

@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from rlaif.schema import Quantize
 
@@ -134,8 +134,10 @@ class TrainConfig(_Strict):
         return self.model_dump(exclude={"trl"})
 
     @model_validator(mode="after")
-    def _check_pass_through(self) -> TrainConfig:
-        fields = trl_fields(self.trl_config_path())
+    def _check_pass_through(self, info: ValidationInfo) -> TrainConfig:
+        # The light first pass (config_load) skips TRL's option names: importing TRL's config classes loads torch.
+        light = bool(info.context and info.context.get("light"))
+        fields = set() if light else trl_fields(self.trl_config_path())
         typed = set(type(self).model_fields) - {"trl"}
         problems = []
         for key in self.trl:
@@ -143,7 +145,7 @@ class TrainConfig(_Strict):
                 problems.append(f"trl.{key} is set by rlaif: use {MANAGED[key]}")
             elif key in typed:
                 problems.append(f"trl.{key} is a typed field: set train.{key}")
-            elif key not in fields:
+            elif not light and key not in fields:
                 problems.append(f"trl.{key} is not an option of {self.trl_config_path().rsplit('.', 1)[-1]}")
         problems += _report_to_problems(self.report_to)
         if problems:
@@ -176,11 +178,24 @@ class RMTrain(TrainConfig):
     # (Llama 2, Touvron et al. 2023). make_pairs writes score differences there, so the recipe drops the column and
     # trains plain Bradley-Terry unless this is true; true requires the column.
     use_margin: bool = False
+    # Cross-entropy against the data's `chosen_prob` (a judge's P(chosen better), make_pairs carries it) instead of a
+    # hard label (RLAIF, Lee et al. 2023): -(q log sigmoid(d) + (1 - q) log sigmoid(-d)); rlaif.train.soft_labels.
+    soft_labels: bool = False
 
     def trl_kwargs(self) -> dict[str, Any]:
         kwargs = super().trl_kwargs()
-        kwargs.pop("use_margin")  # rlaif's option (it decides the data), not a RewardConfig field
+        for key in ("use_margin", "soft_labels"):  # rlaif's options (they decide the data and the loss), not TRL's
+            kwargs.pop(key)
         return kwargs
+
+    @model_validator(mode="after")
+    def _one_pair_weighting(self) -> RMTrain:
+        if self.use_margin and self.soft_labels:
+            raise ValueError(
+                "use_margin and soft_labels are two ways to weigh a pair (a score margin, a judge's probability): "
+                "set one of them"
+            )
+        return self
 
 
 # Direct-alignment losses: name -> (TRL config, TRL trainer, TRL arguments the name implies, reference).
@@ -232,11 +247,31 @@ class DPOTrain(TrainConfig):
             raise ValueError(f"unknown loss_type {loss!r}; choices: {', '.join(PREFERENCE_LOSSES)}")
         return loss
 
+    # Conservative DPO with a per-pair label smoothing 1 - chosen_prob (Mitchell 2023): -(q log sigmoid(z) +
+    # (1 - q) log sigmoid(-z)), z = beta * h; loss_type sigmoid only. TRL has no per-pair option (its label_smoothing
+    # is global and the sigmoid loss ignores it): rlaif.train.soft_labels adds the term to TRL's DPOTrainer.
+    soft_labels: bool = False
+
+    @model_validator(mode="after")
+    def _soft_labels_on_sigmoid(self) -> DPOTrain:
+        if not self.soft_labels:
+            return self
+        problems = [] if self.loss_type == "sigmoid" else [f"loss_type is {self.loss_type!r}, it needs sigmoid"]
+        for key, plain in (("ld_alpha", None), ("use_weighting", False), ("f_divergence_type", "reverse_kl")):
+            if self.trl.get(key, plain) != plain:
+                problems.append(f"trl.{key} must stay {plain!r}")
+        if len(self.trl.get("loss_type") or ["sigmoid"]) != 1:
+            problems.append("one loss only")
+        if problems:
+            raise ValueError(f"soft_labels (cDPO on the DPO sigmoid loss): {'; '.join(problems)}")
+        return self
+
     def trl_config_path(self) -> str:
         return PREFERENCE_LOSSES[self.loss_type][0]
 
     def trl_kwargs(self) -> dict[str, Any]:
         kwargs = super().trl_kwargs()
+        kwargs.pop("soft_labels")  # rlaif's option: it picks the trainer, not a DPOConfig field
         implied = PREFERENCE_LOSSES[self.loss_type][2]
         if self.trl_config_path() == "trl.DPOConfig":
             kwargs["loss_type"] = [self.loss_type]

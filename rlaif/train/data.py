@@ -10,6 +10,7 @@ form found, the form expected and, when the columns look like a known human-pref
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,8 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     # online RL samples its own responses: only the prompt column is read, so any row form with one will do
     "ppo": ("prompt-only", "preference", "prompt-completion", "unpaired preference"),
 }
+# P(chosen better) per pair, a judge's soft label carried by make_pairs; what train.soft_labels trains on.
+SOFT_LABEL = "chosen_prob"
 _DATA_FILES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -118,6 +121,52 @@ def reward_margin(data: TrainingData, use_margin: bool, where: str) -> TrainingD
     data.train, data.eval = (
         s.remove_columns("margin") if s is not None and "margin" in s.column_names else s
         for s in (data.train, data.eval)
+    )
+    return data
+
+
+def soft_label_column(data: TrainingData, enabled: bool, where: str) -> TrainingData:
+    """``data`` as a trainer with ``train.soft_labels`` gets it: ``chosen_prob`` required, checked to be a probability
+    in every row, nulls made 1.0 (hard pairs); without ``soft_labels`` the column is dropped (hard labels)."""
+    splits = {"train": data.train, "eval": data.eval}
+    present = {name: s for name, s in splits.items() if s is not None}
+    if not enabled:
+        if any(SOFT_LABEL in s.column_names for s in present.values()):
+            data.provenance["soft_labels"] = f"{SOFT_LABEL} column dropped: hard labels (train.soft_labels: false)"
+        data.train, data.eval = (
+            s.remove_columns(SOFT_LABEL) if s is not None and SOFT_LABEL in s.column_names else s
+            for s in (data.train, data.eval)
+        )
+        return data
+    if missing := [name for name, s in present.items() if SOFT_LABEL not in s.column_names]:
+        columns = ", ".join(present[missing[0]].column_names)
+        raise ConfigError.one(
+            where,
+            f"train.soft_labels: true needs a {SOFT_LABEL!r} column (P(chosen better); make_pairs writes it from a "
+            f"judge's p_a: constitutional_judge, or pairwise_judge with logprobs: true); the {missing[0]} rows "
+            f"have {columns}",
+        )
+    hard = 0
+    for name, split in present.items():
+        values = list(split[SOFT_LABEL])
+        for index, value in enumerate(values):
+            if value is None:
+                hard += 1
+            elif isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise DataFormatError(
+                    f"{data.provenance.get('source', where)}: {name} row {index}: {SOFT_LABEL} is {value!r}; "
+                    "expected a probability in [0, 1] (P(chosen better)) or null for a hard pair"
+                )
+        if None in values:
+            split = split.remove_columns(SOFT_LABEL).add_column(
+                SOFT_LABEL, [1.0 if v is None else float(v) for v in values]
+            )
+            splits[name] = split
+    data.train, data.eval = splits["train"], splits["eval"]
+    soft = [v for v in data.train[SOFT_LABEL] if not math.isclose(v, 1.0)]
+    data.provenance["soft_labels"] = (
+        f"cross-entropy on {SOFT_LABEL} (train.soft_labels): {len(soft)} of {len(data.train)} train pairs soft, "
+        f"{hard} null (trained as hard pairs)"
     )
     return data
 

@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 
 from rlaif.config import ConfigError
 from rlaif.train.config import PREFERENCE_LOSSES, PPORecipe, RecipeConfig, import_object, trl_args
-from rlaif.train.data import TrainingData, load_training_data, reward_margin
+from rlaif.train.data import TrainingData, load_training_data, reward_margin, soft_label_column
 from rlaif.train.model import BuiltModel, Task, build_model, merge_adapter
 from rlaif.train.outputs import TrainResult, append_row, model_card, portable_base, push, resume_checkpoint
 
@@ -36,7 +36,20 @@ class TrlRecipe:
 
 
 def _margin_column(data: TrainingData, cfg: RecipeConfig) -> TrainingData:
-    return reward_margin(data, cfg.train.use_margin, cfg._source)
+    data = reward_margin(data, cfg.train.use_margin, cfg._source)
+    return soft_label_column(data, cfg.train.soft_labels, cfg._source)
+
+
+def _soft_label_column(data: TrainingData, cfg: RecipeConfig) -> TrainingData:
+    return soft_label_column(data, getattr(cfg.train, "soft_labels", False), cfg._source)
+
+
+SOFT_TRAINERS = {"rm": "rlaif.train.soft_labels.SoftRewardTrainer", "dpo": "rlaif.train.soft_labels.SoftDPOTrainer"}
+
+
+def _trainer(default: Callable[[RecipeConfig], str]) -> Callable[[RecipeConfig], str]:
+    """TRL's trainer, or its soft-label subclass (rlaif.train.soft_labels) with ``train.soft_labels: true``."""
+    return lambda cfg: SOFT_TRAINERS[cfg.recipe] if getattr(cfg.train, "soft_labels", False) else default(cfg)
 
 
 TRL_RECIPES: dict[str, TrlRecipe] = {
@@ -47,16 +60,20 @@ TRL_RECIPES: dict[str, TrlRecipe] = {
     "rm": TrlRecipe(
         "A reward model: the base as a one-logit classifier, Bradley-Terry loss on preference pairs (TRL "
         "RewardTrainer); with ``train.use_margin`` the data's ``margin`` column enters the loss (Llama 2's margin "
-        "loss), otherwise it is dropped. Reports pairwise accuracy (chosen scored above rejected) on the eval split.",
-        lambda cfg: "trl.RewardTrainer",
+        "loss), otherwise it is dropped; with ``train.soft_labels`` the loss is the cross-entropy against the data's "
+        "``chosen_prob`` (RLAIF's soft labels). Reports pairwise accuracy (chosen scored above rejected) on the eval "
+        "split.",
+        _trainer(lambda cfg: "trl.RewardTrainer"),
         task="seq_cls",
         prepare=_margin_column,
     ),
     "dpo": TrlRecipe(
         "Direct alignment on preference pairs. ``train.loss_type`` picks the loss (config.PREFERENCE_LOSSES): DPO "
         "and its variants on TRL's DPOTrainer, or the reference-free ORPO / SimPO / CPO on TRL's experimental "
-        "trainers. Reports the implicit reward margin (chosen minus rejected) and accuracy on the eval split.",
-        lambda cfg: PREFERENCE_LOSSES[cfg.train.loss_type][1],
+        "trainers; ``train.soft_labels`` smooths each pair by its ``chosen_prob`` (cDPO). Reports the implicit reward "
+        "margin (chosen minus rejected) and accuracy on the eval split.",
+        _trainer(lambda cfg: PREFERENCE_LOSSES[cfg.train.loss_type][1]),
+        prepare=_soft_label_column,
     ),
     "kto": TrlRecipe(
         "KTO (Ethayarajh et al. 2024) on unpaired good/bad completions; paired rows are unpaired first. The "

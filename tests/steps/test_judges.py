@@ -208,10 +208,25 @@ def test_logprob_confidence_averages_both_orders(tmp_path):
     # Good first: P(A)=0.9; good second: P(B)=0.7 -> averaged P(good) = 0.8 in both records.
     assert [r["preference"] for r in rows] == ["A", "B"] and all(r["consistent"] for r in rows)
     assert [r["confidence"] for r in rows] == pytest.approx([0.8, 0.8], abs=1e-12)
+    # The soft label P(A better) (what make_pairs turns into chosen_prob): 0.8 with A good, 0.2 with A bad.
+    assert [r["p_a"] for r in rows] == pytest.approx([0.8, 0.2], abs=1e-12)
 
     _, rows, _ = run(tmp_path / "biased", step, [pair(True)], ScriptedBackend(lambda p, s: "A", biased_top))
     assert (rows[0]["preference"], rows[0]["consistent"]) == ("tie", False)
     assert rows[0]["confidence"] == pytest.approx(0.5, abs=1e-12)
+    assert rows[0]["p_a"] == pytest.approx(0.5, abs=1e-12)  # pure position bias: no preference at all
+
+    def tie_top(prompt: str, params: Any) -> dict[str, float]:  # tie mass counts half to each side
+        first_is_good = shown_first(prompt, GOOD, BAD) == GOOD
+        return {"A": math.log(0.6 if first_is_good else 0.2), "B": math.log(0.2 if first_is_good else 0.6),
+                "tie": math.log(0.2)}  # fmt: skip
+
+    _, rows, _ = run(tmp_path / "ties", step, [pair(True)], ScriptedBackend(fair_judge, tie_top))
+    assert rows[0]["p_a"] == pytest.approx(0.6 + 0.2 / 2, abs=1e-12)
+
+    _, rows, _ = run(tmp_path / "hard", f"{{name: judged, type: {PAIRWISE}, from: src, model: judge}}", [pair(True)],
+                     ScriptedBackend(fair_judge))  # fmt: skip
+    assert "p_a" not in rows[0]  # without logprobs there is no probability to report
 
 
 def test_missing_verdict_logprobs_quarantine_instead_of_a_made_up_confidence(tmp_path):

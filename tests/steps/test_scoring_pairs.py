@@ -6,6 +6,7 @@ Rows are read back from the saved Parquet dataset and must be accepted by TRL's 
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -15,7 +16,15 @@ import pytest
 from rlaif.config import ConfigError
 from rlaif.pipeline.run import run_pipeline
 from rlaif.pipeline.spec import load_pipeline
-from rlaif.steps.pairs import Candidate, all_pairs, best_vs_random, best_vs_worst, candidates
+from rlaif.steps.pairs import (
+    Candidate,
+    ScoreError,
+    all_pairs,
+    best_vs_random,
+    best_vs_worst,
+    candidates,
+    soft_label,
+)
 
 PROMPT = "Name a primary color."
 RESPONSES = ["Red.", "Blue is one.", "Banana.", "Yellow, red and blue are the primary colors."]
@@ -141,6 +150,47 @@ def test_make_pairs_from_pairwise_verdicts(tmp_path):
     assert (b["chosen"][0]["content"], b["chosen_model"]) == (RESPONSES[1], "m-b")
     assert a["confidence"] == 0.8 and a["judge_model"] == "j" and "margin" not in a
     assert stats["pairs"]["dropped"] == {"tie": 1} and stats["pairs"]["quarantined"] == {"invalid preference": 1}
+
+
+def test_pairs_carry_the_judges_soft_label_as_chosen_prob(tmp_path):
+    # A 0.501 verdict must reach training as a 0.501 pair, not a hard one: chosen_prob = P(chosen better).
+    judged = [
+        record([0, 0], preference="A", p_a=0.501, id=0),
+        record([0, 0], preference="B", p_a=0.2, id=1),
+        record([0, 0], preference="A", p_a=None, id=2),  # a row the judge gave no soft label: a hard pair
+        record([0, 0], preference="A", p_a=1.7, id=3),
+        record([0, 0], preference="A", p_a=-0.1, id=4),
+    ]
+    for r in judged:
+        del r["ratings"]
+    step = {"name": "pairs", "type": "rlaif.steps.pairs.MakePairs", "from": "scored", "keep_columns": ["id"]}
+    stats, rows = run(tmp_path / "judged", [inline(judged), step])
+    assert [(r["id"], r["chosen"][0]["content"]) for r in rows["pairs"]] == [
+        (0, RESPONSES[0]),
+        (1, RESPONSES[1]),
+        (2, RESPONSES[0]),
+    ]
+    assert [r["chosen_prob"] for r in rows["pairs"]] == pytest.approx([0.501, 0.8, None])
+    assert stats["pairs"]["quarantined"] == {"invalid preference": 2}
+    # Hybrid: a pair the scores decided is a hard label (None); the judge's pair keeps its soft one.
+    hybrid = [
+        record([0.0, 1.0], preference="A", p_a=0.6, id="scores"),
+        record([1.0, 1.0], preference="B", p_a=0.3, id="judge"),
+    ]
+    hybrid_step = {**step, "score_column": "ratings", "hybrid": True}
+    _, rows = run(tmp_path / "hybrid", [inline(hybrid), hybrid_step])
+    assert {r["id"]: (r["decided_by"], r["chosen_prob"]) for r in rows["pairs"]} == {
+        "scores": ("scores", None),
+        "judge": ("judge", pytest.approx(0.7)),
+    }
+    # Scores alone never carry a judge's soft label, and rows without p_a get no column.
+    _, rows = run(tmp_path / "scored", [inline([record([1, 3], p_a=0.9, id=5)]), {**step, "score_column": "ratings"}])
+    assert "chosen_prob" not in rows["pairs"][0]
+    _, rows = run(tmp_path / "plain", [inline([record([0, 0], preference="A", id=6)]), step])
+    assert "chosen_prob" not in rows["pairs"][0]
+    for bad in ("high", True, math.inf):
+        with pytest.raises(ScoreError, match="expected a probability in"):
+            soft_label({"p_a": bad})
 
 
 def reversed_pairs(found, min_margin, rng):
