@@ -40,6 +40,7 @@ class Outcome:
     reasons: list[Reason] = field(default_factory=list)  # the most frequent first
     quarantine_files: list[Path] = field(default_factory=list)
     transient: int = 0  # quarantined records a re-run will retry
+    saves: bool = True  # False for a dry run, which never saves
 
     @property
     def exit_code(self) -> int:
@@ -112,18 +113,20 @@ def outcome_lines(outcome: Outcome, kept: list[Path] | None = None) -> list[str]
         kind = f"{reason.transient} transient" if reason.transient else "permanent"
         example = reason.example.replace("\n", " ")
         example = example if len(example) <= 200 else example[:199] + "…"
-        lines.append(f"  {reason.step}: {reason.reason} — {reason.count} records ({kind}); e.g. {example}")
+        records = f"{reason.count} record{'' if reason.count == 1 else 's'}"
+        lines.append(f"  {reason.step}: {reason.reason} — {records} ({kind}); e.g. {example}")
     if len(outcome.reasons) > TOP_REASONS:
         lines.append(f"  … {len(outcome.reasons) - TOP_REASONS} more reasons in the quarantine files")
     if outcome.transient:
         lines.append(
-            f"{outcome.transient} quarantined records failed for a transient reason: re-run to retry them "
+            f"{outcome.transient} quarantined record{'' if outcome.transient == 1 else 's'} failed for a transient "
+            "reason: re-run to retry them "
             "(--retry-quarantined retries every quarantined record)"
         )
     if outcome.status == "partial" and not outcome.accepted:
         lines.append("--allow-partial accepts a partial run (or raise max_quarantined)")
     for path in kept or []:
         lines.append(f"dataset not replaced: {path} still holds the previous run's data")
-    if not outcome.accepted and not kept:
+    if not outcome.accepted and not kept and outcome.saves:
         lines.append("no dataset saved")
     return lines

@@ -84,6 +84,7 @@ def run_pipeline(
             samples = {name: _first(result, name, 3) for name in output_steps(pipeline) if name in result.stores}
             rows = {name: sum(len(b) for b in result.stores[name].records()) for name in samples}
             outcome = judge_run(pipeline, result, allow_partial, None)
+            outcome.saves = False
             return RunSummary(Path(tmp), result.stats, {}, rows, samples=samples, outcome=outcome)
     run_dir = run_dir or default_run_dir(pipeline)
     for target in dataset_dirs(pipeline, run_dir).values():

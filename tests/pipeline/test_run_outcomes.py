@@ -316,3 +316,54 @@ def test_a_save_killed_between_its_renames_is_recovered(tmp_path):
     target.rename(old)  # what a kill after the first rename of a later save leaves
     assert recover_dataset(target) and tree(target) == before and not old.exists()
     assert not recover_dataset(target)  # nothing to do when the dataset is in place
+
+
+def test_a_step_raising_a_connection_error_is_transient_and_retried_in_its_batch(tmp_path):
+    """A backend that raises (not an error result) for some prompts: the runner isolates the records, classifies
+    ConnectionError as transient and TypeError as permanent, and a re-run retries only the transient ones."""
+    raises: dict[str, Exception] = {PROMPTS[9]: ConnectionError("refused"), PROMPTS[3]: TypeError("bad value")}
+    seen: list[str] = []
+
+    class Raising(ScriptedBackend):
+        def generate(self, prompts, params):  # noqa: ANN001, ANN202
+            texts = [p[-1]["content"] for p in prompts]
+            seen.extend(texts)
+            for text in texts:
+                if text in raises:
+                    raise raises[text]
+            return super().generate(prompts, params)
+
+    backend = Raising(lambda text, params: f"ok {text} {params.seed}")
+    path = generation_pipeline(tmp_path, "http://127.0.0.1:9/v1", extra="max_quarantined: 0.5\n")
+    first = run_pipeline(load_pipeline(path), run_dir=tmp_path / "run", backends={"policy": backend})
+    stats = first.stats["responses"]
+    assert stats["quarantined"] == {"step raised ConnectionError": 1, "step raised TypeError": 1}
+    assert stats["transient"] == 1 and first.outcome.status == "partial" and first.outcome.accepted
+    assert len(saved(tmp_path / "dataset")) == 10
+
+    raises.clear()
+    seen.clear()
+    second = run_pipeline(load_pipeline(path), run_dir=tmp_path / "run", backends={"policy": backend})
+    assert seen == [PROMPTS[9]]  # the TypeError record stays quarantined: permanent
+    assert second.stats["responses"]["quarantined"] == {"step raised TypeError": 1}
+    assert second.stats["responses"]["transient"] == 0 and second.stats["responses"]["retried"] == 1
+    assert second.stats["kept"]["records_in"] == 11 and len(saved(tmp_path / "dataset")) == 11
+    # the retry ran with its batch's seed: the answer equals the one a first pass would have given
+    rows = {row["prompt"]: row["responses"][0].split()[-1] for row in saved(tmp_path / "dataset")}
+    assert rows[PROMPTS[9]] == rows[PROMPTS[10]] != rows[PROMPTS[0]]  # batch 2's seed, not batch 0's
+
+
+def test_a_retry_killed_before_its_marker_is_redone(tmp_path):
+    down = {PROMPTS[1]}
+    with Server(lambda prompt: 503 if prompt in down else 200) as server:
+        path = generation_pipeline(tmp_path, server.url)
+        assert cli(path, f"--run-dir={tmp_path / 'run'}").exit_code == 0
+        step = tmp_path / "run" / "steps" / "responses"
+        # What a kill during a retry leaves: the retry's files, but the batch's marker still says no retry happened.
+        (step / "batch-000000.r01.parquet").write_bytes((step / "batch-000000.parquet").read_bytes())
+        server.status = lambda _prompt: 200
+        server.take()
+        assert cli(path, f"--run-dir={tmp_path / 'run'}").exit_code == 0
+        assert server.take() == [PROMPTS[1]]
+        rows = saved(tmp_path / "dataset")
+        assert sorted(row["prompt"] for row in rows) == sorted(PROMPTS)  # no duplicate from the stale file
