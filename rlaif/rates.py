@@ -10,6 +10,9 @@ disagree) as half a win, ``(wins + ties/2) / n``, and its interval is Wilson's o
 comparison as a coin with outcome 0 or 1; a tie is exactly 1/2, with less spread than a coin, so the interval is at
 least as wide as it needs to be (conservative), and it is deterministic (no bootstrap seed to report).
 
+A mean of bounded per-item values (the fraction of constraints an answer holds, a judge's soft preference p_a) gets
+Student's t interval (:func:`mean_interval`): mean +- t(0.975, n - 1) * s / sqrt(n), clipped to the values' range.
+
 Floor level: stdlib only; the loop's report and the judge check both use it.
 """
 
@@ -106,3 +109,75 @@ def paired_difference(both: int, first_only: int, second_only: int, neither: int
     high = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
     difference = p1 - p2
     return {"difference": difference, "ci95": [max(-1.0, difference - low), min(1.0, difference + high)], "n": n}
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (modified Lentz; Numerical Recipes 6.4)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        for numerator in (
+            m * (b - m) * x / ((qam + m2) * (a + m2)),
+            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile (p > 0.5) of Student's t with ``df`` degrees of freedom, by bisection on its CDF."""
+    if df < 1 or not 0.5 < p < 1.0:
+        raise ValueError(f"t_quantile needs df >= 1 and 0.5 < p < 1, got df={df}, p={p}")
+    low, high = 0.0, 1.0
+    while 1.0 - 0.5 * _incomplete_beta(df / 2.0, 0.5, df / (df + high * high)) < p:
+        high *= 2.0
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        upper_tail = 0.5 * _incomplete_beta(df / 2.0, 0.5, df / (df + mid * mid))
+        low, high = (mid, high) if 1.0 - upper_tail < p else (low, mid)
+        if high - low < 1e-12:
+            break
+    return (low + high) / 2.0
+
+
+def mean_interval(values: list[float], bounds: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
+    """Mean of ``values`` with its 95% Student t interval, clipped to ``bounds`` (the values' possible range):
+    ``{"mean", "ci95", "n"}``. n = 0 has no mean; n = 1 has a mean and no interval (no spread to measure). Values
+    that are all equal give a zero-width interval: t measures the sample's spread, it cannot see past it."""
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "ci95": None, "n": 0}
+    mean = sum(values) / n
+    if n == 1:
+        return {"mean": mean, "ci95": None, "n": 1}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_quantile(0.975, n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "ci95": [max(bounds[0], mean - half), min(bounds[1], mean + half)], "n": n}
+
+
+def short_mean(figure: dict[str, Any] | None) -> str:
+    """A ``mean_interval`` as ``0.650 [0.601-0.699]``; ``0.650 (n=1)`` without an interval; ``n/a (n=0)``."""
+    if not figure or figure.get("mean") is None:
+        return "n/a (n=0)"
+    if figure.get("ci95") is None:
+        return f"{figure['mean']:.3f} (n={figure['n']})"
+    low, high = figure["ci95"]
+    return f"{figure['mean']:.3f} [{low:.3f}-{high:.3f}]"

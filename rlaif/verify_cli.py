@@ -1,6 +1,7 @@
 """``rlaif verify FILE --verifier NAME``: grade a jsonl / json / Parquet file or a saved dataset directory with a
-verifier (rlaif.verifiers) and print the pass rate with its 95% Wilson interval, the unverifiable responses by
-reason and, for ``ifeval``, the pass rate of each constraint type; ``--out`` writes one result per response.
+verifier (rlaif.verifiers) and print the pass rate with its 95% Wilson interval, the mean score (for ifeval: the
+fraction of a response's constraints held) with its 95% Student t interval, the unverifiable responses by reason
+and, for ``ifeval``, the pass rate of each constraint type; ``--out`` writes one result per response.
 
 A row's response is its ``--response-column`` (default: the first of responses, response, completion, output,
 messages): a string, a conversation (the last assistant message is graded), or a list of them (each is graded).
@@ -17,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rlaif.rates import Rate
+from rlaif.rates import Rate, mean_interval
 from rlaif.verifiers import READS, Verdict, verifier_problem, verify
 
 RESPONSE_COLUMNS = ("responses", "response", "completion", "output", "messages")
@@ -130,6 +131,7 @@ def summarise(results: list[dict[str, Any]], name: str, source: str) -> dict[str
         "responses": len(results),
         "pass_rate": Rate(sum(r["passed"] for r in judged), len(judged)).as_dict(),
         "mean_score": sum(scored) / len(scored) if scored else None,
+        "mean_score_ci95": mean_interval(scored)["ci95"],  # Student's t over the scored responses
         "unverifiable": dict(Counter(r["reason"] for r in results if r["score"] is None).most_common()),
         "by_type": {t: Rate(sum(v), len(v)).as_dict() for t, v in sorted(by_type.items())},
     }
@@ -149,7 +151,10 @@ def report(summary: dict[str, Any]) -> str:
         _line("pass rate", summary["pass_rate"]),
     ]
     if summary["mean_score"] is not None:
-        lines.append(f"mean score: {summary['mean_score']:.3f}")
+        scored = summary["responses"] - sum(summary["unverifiable"].values())
+        ci95 = summary.get("mean_score_ci95")
+        interval = f" [{ci95[0]:.3f}, {ci95[1]:.3f}] (95% t interval, n={scored})" if ci95 else f" (n={scored})"
+        lines.append(f"mean score: {summary['mean_score']:.3f}{interval}")
     unverifiable = summary["unverifiable"]
     lines.append(f"unverifiable: {sum(unverifiable.values())}")
     lines += [f"  {count:>6}  {reason}" for reason, count in unverifiable.items()]

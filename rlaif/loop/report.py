@@ -14,7 +14,7 @@ from rich.console import Group
 from rich.table import Column, Table
 
 from rlaif.pipeline.run import RunSummary
-from rlaif.rates import rate, short
+from rlaif.rates import mean_interval, rate, short
 from rlaif.registry import UnknownComponent
 from rlaif.steps.judges import NO_LOGPROBS, PARSE_FAILURE
 from rlaif.steps.registry import step_class
@@ -108,8 +108,9 @@ def judge_figures(
     two orders agree (None when the judge writes no ``consistent`` column); ``parse_failures`` = comparisons
     quarantined as unreadable ("judge parse failure", "no answer-token logprobs"), as a share of all comparisons the
     judge was asked; ``not_judged`` = every comparison the judge step quarantined (failures of any kind);
-    ``mean_p_a`` = the mean soft preference for A where the judge writes ``p_a`` (the constitutional judge), else
-    None. Every ``*_ci95`` is [low, high], or None when its n is 0.
+    ``mean_p_a`` = the mean soft preference for A where the judge writes ``p_a`` (the constitutional judge, the
+    pairwise judge with ``logprobs: true``), else None, with ``mean_p_a_ci95`` (Student t) over the ``mean_p_a_n``
+    comparisons that have one. Every ``*_ci95`` is [low, high], or None when its n is 0 (and for a mean, n = 1).
     """
     quarantined = quarantined or {}
     flags = consistent if consistent is not None else [True] * len(preferences)
@@ -121,7 +122,7 @@ def judge_figures(
     win = rate(wins + 0.5 * (judged - wins - losses), judged)
     agree = rate(sum(bool(c) for c in flags), judged) if consistent is not None else None
     failed = rate(failures, judged + not_judged)
-    soft = [v for v in p_a or [] if isinstance(v, int | float)]
+    soft = mean_interval([float(v) for v in p_a or [] if isinstance(v, int | float)])
     return {
         "judged": judged,
         "wins": wins,
@@ -136,7 +137,9 @@ def judge_figures(
         "parse_failure_rate": failed.value,
         "parse_failure_ci95": failed.as_dict()["ci95"],
         "not_judged": not_judged,
-        "mean_p_a": sum(soft) / len(soft) if soft else None,
+        "mean_p_a": soft["mean"],
+        "mean_p_a_ci95": soft["ci95"],
+        "mean_p_a_n": soft["n"],
     }
 
 

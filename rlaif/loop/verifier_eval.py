@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from rlaif.loop.config import LoopConfig
 from rlaif.pipeline.run import RunSummary
 from rlaif.pipeline.spec import Pipeline, load_pipeline
-from rlaif.rates import paired_difference, rate
+from rlaif.rates import mean_interval, paired_difference, rate
 
 
 def verifier_pipeline(cfg: LoopConfig, held_out: Path, adapter: Path | None) -> Pipeline:
@@ -42,16 +42,18 @@ def verified_rows(result: RunSummary, verify_step: str) -> list[dict[str, Any]]:
 
 def pass_figures(passed: list[bool], scores: list[float | None]) -> dict[str, Any]:
     """Pass rate (all constraints held; an unverifiable answer fails) with its 95% Wilson interval, the mean score
-    over the answers that could be checked, n, and the per-prompt ``passed`` list (for ``vs_base``)."""
+    over the answers that could be checked with its 95% Student t interval, n, and the per-prompt ``passed`` list
+    (for ``vs_base``)."""
     passing = rate(sum(passed), len(passed))
-    checked = [s for s in scores if isinstance(s, int | float)]
+    checked = mean_interval([float(s) for s in scores if isinstance(s, int | float)])
     return {
         "kind": "verifier",
         "n": len(passed),
         "passes": sum(passed),
         "pass_rate": passing.value,
         "pass_rate_ci95": passing.as_dict()["ci95"],
-        "mean_score": sum(checked) / len(checked) if checked else None,
+        "mean_score": checked["mean"],
+        "mean_score_ci95": checked["ci95"],
         "unverifiable": sum(s is None for s in scores),
         "passed": [bool(p) for p in passed],
     }

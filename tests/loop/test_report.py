@@ -42,6 +42,11 @@ def test_no_comparisons_have_no_rate_and_no_interval():
 def test_soft_preference_and_missing_consistency():
     f = judge_figures(["A", "B"], None, [0.9, 0.3])
     assert f["mean_p_a"] == pytest.approx(0.6) and f["consistency"] is None and f["consistency_ci95"] is None
+    assert f["mean_p_a_n"] == 2 and f["mean_p_a_ci95"] == [0.0, 1.0]  # t(1) = 12.7: two values say little
+    f = judge_figures(["A", "A", "B", "A"], [True] * 4, [0.6, 0.7, None, 0.8])  # a row without p_a is left out
+    assert f["mean_p_a"] == pytest.approx(0.7) and f["mean_p_a_n"] == 3
+    assert f["mean_p_a_ci95"] == pytest.approx([0.7 - 0.24841, 0.7 + 0.24841], abs=1e-4)  # t(2) * 0.1 / sqrt(3)
+    assert judge_figures(["A"], [True])["mean_p_a_ci95"] is None
 
 
 def test_a_round_that_trained_nothing_says_why():

@@ -16,12 +16,14 @@ def test_pass_rate_interval_mean_score_and_unverifiable_as_fail():
     assert (f["n"], f["passes"], f["pass_rate"], f["unverifiable"]) == (4, 2, 0.5, 1)
     assert f["pass_rate_ci95"] == pytest.approx(list(wilson(2, 4)))
     assert f["mean_score"] == pytest.approx(2.5 / 3)  # over the answers that could be checked
+    assert f["mean_score_ci95"] == pytest.approx([2.5 / 3 - 0.71714, 1.0], abs=1e-4)  # t(2) interval, clipped at 1
     assert f["passed"] == [True, False, True, False] and f["kind"] == "verifier"
 
 
 def test_no_prompts_have_no_rate():
     f = pass_figures([], [])
     assert f["pass_rate"] is None and f["pass_rate_ci95"] is None and f["mean_score"] is None
+    assert f["mean_score_ci95"] is None
 
 
 def test_vs_base_pairs_the_same_prompts():

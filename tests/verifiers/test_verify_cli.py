@@ -34,6 +34,8 @@ def test_ifeval_report_prints_rate_interval_reasons_and_types():
     assert result.exit_code == 0, result.output
     assert "5 rows, 8 responses" in result.output
     assert "pass rate: 0.571 [0.250, 0.842] (95% Wilson interval, n=7)" in result.output
+    # Scores 1, .5, .5, 1, 0, 1, 1 (fraction of constraints held): mean 0.714, t(6) interval, clipped at 1.
+    assert "mean score: 0.714 [0.350, 1.000] (95% t interval, n=7)" in result.output
     assert (
         "unverifiable: 1" in result.output
         and "unknown constraint type 'titel' (did you mean 'title'?)" in result.output
@@ -49,6 +51,7 @@ def test_json_summary_and_per_row_out(tmp_path):
     summary = json.loads(result.output)
     assert summary["pass_rate"]["successes"] == 2 and summary["pass_rate"]["n"] == 3
     assert summary["pass_rate"]["ci95"] == pytest.approx([0.2077, 0.9385], abs=1e-4)
+    assert summary["mean_score"] == pytest.approx(2 / 3) and summary["mean_score_ci95"] == [0.0, 1.0]  # n = 3: wide
     assert summary["unverifiable"] == {"no final answer": 1} and summary["by_type"] == {}
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["passed"] for r in rows] == [True, True, False, None]
