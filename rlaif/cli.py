@@ -137,7 +137,7 @@ def validate(files: list[Path] = typer.Argument(..., help="Pipeline, training or
             continue
         console.print(f"[green]✓ {file}[/green] — {summary}", highlight=False, soft_wrap=True)
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(2)  # a config error, as from run, show, train and loop
 
 
 def _validated(file: Path) -> str:

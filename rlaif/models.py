@@ -12,9 +12,12 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from urllib.parse import urlparse
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -188,3 +191,42 @@ def reference_problem(ref: str) -> str | None:
     if _looks_like_hub_id(ref) and not path.exists():
         return None
     return _not_found_message(ref, [f"local path {path}: does not exist", f"Hub id {ref!r}: not of the form org/name"])
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@cache
+def hub_reachable() -> bool:
+    """Whether the Hub endpoint (``HF_ENDPOINT``, default huggingface.co) accepts a TCP connection, asked once per
+    process with a short timeout (offline, huggingface_hub retries with back-off for ~20 s before it says so)."""
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+def hub_problem(ref: str) -> str | None:
+    """Why the Hub id ``ref`` cannot load here: it is not in the local Hugging Face cache and the Hub is off
+    (``HF_HUB_OFFLINE``) or unreachable. ``None`` for builtin models, local paths and ids that can load."""
+    if ref.startswith(BUILTIN_PREFIX) or Path(ref).expanduser().exists() or not _looks_like_hub_id(ref):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(ref, "config.json"), str):
+        return None
+    if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
+        why = "HF_HUB_OFFLINE is set"
+    elif not hub_reachable():
+        why = "the Hub cannot be reached from here"
+    else:
+        return None
+    return (
+        f"model {ref!r} is not in the local cache and {why}: download it where the Hub is reachable "
+        f"(huggingface-cli download {ref}), name a local directory, or a builtin model "
+        f"({', '.join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)})"
+    )

@@ -2,8 +2,15 @@
 by pipeline, training and loop files alike. Imports nothing else from rlaif."""
 
 from rlaif.config.errors import ConfigError, Problem
-from rlaif.config.kind import Kind, config_kind
-from rlaif.config.yamlio import Located, apply_overrides, load_yaml, parse_value, validation_problems
+from rlaif.config.kind import Kind, check_kind, config_kind
+from rlaif.config.yamlio import (
+    Located,
+    apply_overrides,
+    closest,
+    load_yaml,
+    parse_value,
+    validation_problems,
+)
 
 __all__ = [
     "ConfigError",
@@ -11,6 +18,8 @@ __all__ = [
     "Located",
     "Problem",
     "apply_overrides",
+    "check_kind",
+    "closest",
     "config_kind",
     "load_yaml",
     "parse_value",

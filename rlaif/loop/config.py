@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from rlaif.config import ConfigError, Located, Problem, apply_overrides, load_yaml, validation_problems
+from rlaif.config import ConfigError, Located, Problem, apply_overrides, check_kind, load_yaml, validation_problems
 
 
 class _Strict(BaseModel):
@@ -64,11 +64,14 @@ class EvalRef(_Strict):
     ``against: base``), a source step ``prompts_step``, and a pairwise judge step whose ``preference`` column says
     A (candidate) / B (baseline) / tie. ``kind: verifier``: a pipeline that measures one policy alone — model
     ``policy`` (the base for round 0, base + adapter k for round k) answers each held-out prompt once, and the
-    ``verify_step`` (a ``verify`` step with ``unverifiable: keep``) says which answers pass."""
+    ``verify_step`` (a ``verify`` step with ``unverifiable: keep``) says which answers pass. ``kind: reward_model``:
+    the same, with a ``reward_step`` (a ``reward_model_score`` step, e.g. an RM adapter from ``rlaif train rm``)
+    scoring each answer: the mean reward per policy."""
 
-    kind: Literal["judge", "verifier"] = "judge"
+    kind: Literal["judge", "verifier", "reward_model"] = "judge"
     file: str
     verify_step: str = "verified"  # kind: verifier
+    reward_step: str = "scored"  # kind: reward_model
     prompts_step: str = "prompts"
     judge_step: str = "judged"
     against: Literal["previous", "base"] = "previous"  # base: every round against round 0, read as progress
@@ -122,13 +125,14 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
     if not path.is_file():
         raise ConfigError([Problem(str(path), None, "loop file not found")])
     located = load_yaml(path)
+    check_kind(located, "loop")  # a pipeline or training file given to `rlaif loop` says so, not 7 field errors
     apply_overrides(located, overrides or [])
     if not isinstance(located.data, dict):
         raise ConfigError([located.problem((), "expected a mapping with name, rounds, prompts, pipeline, train")])
     try:
         cfg = LoopConfig.model_validate(located.data)
     except ValidationError as exc:
-        raise ConfigError(validation_problems(located, exc.errors())) from None
+        raise ConfigError(validation_problems(located, exc.errors(), LoopConfig)) from None
     cfg._base_dir = path.parent.resolve()
     cfg._located = located
     problems = _check_files(cfg, located)

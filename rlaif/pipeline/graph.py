@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from rlaif.config import Problem
 from rlaif.steps.base import Step
@@ -30,20 +30,22 @@ def check_columns(
     steps: Mapping[str, Step],
     upstream: Mapping[str, Sequence[str]],
     problem: Callable[[str, str], Problem],
+    unknown_input: Collection[str] = (),
 ) -> tuple[dict[str, set[str] | None], list[Problem]]:
     """Columns available after each step; a problem for each step whose inputs no upstream provides.
 
     A join (several ``from``) sees the columns all its upstreams share. ``None`` means unknown (a Hub dataset):
-    checks downstream of it are skipped, not guessed.
+    checks downstream of it are skipped, not guessed. Steps in ``unknown_input`` (fed by a step that could not be
+    built) see unknown columns too, so a broken step gets one error, not one per step below it.
     """
     available: dict[str, set[str] | None] = {}
     problems = []
     for name in order:
         step = steps[name]
         columns: set[str] | None = None
-        if upstream[name]:
+        if upstream[name] or name in unknown_input:
             upstream_columns = [available.get(u) for u in upstream[name]]
-            if all(c is not None for c in upstream_columns):
+            if name not in unknown_input and all(c is not None for c in upstream_columns):
                 columns = set.intersection(*upstream_columns)  # type: ignore[arg-type]
             missing = step.required_columns() - columns if columns is not None else set()
             if missing:
@@ -56,7 +58,7 @@ def check_columns(
                     )
                 )
         try:
-            available[name] = step.output_columns(columns if upstream[name] else set())
+            available[name] = step.output_columns(columns if upstream[name] or name in unknown_input else set())
         except (OSError, ValueError) as exc:
             problems.append(problem(name, f"step {name!r}: {exc}"))
             available[name] = None

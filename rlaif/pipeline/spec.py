@@ -9,13 +9,13 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 from pydantic import TypeAdapter, ValidationError
 
 from rlaif.backends import backend_class
 from rlaif.config import ConfigError, Located, Problem, apply_overrides, check_kind, closest, load_yaml
-from rlaif.models import reference_problem
+from rlaif.models import hub_problem, reference_problem
 from rlaif.pipeline.graph import check_columns, topological_order
 from rlaif.registry import UnknownComponent
 from rlaif.schema import sampling_problems
@@ -98,6 +98,10 @@ def _closest(word: str, choices: list[str] | tuple[str, ...]) -> str:
     return closest(word, choices)
 
 
+def _type_name(hint: Any) -> str:
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
 def _constructor_hints(cls: type) -> dict[str, Any]:
     try:
         return get_type_hints(cls.__init__)
@@ -176,7 +180,7 @@ class _Validator:
                     f"expected one of {choices}",
                 )
         self._option_values(where, cls, options)
-        if backend != "openai" and (problem := reference_problem(cfg["model"])):
+        if backend != "openai" and (problem := reference_problem(cfg["model"]) or hub_problem(cfg["model"])):
             self.add((*where, "model"), problem.replace("\n", " "))
         sampling = {k: cfg[k] for k in SAMPLING_KEYS if k in cfg}
         for key, message in sampling_problems(sampling).items():
@@ -196,7 +200,7 @@ class _Validator:
             try:
                 TypeAdapter(hints[key]).validate_python(value, strict=True)
             except ValidationError:
-                expected = str(hints[key]).replace("typing.", "").replace("NoneType", "null")
+                expected = " or ".join(_type_name(t) for t in (get_args(hints[key]) or (hints[key],)))
                 self.add((*where, key), f"{key} must be {expected}, got {value!r}")
                 continue
             bound = OPTION_BOUNDS.get(key)

@@ -214,7 +214,7 @@ JUDGE_RULES: dict[str, JudgeRule] = {
 class JudgeFilterParams(StepParams):
     drop_inconsistent: bool = Field(False, description="drop verdicts that flip when the responses are swapped")
     drop_ties: bool = Field(False, description="drop rows whose preference is 'tie'")
-    min_confidence: float | None = Field(None, description="drop rows whose confidence is below this")
+    min_confidence: float | None = Field(None, ge=0, le=1, description="drop rows whose confidence is below this")
     min_margin: float | None = Field(None, ge=0, description="drop rows with |score_chosen - score_rejected| below")
     drop_identical: bool = Field(False, description="drop rows whose chosen and rejected texts are the same")
     preference: str = "preference"

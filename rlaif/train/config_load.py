@@ -1,7 +1,9 @@
 """Reading a training config file: located YAML, ``key=value`` overrides, ``--cpu``, then the typed config. Every
 problem names the file and the line of the key (an override names the line of its nearest key in the file).
 
-Module import stays light (yaml only): the pydantic configs and TRL's config classes load when a file is read.
+Module import stays light (yaml only): the pydantic configs load when a file is read. Validation runs twice: a light
+pass first, which checks everything but the names of TRL pass-through options (``train.trl``), so a wrong value
+(``lora.r=0``) is reported before torch loads; then the full pass, which imports TRL's config class to check those.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rlaif.config import ConfigError, Located, apply_overrides, load_yaml, validation_problems
+from rlaif.config import ConfigError, Located, apply_overrides, check_kind, closest, load_yaml, validation_problems
 
 if TYPE_CHECKING:
     from rlaif.train.config import RecipeConfig
@@ -18,12 +20,15 @@ if TYPE_CHECKING:
 def load_config(path: str | Path, recipe: str, overrides: list[str] | None = None, cpu: bool = False) -> RecipeConfig:
     """Read a recipe YAML (safe loader), apply overrides and ``--cpu``, validate; raise ``ConfigError`` listing
     every problem with its file and line."""
-    return _from_yaml(load_yaml(path), recipe, overrides, cpu)
+    located = load_yaml(path)
+    check_kind(located, "train")
+    return _from_yaml(located, recipe, overrides, cpu)
 
 
 def load_any_config(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:
     """A training config validated as the recipe its own ``recipe:`` names (``rlaif validate``)."""
     located = load_yaml(path)
+    check_kind(located, "train")
     recipe = located.data.get("recipe") if isinstance(located.data, dict) else None
     if not isinstance(recipe, str):
         raise ConfigError([located.problem(("recipe",), "`recipe:` names the trainer: sft, rm, dpo, kto or ppo")])
@@ -47,14 +52,20 @@ def validate_config(located: Located, recipe: str) -> RecipeConfig:
     """The typed config of ``recipe`` from already-read (and overridden) YAML."""
     from pydantic import ValidationError
 
+    from rlaif.models import hub_problem
     from rlaif.train.config import RECIPE_CONFIGS
 
     if recipe not in RECIPE_CONFIGS:
         choices = ", ".join(RECIPE_CONFIGS)
-        raise ConfigError([located.problem(("recipe",), f"unknown recipe {recipe!r}; choices: {choices}")])
-    try:
-        cfg = RECIPE_CONFIGS[recipe].model_validate(located.data)
-    except ValidationError as exc:
-        raise ConfigError(validation_problems(located, exc.errors())) from None
+        message = f"unknown recipe {recipe!r}{closest(recipe, RECIPE_CONFIGS)}; choices: {choices}"
+        raise ConfigError([located.problem(("recipe",), message)])
+    model = RECIPE_CONFIGS[recipe]
+    for context in ({"light": True}, None):  # light: no TRL (torch) import; its errors come before any heavy one
+        try:
+            cfg = model.model_validate(located.data, context=context)
+        except ValidationError as exc:
+            raise ConfigError(validation_problems(located, exc.errors(), model)) from None
+    if problem := hub_problem(cfg.model.name):
+        raise ConfigError([located.problem(("model", "name"), problem)])
     cfg._source = located.file
     return cfg

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from rlaif.train.config_base import _CUDA_OPTIMIZERS, RecipeConfig, TrainConfig, _Strict
 
@@ -110,7 +110,9 @@ class PPOTrain(TrainConfig):
 
     @field_validator("lr_scheduler_type")
     @classmethod
-    def _known_scheduler(cls, name: str) -> str:
+    def _known_scheduler(cls, name: str, info: ValidationInfo) -> str:
+        if info.context and info.context.get("light"):  # config_load's light first pass: transformers loads torch
+            return name
         from transformers.trainer_utils import SchedulerType
 
         if name not in {s.value for s in SchedulerType}:

@@ -191,7 +191,7 @@ def test_cli_validate_show_run_and_push_failure(tmp_path, monkeypatch):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: b\nsteps:\n  - {name: s, type: lod}\n")
     failed = runner.invoke(app, ["validate", str(path), str(bad)])
-    assert failed.exit_code == 1 and f"{bad}:3:" in failed.output
+    assert failed.exit_code == 2 and f"{bad}:3:" in failed.output
     ran = runner.invoke(
         app, ["run", str(path), "steps.even.batch_size=4", "--run-dir", str(tmp_path / "r"), "--no-progress"]
     )

@@ -225,5 +225,9 @@ def test_model_sampling_values_are_checked_with_file_and_line(tmp_path, setting,
 def test_sampling_overrides_are_checked_too(tmp_path):
     path = write(tmp_path, "  - {name: seeds, type: load, path: seeds.jsonl}\n")
     [message] = problems(path, ["models.policy.temperature=-0.5"])
-    assert message.startswith(f"{path}:3: model 'policy': temperature must be >= 0, got -0.5")
+    # the override set the value, so the error names the override, not the line of the model in the file
+    assert (
+        message
+        == f"{path}: override 'models.policy.temperature=-0.5': model 'policy': temperature must be >= 0, got -0.5"
+    )
     assert load_pipeline(path, ["models.policy.temperature=0"]).models["policy"].sampling == {"temperature": 0}

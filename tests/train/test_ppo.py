@@ -305,7 +305,7 @@ def test_rule_rewards_resolve_by_name_or_dotted_path_and_check_what_they_return(
         ),
         (["lora.dropout=0.1"], "lora.dropout must be 0 for ppo"),
         (["train.trl={foo: 1}"], "takes no TRL options"),
-        (["train.kl_estimator=k9"], "train.kl_estimator: Input should be 'k1' or 'k3'"),
+        (["train.kl_estimator=k9"], "override 'train.kl_estimator=k9': Input should be 'k1' or 'k3' (got 'k9')"),
         (["train.lr_scheduler_type=warp"], "unknown lr_scheduler_type 'warp'"),
         (["reward.judge={scale: [5, 3]}"], "judge.scale must be low..high"),
     ],
@@ -333,7 +333,7 @@ def test_malformed_data_fails_before_any_model_loads(monkeypatch, tmp_path):
         raise AssertionError("a model was built before the data was checked")
 
     monkeypatch.setattr(ppo_module, "build_model", no_model)
-    cfg = _config("unused", tmp_path / "o", data=FIXTURES / "sft.jsonl")
+    cfg = _config("builtin:smollm2-135m-instruct", tmp_path / "o", data=FIXTURES / "sft.jsonl")
     with pytest.raises(
         DataFormatError,
         match=r"detected format 'sft messages' \(columns: messages\); the ppo recipe "
@@ -341,7 +341,7 @@ def test_malformed_data_fails_before_any_model_loads(monkeypatch, tmp_path):
     ):
         run_recipe(cfg)
     missing = _config(
-        "unused",
+        "builtin:smollm2-135m-instruct",
         tmp_path / "o",
         "reward.judge=null",
         f"reward.adapter={tmp_path}",

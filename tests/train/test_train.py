@@ -96,7 +96,10 @@ def test_zephyr_defaults_and_cpu_profile_keeps_explicit_values():
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["train.learning_rat=1"], "train.learning_rat: Extra inputs are not permitted"),
+        (
+            ["train.learning_rat=1"],
+            "override 'train.learning_rat=1': unknown key 'learning_rat' (did you mean 'learning_rate'?)",
+        ),
         (["train.loss_type=dpo_magic"], "unknown loss_type 'dpo_magic'; choices: sigmoid, ipo, robust"),
         (["train.trl={warp_drive: 1}"], "trl.warp_drive is not an option of DPOConfig"),
         (["train.trl={use_cpu: true}"], "trl.use_cpu is set by rlaif: use cpu: true or --cpu"),
@@ -105,7 +108,7 @@ def test_zephyr_defaults_and_cpu_profile_keeps_explicit_values():
             ["train.loss_type=orpo", "train.trl={label_smoothing: 0.1}"],
             "trl.label_smoothing is not an option of ORPOConfig",
         ),
-        (["model.quantize=fp3"], "model.quantize: Input should be 'nf4', 'int8' or 'none'"),
+        (["model.quantize=fp3"], "override 'model.quantize=fp3': Input should be 'nf4', 'int8' or 'none' (got 'fp3')"),
         (["data.format=hh_rlfh"], "unknown format 'hh_rlfh'"),
         (["data.hub=org/x"], "give exactly one of data.path"),
         (["lora=null"], "a quantized base trains only through LoRA"),
