@@ -173,6 +173,15 @@ def mean_interval(values: list[float], bounds: tuple[float, float] = (0.0, 1.0))
     return {"mean": mean, "ci95": [max(bounds[0], mean - half), min(bounds[1], mean + half)], "n": n}
 
 
+def paired_mean_difference(first: list[float], second: list[float]) -> dict[str, Any]:
+    """Mean of ``first[i] - second[i]`` over items measured both times (a policy's reward minus the base's on the same
+    prompts) with the paired 95% Student t interval: ``{"difference", "ci95", "n"}``, unbounded."""
+    if len(first) != len(second):
+        raise ValueError(f"paired values need equal lengths: {len(first)} and {len(second)}")
+    figure = mean_interval([a - b for a, b in zip(first, second, strict=True)], bounds=(-math.inf, math.inf))
+    return {"difference": figure["mean"], "ci95": figure["ci95"], "n": figure["n"]}
+
+
 def short_mean(figure: dict[str, Any] | None) -> str:
     """A ``mean_interval`` as ``0.650 [0.601-0.699]``; ``0.650 (n=1)`` without an interval; ``n/a (n=0)``."""
     if not figure or figure.get("mean") is None:

@@ -195,8 +195,9 @@ def rounds_table(rows: list[dict[str, Any]]) -> Group:
     """Two tables, each readable in an 80-column terminal or log: what each round made and learned, with the
     held-out win rate vs policy k-1 and its 95% interval, the judge's position consistency and its parse failures;
     and where each round's time went. Round 0 is the base policy; a round that trained nothing says so."""
-    if any((r.get("eval") or {}).get("kind") == "verifier" for r in rows):
-        data = _verifier_table(rows)
+    kinds = {(r.get("eval") or {}).get("kind") for r in rows}
+    if "verifier" in kinds or "reward_model" in kinds:
+        data = _verifier_table(rows, "reward_model" if "reward_model" in kinds else "verifier")
     else:
         data = _judge_table(rows)
     times = Table(
@@ -244,20 +245,26 @@ def _judge_table(rows: list[dict[str, Any]]) -> Table:
     return data
 
 
-def _verifier_table(rows: list[dict[str, Any]]) -> Table:
-    """Each policy's own held-out pass rate (round 0: the base) and, per trained round, its difference from the
-    base on the same prompts with Newcombe's paired interval."""
+def _verifier_table(rows: list[dict[str, Any]], kind: str = "verifier") -> Table:
+    """Each policy's own held-out figure (round 0: the base) — the verifier's pass rate, or the reward model's mean
+    reward — and, per trained round, its difference from the base on the same prompts with its paired interval
+    (Newcombe's for pass rates, Student t for rewards)."""
+    reward = kind == "reward_model"
     data = Table(
         "round",
         "prompts",
         "made",
         "kept",
         "loss",
-        Column("pass rate [95% CI]", no_wrap=True, min_width=19),
+        Column("mean reward [95% CI]" if reward else "pass rate [95% CI]", no_wrap=True, min_width=19),
         Column("vs base [95% CI]", no_wrap=True, min_width=22),
         "n",
-        title="rlaif loop: data, training, held-out verifier eval",
-        caption="pass = every constraint held; greedy answers; vs base: paired, same prompts",
+        title=f"rlaif loop: data, training, held-out {'reward model' if reward else 'verifier'} eval",
+        caption=(
+            "reward model score of greedy answers; vs base: paired, same prompts"
+            if reward
+            else "pass = every constraint held; greedy answers; vs base: paired, same prompts"
+        ),
         **{**TABLE_STYLE, "padding": (0, 0, 0, 0)},
     )
     for row in rows:
@@ -269,15 +276,20 @@ def _verifier_table(rows: list[dict[str, Any]]) -> Table:
             label = "base policy" if row["round"] == 0 else ("not trained" if row.get("not_trained") else "no eval")
             data.add_row(str(row["round"]), *counts, label, "-", "-")
             continue
-        passing = {"rate": ev.get("pass_rate"), "ci95": ev.get("pass_rate_ci95"), "n": ev.get("n", 0)}
+        if reward:
+            figure = _signed(ev.get("mean_reward"), ev.get("mean_reward_ci95"))
+        else:
+            figure = short({"rate": ev.get("pass_rate"), "ci95": ev.get("pass_rate_ci95"), "n": ev.get("n", 0)})
         diff = ev.get("vs_base") or {}
         vs = "-" if diff.get("difference") is None else _signed(diff["difference"], diff["ci95"])
-        data.add_row(str(row["round"]), *counts, short(passing), vs, str(ev.get("n", 0)))
+        data.add_row(str(row["round"]), *counts, figure, vs, str(ev.get("n", 0)))
     return data
 
 
-def _signed(value: float, ci95: list[float]) -> str:
-    return f"{value:+.3f} [{ci95[0]:+.3f},{ci95[1]:+.3f}]"
+def _signed(value: float | None, ci95: list[float] | None) -> str:
+    if value is None:
+        return "n/a (n=0)"
+    return f"{value:+.3f} [{ci95[0]:+.3f},{ci95[1]:+.3f}]" if ci95 else f"{value:+.3f} (n=1)"
 
 
 def _data_cells(row: dict[str, Any]) -> list[str]:

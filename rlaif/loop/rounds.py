@@ -35,7 +35,7 @@ from rlaif.config import ConfigError, Problem, load_yaml
 from rlaif.loop.config import LoopConfig, TrainRef, read_prompts
 from rlaif.loop.engines import EnginePool
 from rlaif.loop.report import base_row, round_row, train_summary, trained, win_rate
-from rlaif.loop.verifier_eval import verifier_figures, verifier_pipeline, vs_base
+from rlaif.loop.verifier_eval import POLICY_EVALS, against_base, policy_figures, verifier_pipeline
 from rlaif.pipeline.progress import Reporter
 from rlaif.pipeline.run import output_steps, run_pipeline
 from rlaif.pipeline.spec import Pipeline, load_pipeline
@@ -86,7 +86,7 @@ def run_loop(
     pool = EnginePool(backends)
     rows: list[dict[str, Any]] = [base_row()]  # round 0: the starting policy, round 1's baseline
     try:
-        if cfg.eval and cfg.eval.kind == "verifier":  # the base measured alone, on the same held-out prompts
+        if cfg.eval and cfg.eval.kind in POLICY_EVALS:  # the base measured alone, on the same held-out prompts
             rows[0]["eval"] = evaluate(cfg, round_paths(run_dir, 0), held_out, None, None, pool, reporter)
         previous: Path | None = None
         for k in range(1, cfg.rounds + 1):
@@ -97,8 +97,8 @@ def run_loop(
             else:
                 row = run_round(cfg, k, paths, pool, previous, held_out, reporter)
             previous = Path(row["adapter"]) if row.get("adapter") else previous
-            if (row.get("eval") or {}).get("kind") == "verifier":
-                row["eval"]["vs_base"] = vs_base(row["eval"], rows[0]["eval"])
+            if (row.get("eval") or {}).get("kind") in POLICY_EVALS:
+                row["eval"]["vs_base"] = against_base(row["eval"], rows[0]["eval"])
             rows.append(row)
             (run_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
             if on_round:
@@ -163,12 +163,13 @@ def _data_problems(cfg: LoopConfig, paths: RoundPaths) -> list[Problem]:
 def _eval_problems(cfg: LoopConfig, paths: RoundPaths, held_out: Path) -> list[Problem]:
     if not cfg.eval:
         return []
-    verifier = cfg.eval.kind == "verifier"
+    verifier = cfg.eval.kind in POLICY_EVALS  # one policy measured alone: a verifier or a reward model
     evaluation = (
         verifier_pipeline(cfg, held_out, None) if verifier else eval_pipeline(cfg, paths, held_out, None, None)
     )
     problems = _lora_problems(evaluation, ["policy"] if verifier else ["candidate", "baseline"])
-    key, step = ("verify_step", cfg.eval.verify_step) if verifier else ("judge_step", cfg.eval.judge_step)
+    key = POLICY_EVALS[cfg.eval.kind][0] if verifier else "judge_step"
+    step = getattr(cfg.eval, key)
     if step not in output_steps(evaluation):
         problems.append(
             cfg.problem(
@@ -300,9 +301,9 @@ def evaluate(
     reporter: Reporter | None,
 ) -> dict[str, Any]:
     """Round k's eval figures: the judge's verdicts of policy k (``adapter``) against its baseline, or, for
-    ``kind: verifier``, policy k's own pass rate (``adapter`` None: the base policy, round 0)."""
+    ``kind: verifier`` or ``reward_model``, policy k's own figures (``adapter`` None: the base policy, round 0)."""
     assert cfg.eval is not None
-    if cfg.eval.kind == "verifier":
+    if cfg.eval.kind in POLICY_EVALS:
         evaluation = verifier_pipeline(cfg, held_out, adapter)
     else:
         baseline = previous if cfg.eval.against == "previous" else None  # None: the base model, no adapter
@@ -314,8 +315,8 @@ def evaluate(
         reporter=reporter,
         allow_partial=True,
     ).check()
-    if cfg.eval.kind == "verifier":
-        return verifier_figures(result, cfg.eval.verify_step)
+    if cfg.eval.kind in POLICY_EVALS:
+        return policy_figures(cfg, result)
     return {**win_rate(result, cfg.eval.judge_step), "against": cfg.eval.against}
 
 
