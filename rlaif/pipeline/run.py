@@ -182,8 +182,10 @@ def _save_quarantine(result: RunResult) -> None:
     """All quarantined records of the run in one readable place, next to the per-batch Parquet files."""
     out = result.run_dir / "quarantine"
     shutil.rmtree(out, ignore_errors=True)
-    for name, store in result.stores.items():
-        rows = list(store.quarantined())
+    for name, stats in result.stats.items():
+        if not sum(stats["quarantined"].values()):
+            continue  # nothing to read: a cached re-run of a clean pipeline touches no batch file
+        rows = list(result.stores[name].quarantined())
         if rows:
             out.mkdir(exist_ok=True)
             with (out / f"{name}.jsonl").open("w") as handle:

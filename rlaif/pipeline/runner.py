@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import json
 import logging
+import pickle
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -66,7 +67,9 @@ def run_steps(
             result.fingerprints[name], result.stores[name] = fingerprint, store
             upstream = {u: result.stats[u]["content"] for u in spec.upstream}
             if store.complete(upstream) and not (retry_all and sum(store.stats()["quarantined"].values())):
-                stats = {"content": store.content(), **store.stats(), "cached": True}
+                stats = {**store.stats(), "cached": True}
+                if "content" not in stats:  # stats.json from before content tokens
+                    stats["content"] = store.content()
                 reporter.cached(name, stats)
             else:
                 inputs = [result.stores[u] for u in spec.upstream]
@@ -189,8 +192,14 @@ def _merge_retry(
 
 
 def _digest(batch: list[Record]) -> str:
-    """What a batch's input was: a kept batch is reused only while its upstream still gives it the same records."""
-    return hashlib.sha256(json.dumps(batch, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    """What a batch's input was: a kept batch is reused only while its upstream still gives it the same records.
+    Pickle is 3x faster than JSON here (records read back from Parquet are plain values); a digest that differs for
+    equal records would only redo a batch, never reuse a wrong one."""
+    try:
+        data = pickle.dumps(batch, protocol=5)
+    except Exception:  # noqa: BLE001 - an unpicklable value from a user step: the slower, total route
+        data = json.dumps(batch, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(data, digest_size=10).hexdigest()
 
 
 def _classify(outcome: BatchResult, is_source: bool) -> None:
