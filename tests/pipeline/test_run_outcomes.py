@@ -145,8 +145,9 @@ def test_a_failed_run_keeps_the_previous_dataset_and_says_why(tmp_path):
     assert "missing field" in last and "no 'instruction' field" in last  # the reason with one example detail
     assert f"dataset not replaced: {tmp_path / 'dataset'}" in last
     assert tree(tmp_path / "dataset") == before  # byte for byte
-    # The failed step is not cached: the next run with the same mistake does it again and fails again.
-    again = cli(shipped, *common, "steps.human.format=ultrafeedback")
+    # The failed step is not cached: the next run with the same mistake does it again and fails again, and a
+    # failed run is never accepted, --allow-partial or not.
+    again = cli(shipped, *common, "steps.human.format=ultrafeedback", "--allow-partial")
     assert again.exit_code == 1 and "cached" not in again.output
     assert tree(tmp_path / "dataset") == before
 
@@ -264,6 +265,7 @@ def test_a_server_that_fails_then_recovers_rerun_retries_only_the_failed_records
         assert sorted(server.take()) == sorted(down)  # only the failed records were asked again
         assert "responses: retried 3 quarantined records" in second.output
         assert by_prompt(saved(tmp_path / "dataset")) == by_prompt(uninterrupted)
+        assert "train: 12 rows" in (tmp_path / "dataset" / "README.md").read_text()  # the card matches the data
         stats = json.loads((tmp_path / "run" / "stats.json").read_text())
         for s in stats.values():  # exact accounting across the retry
             assert s["records_in"] == s["records_out"] + sum(s["dropped"].values()) + sum(s["quarantined"].values())
