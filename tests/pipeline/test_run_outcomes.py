@@ -369,3 +369,17 @@ def test_a_retry_killed_before_its_marker_is_redone(tmp_path):
         assert server.take() == [PROMPTS[1]]
         rows = saved(tmp_path / "dataset")
         assert sorted(row["prompt"] for row in rows) == sorted(PROMPTS)  # no duplicate from the stale file
+
+
+def test_which_failures_are_transient():
+    from rlaif.backends.base import TransientBackendError, is_transient_exception, is_transient_reason, transient
+
+    class EngineDeadError(Exception):  # vLLM's, matched by name: no vllm import needed to classify it
+        pass
+
+    assert all(map(is_transient_exception, [TimeoutError(), ConnectionRefusedError(), EngineDeadError()]))
+    assert is_transient_exception(TransientBackendError("server unreachable"))
+    assert not any(map(is_transient_exception, [TypeError(), KeyError("instruction"), ValueError(), OSError()]))
+    marked = transient("engine died: EngineDeadError")
+    assert transient(marked) == marked and is_transient_reason(f"judge: response 1: {marked}")
+    assert not is_transient_reason("HTTP 400 from /chat/completions (not retried): bad request")
