@@ -276,9 +276,17 @@ class PlanStage(enum.StrEnum):
 QuantizeName = enum.StrEnum("QuantizeName", {name: name for name in typing.get_args(Quantize)})  # typer's choices
 
 
+class PlanFormat(enum.StrEnum):
+    text = "text"
+    md = "md"
+    json = "json"
+
+
 @app.command()
 def plan(
-    model: str = typer.Argument(..., help="Hub id, local directory, or builtin:NAME (only config.json is read)."),
+    model: str = typer.Argument(
+        None, help="Hub id, local directory, or builtin:NAME (only config.json is read); omit with --list."
+    ),
     stage: PlanStage = typer.Option(PlanStage.all, help="Training stage, or all for a table of every stage."),
     gpu_mem: float = typer.Option(24.0, "--gpu-mem", help="GPU memory in GiB."),
     quantize: QuantizeName = typer.Option(QuantizeName.nf4, help="Base weights: bitsandbytes NF4, int8, or bf16."),
@@ -286,25 +294,42 @@ def plan(
     batch_size: int = typer.Option(4, "--batch-size", help="Per-device batch (pairs for rm/dpo, rollouts for ppo)."),
     seq_len: int = typer.Option(1024, "--seq-len", help="Tokens per sequence (prompt + completion)."),
     gradient_checkpointing: bool = typer.Option(True, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    max_model_len: int | None = typer.Option(
+        None, "--max-model-len", help="vLLM's context for the generation phase (default: max_position_embeddings)."
+    ),
     params: str | None = typer.Option(
         None,
         "--params",
-        help="Size class 1B|3B|8B: plan offline with a built-in architecture instead of reading config.json.",
+        help="Plan offline for a size (7B, 1.5B, 500M...): 1B/3B/8B/70B are Llama 3.x, other sizes scale the "
+        "built-in table's nearest model (the output says which).",
     ),
+    fmt: PlanFormat = typer.Option(PlanFormat.text, "--format", help="text (terminal), md (markdown) or json."),
+    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
+    list_models: bool = typer.Option(False, "--list", help="List the built-in (offline) architectures and exit."),
 ) -> None:
     """Estimate GPU memory per training stage (weights, adapters, optimizer, activations, KV cache) and the vLLM
     generation phase, by arithmetic on config.json: no model loads, no torch."""
-    from rlaif.memory_plan import STAGES, PlanError, Settings, render_plan, resolve_arch
+    from rlaif.memory_plan import STAGES, PlanError, Settings, resolve_arch
+    from rlaif.plan_report import model_table, render_plan
 
+    output = "json" if as_json else fmt.value
+    if list_models:
+        typer.echo(model_table(output))
+        return
     try:
-        settings = Settings(quantize.value, lora_r, batch_size, seq_len, gradient_checkpointing, gpu_mem)
-        arch, source = resolve_arch(model, params)
+        if not model and not params:
+            raise PlanError("name a model (Hub id, directory, builtin:NAME), or pass --params SIZE, or --list")
+        settings = Settings(
+            quantize.value, lora_r, batch_size, seq_len, gradient_checkpointing, gpu_mem, max_model_len
+        )
+        arch, source = resolve_arch(model or "", params)
     except PlanError as exc:
         console.print("[red]error:[/red] ", end="")
         console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
     stages = STAGES if stage is PlanStage.all else (stage.value,)
-    typer.echo(render_plan(model, arch, source, stages, settings))  # plain text: a markdown table, no wrapping
+    label = model or f"--params {params}"
+    typer.echo(render_plan(label, arch, source, stages, settings, output))  # plain echo: no rich wrapping
 
 
 @app.command()

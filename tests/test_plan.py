@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -81,7 +82,10 @@ def test_ppo_by_hand_and_against_the_naive_four_model_setup():
 def test_vllm_phase_by_hand():
     phase = memory_plan.vllm_phase(TINY, SMALL)
     assert phase["weights (bf16)"] == (122880 + 64320) * 2
-    assert phase["adapter"] == 22528 * 2 and phase["kv cache"] == 8192
+    # the KV cache holds one max_model_len sequence (TINY's context: 8192): 8192 tokens x 2 layers x (K, V) x 32 x 2 B
+    assert phase["adapter"] == 22528 * 2 and phase["kv cache"] == 8192 * 2 * 2 * 32 * 2
+    short = memory_plan.vllm_phase(TINY, replace(SMALL, max_model_len=8))
+    assert short["kv cache"] == 32 * 2 * 2 * 32 * 2  # 8 tokens: the batch of 2 x 16 rollouts is larger
 
 
 @pytest.mark.parametrize("size", ["1B", "3B", "8B"])
@@ -133,12 +137,10 @@ def test_local_config_json_is_read(tmp_path):
 
 def test_unknown_or_unmodelled_models_give_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(memory_plan, "hub_config", lambda repo: (None, "the Hub is unreachable"))
-    with pytest.raises(PlanError, match=re.escape("--params 1B|3B|8B")):
+    with pytest.raises(PlanError, match=re.escape("--params SIZE (e.g. 7B, 1.5B, 500M)")):
         resolve_arch("some-org/unknown-model")
     with pytest.raises(PlanError, match="not a builtin name"):
         resolve_arch("builtin:nope")
-    with pytest.raises(PlanError, match="known size classes"):
-        resolve_arch("x", "70B")
     (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 2, "num_local_experts": 8}))
     with pytest.raises(PlanError, match="mixture-of-experts"):
         resolve_arch(str(tmp_path))
@@ -146,7 +148,8 @@ def test_unknown_or_unmodelled_models_give_clear_errors(tmp_path, monkeypatch):
 
 # -- the command -------------------------------------------------------------------------------------------------
 def test_cli_prints_a_labelled_estimate_table_offline():
-    result = runner.invoke(app, ["plan", "meta-llama/Llama-3.1-8B-Instruct", "--stage", "dpo", "--gpu-mem", "24"])
+    args = ["plan", "meta-llama/Llama-3.1-8B-Instruct", "--stage", "dpo", "--gpu-mem", "24", "--format", "md"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     out = result.output
     assert "ESTIMATE" in out and "estimate" in out.lower()
@@ -155,7 +158,8 @@ def test_cli_prints_a_labelled_estimate_table_offline():
 
 
 def test_cli_stage_all_tables_every_stage_with_the_naive_ppo_line():
-    result = runner.invoke(app, ["plan", "anything", "--params", "1B", "--stage", "all", "--batch-size", "2"])
+    args = ["plan", "anything", "--params", "1B", "--stage", "all", "--batch-size", "2", "--format", "md"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "| GiB | " + " | ".join(STAGES) + " |" in result.output
     assert "naive 4-model setup" in result.output and "batch 2 x 1024" in result.output
@@ -175,3 +179,184 @@ def test_planning_never_imports_torch():
         "assert r.exit_code == 0, r.output; assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# -- the vLLM phase: max_model_len -------------------------------------------------------------------------------
+LLAMA_8B = memory_plan.ARCHITECTURES["llama-3.1-8b"]
+
+
+def test_vllm_kv_cache_follows_max_model_len_default_and_override():
+    settings = Settings(gpu_mem_gib=80)
+    # Llama-3.1's config says 131072: 131072 tokens x 32 layers x (K, V) x 1024 x 2 B = 16 GiB, not the 0.5 GiB of
+    # batch x seq-len
+    assert memory_plan.vllm_phase(LLAMA_8B, settings)["kv cache"] == 131072 * 32 * 2 * 1024 * 2 == 16 * GIB
+    shorter = memory_plan.vllm_phase(LLAMA_8B, replace(settings, max_model_len=8192))
+    assert shorter["kv cache"] == 8192 * 32 * 2 * 1024 * 2
+    summary = memory_plan.vllm_summary(LLAMA_8B, settings)
+    assert summary["status"] == "fits" and summary["max_model_len"] == 131072
+    assert summary["gpu_memory_utilization"] == pytest.approx(summary["total"] / (80 * GIB))
+
+
+def test_largest_context_is_the_edge_of_the_budget():
+    settings = Settings(gpu_mem_gib=24)
+    longest = memory_plan.largest_context(LLAMA_8B, settings)
+    phase = memory_plan.vllm_phase(LLAMA_8B, settings)
+    budget = 0.9 * 24 * GIB - (total(phase) - phase["kv cache"])
+    assert longest % 16 == 0 and 1024 < longest < 131072
+    assert (
+        memory_plan.kv_cache_bytes(LLAMA_8B, 1, longest)
+        <= budget
+        < memory_plan.kv_cache_bytes(LLAMA_8B, 1, longest + 16)
+    )
+    # at that context the phase fits; the summary says so and by how much
+    assert memory_plan.vllm_summary(LLAMA_8B, replace(settings, max_model_len=longest))["status"] == "fits"
+    # a GPU with room for the whole context: capped at the model's own
+    assert memory_plan.largest_context(LLAMA_8B, Settings(gpu_mem_gib=141)) == 131072
+
+
+def test_too_long_a_context_and_too_large_a_model_say_what_to_do():
+    summary = memory_plan.vllm_summary(LLAMA_8B, Settings(gpu_mem_gib=24))
+    longest = memory_plan.largest_context(LLAMA_8B, Settings(gpu_mem_gib=24))
+    assert summary["status"] == "context_too_long" and summary["gpu_memory_utilization"] is None
+    assert f"max_model_len: {longest}" in summary["message"] and "131072" in summary["message"]
+    big = memory_plan.vllm_summary(memory_plan.ARCHITECTURES["llama-3.1-70b"], Settings(gpu_mem_gib=24))
+    assert big["status"] == "weights_do_not_fit" and big["largest_context"] == 0
+    assert "bf16 weights" in big["message"]
+
+
+def test_cli_gpu_mem_16_never_prints_a_utilization_of_one_or_more():
+    result = runner.invoke(app, ["plan", "meta-llama/Llama-3.1-8B-Instruct", "--gpu-mem", "16"])
+    assert result.exit_code == 0, result.output
+    assert not re.search(r"gpu_memory_utilization >= (1\.|[2-9])", result.output)
+    assert "does NOT fit" in result.output and "max_model_len 131072" in result.output
+    fixed = runner.invoke(
+        app, ["plan", "meta-llama/Llama-3.1-8B-Instruct", "--gpu-mem", "80", "--max-model-len", "4096"]
+    )
+    assert "max_model_len 4096 (yours" in fixed.output and "gpu_memory_utilization >= 0." in fixed.output
+
+
+def test_max_model_len_is_checked():
+    with pytest.raises(PlanError, match="max-model-len"):
+        Settings(max_model_len=0)
+    result = runner.invoke(app, ["plan", "Qwen/Qwen2.5-7B-Instruct", "--max-model-len", "100000", "--json"])
+    assert "VLLM_ALLOW_LONG_MAX_MODEL_LEN" in json.loads(result.output)["vllm"]["warning"]
+
+
+def test_sliding_window_layers_cap_their_kv_cache():
+    gemma = memory_plan.ARCHITECTURES["gemma-2-9b"]  # 21 of 42 layers slide over 4096 tokens; 8 kv heads of 256
+    per_token_layer = 2 * 8 * 256 * 2
+    assert memory_plan.kv_cache_bytes(gemma, 1, 8192) == (8192 * 21 + 4096 * 21) * per_token_layer
+    assert memory_plan.kv_cache_bytes(gemma, 2, 1000) == 2 * 1000 * 42 * per_token_layer  # under the window: all
+
+
+# -- weights explained -------------------------------------------------------------------------------------------
+def test_nf4_weights_split_into_quantized_linears_and_fp32_embeddings():
+    linear, other = memory_plan.weight_parts(LLAMA_8B, Settings())
+    assert linear + other == estimate(LLAMA_8B, "sft", Settings())["weights"]
+    assert other == (2 * 128256 * 4096 + 65 * 4096) * 4  # untied embeddings + head + norms, fp32
+    assert other > linear  # the surprise: more than half of an 8B's NF4 weights are its fp32 embeddings and head
+    result = runner.invoke(app, ["plan", "meta-llama/Llama-3.1-8B-Instruct", "--stage", "sft"])
+    assert f"take {linear / GIB:.2f} GiB" in result.output and f"take {other / GIB:.2f} GiB" in result.output
+    assert "prepare_model_for_kbit_training" in result.output and "fp32" in result.output
+
+
+# -- the offline table and --params ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("ref", "published"),
+    [
+        ("Qwen/Qwen2.5-7B-Instruct", 7.62e9),  # README's example model
+        ("Qwen/Qwen2.5-0.5B-Instruct", 0.494e9),
+        ("Qwen/Qwen3-8B", 8.19e9),
+        ("mistralai/Mistral-7B-Instruct-v0.3", 7.25e9),
+        ("google/gemma-2-9b-it", 9.24e9),
+        ("google/gemma-3-1b-it", 1.00e9),
+        ("HuggingFaceTB/SmolLM2-1.7B-Instruct", 1.71e9),
+        ("meta-llama/Llama-3.3-70B-Instruct", 70.6e9),
+    ],
+)
+def test_families_resolve_offline_with_their_published_sizes(ref, published, monkeypatch):
+    monkeypatch.setattr(memory_plan, "hub_config", lambda repo: pytest.fail("the table must answer offline"))
+    arch, source = resolve_arch(ref)
+    assert source == "built-in table"
+    assert arch.total_params() == pytest.approx(published, rel=0.005)
+
+
+def test_table_details_that_matter_for_memory():
+    table = memory_plan.ARCHITECTURES
+    assert table["qwen2.5-7b"].qkv_bias and not table["qwen3-8b"].qkv_bias
+    assert table["gemma-2-2b"].head_dim == 256 != table["gemma-2-2b"].hidden // table["gemma-2-2b"].heads
+    assert table["gemma-3-4b"].vocab == 262208 and table["gemma-3-4b"].sliding_layers == 29
+    # q/k/v biases are parameters too: Qwen2.5-0.5B's 24 x (896 + 2 x 128)
+    qwen = table["qwen2.5-0.5b"]
+    assert qwen.other_params() - replace(qwen, qkv_bias=False).other_params() == 24 * (896 + 2 * 128)
+
+
+def test_config_json_fields_of_each_family():
+    base = {"num_hidden_layers": 4, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+            "vocab_size": 100}  # fmt: skip
+    qwen2 = memory_plan.arch_from_config({**base, "model_type": "qwen2", "sliding_window": 32768,
+                                          "use_sliding_window": False}, "q")  # fmt: skip
+    assert qwen2.qkv_bias and qwen2.sliding_layers == 0
+    gemma2 = memory_plan.arch_from_config({**base, "model_type": "gemma2", "sliding_window": 16, "head_dim": 32}, "g")
+    assert (gemma2.sliding_layers, gemma2.sliding_window, gemma2.head_dim, gemma2.tied) == (2, 16, 32, True)
+    types = ["sliding_attention"] * 3 + ["full_attention"]
+    multimodal = {
+        "model_type": "gemma3",
+        "text_config": {
+            **base,
+            "model_type": "gemma3_text",
+            "sliding_window": 8,
+            "layer_types": types,
+            "max_position_embeddings": 4096,
+        },
+    }
+    gemma3 = memory_plan.arch_from_config(multimodal, "g3")  # fmt: skip
+    assert (gemma3.sliding_layers, gemma3.context) == (3, 4096)
+    mistral = memory_plan.arch_from_config({**base, "model_type": "mistral", "sliding_window": 4096}, "m")
+    assert mistral.sliding_layers == 4 and not mistral.qkv_bias and not mistral.tied
+
+
+@pytest.mark.parametrize(("size", "count"), [("7B", 7e9), ("1.5B", 1.5e9), ("500M", 5e8), ("14b", 14e9), ("2B", 2e9)])
+def test_params_accepts_any_size_and_states_its_assumption(size, count):
+    arch, source = resolve_arch("", size)
+    assert arch.total_params() == pytest.approx(count, rel=0.03)
+    assert "ASSUMED" in source and "architecture" in source
+    result = runner.invoke(app, ["plan", "--params", size, "--stage", "sft"])
+    assert result.exit_code == 0, result.output
+    assert "assumption: " in result.output and "real config.json" in result.output
+
+
+def test_params_size_classes_name_llama_models_exactly():
+    assert resolve_arch("x", "8b")[0] is memory_plan.ARCHITECTURES["llama-3.1-8b"]
+    assert resolve_arch("x", "70B")[0].name == "Llama-3.1-70B"
+    assert "ASSUMED" not in resolve_arch("x", "3B")[1]
+
+
+@pytest.mark.parametrize("bad", ["abc", "7X", "-3B", "0", "5T", "1.2.3B", ""])
+def test_bad_params_are_refused_with_the_expected_form(bad):
+    result = runner.invoke(app, ["plan", "--params", bad] if bad else ["plan"])
+    assert result.exit_code == 2
+    assert "7B" in result.output or "name a model" in result.output
+
+
+# -- output formats ----------------------------------------------------------------------------------------------
+def test_text_md_and_json_formats_carry_the_same_numbers():
+    base = ["plan", "Qwen/Qwen2.5-7B-Instruct", "--stage", "all", "--gpu-mem", "24"]
+    text = runner.invoke(app, base).output
+    md = runner.invoke(app, [*base, "--format", "md"]).output
+    data = json.loads(runner.invoke(app, [*base, "--json"]).output)
+    assert json.loads(runner.invoke(app, [*base, "--format", "json"]).output) == data
+    assert "| GiB |" not in text and re.search(r"^total\s+[\d.]+\s+[\d.]+", text, re.MULTILINE)
+    assert "| GiB | sft | rm | dpo | ppo |" in md
+    assert data["estimate"] is True and list(data["stages"]) == list(STAGES)
+    for row in data["stages"].values():
+        assert f"{row['total_gib']:.2f}" in text and f"**{row['total_gib']:.2f}**" in md
+        assert row["status"] in ("fits", "tight", "over") and row["largest_batch"] >= 0
+    assert data["vllm"]["max_model_len"] == 32768 and data["weights_explained"]["unquantized_fp32_gib"] > 0
+
+
+def test_list_shows_the_offline_table():
+    out = runner.invoke(app, ["plan", "--list"]).output
+    assert "qwen2.5-7b" in out and "gemma-3-27b" in out and "mistral-7b-v0.3" in out and "smollm2-1.7b" in out
+    rows = json.loads(runner.invoke(app, ["plan", "--list", "--json"]).output)
+    assert {row["key"] for row in rows} == set(memory_plan.ARCHITECTURES)
