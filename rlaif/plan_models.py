@@ -195,11 +195,25 @@ def _size(count: float) -> str:
 
 
 # -- config.json --------------------------------------------------------------------------------------------------
+# transformers' defaults for fields these configs may leave out (a Gemma 3 checkpoint's sparse text_config)
+CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma2": {"head_dim": 256, "vocab_size": 256000, "max_position_embeddings": 8192, "sliding_window": 4096},
+    "gemma3_text": {
+        "head_dim": 256,
+        "vocab_size": 262208,
+        "max_position_embeddings": 131072,
+        "sliding_window": 4096,
+        "sliding_window_pattern": 6,
+    },
+}
+
+
 def arch_from_config(config: dict[str, Any], name: str) -> Arch:
     """The architecture in a transformers config.json (a multimodal one's ``text_config``)."""
     model_type = str(config.get("model_type", ""))
     config = config.get("text_config") or config
-    model_type = str(config.get("model_type", model_type))
+    model_type = str(config.get("model_type", model_type + "_text" if model_type == "gemma3" else model_type))
+    config = {**CONFIG_DEFAULTS.get(model_type, {}), **config}
     if any(config.get(key) for key in ("num_local_experts", "num_experts", "n_routed_experts")):
         raise PlanError(f"{name}: mixture-of-experts models are not modelled (dense decoders only)")
     required = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")

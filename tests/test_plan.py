@@ -312,6 +312,11 @@ def test_config_json_fields_of_each_family():
     }
     gemma3 = memory_plan.arch_from_config(multimodal, "g3")  # fmt: skip
     assert (gemma3.sliding_layers, gemma3.context) == (3, 4096)
+    # a Gemma 3 checkpoint's text_config leaves head_dim, vocab and context to transformers' defaults
+    sparse = {"model_type": "gemma3", "text_config": {**base, "sliding_window": 1024}}
+    sparse["text_config"].pop("vocab_size")
+    gemma3 = memory_plan.arch_from_config(sparse, "g3")
+    assert (gemma3.head_dim, gemma3.vocab, gemma3.context, gemma3.sliding_layers) == (256, 262208, 131072, 4)
     mistral = memory_plan.arch_from_config({**base, "model_type": "mistral", "sliding_window": 4096}, "m")
     assert mistral.sliding_layers == 4 and not mistral.qkv_bias and not mistral.tied
 
