@@ -183,16 +183,19 @@ def test_soft_reward_trainer_loss_is_the_cross_entropy_on_chosen_prob(tiny_model
 
 
 @pytest.mark.model
-def test_soft_dpo_trainer_loss_is_cdpo_with_each_pairs_own_smoothing(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("precompute", [False, True])
+def test_soft_dpo_trainer_loss_is_cdpo_with_each_pairs_own_smoothing(tiny_model_dir, tmp_path, precompute):
     import torch
 
     from rlaif.train.soft_labels import SoftDPOTrainer, soft_label_loss
 
     cfg = config(
         "dpo", soft_rows(tmp_path, [0.7, 0.2]), tmp_path / "o", *TINY, "train.soft_labels=true", "train.beta=0.5",
-        "data.max_samples=2", model=tiny_model_dir,
+        "data.max_samples=2", f"train.trl={{precompute_ref_log_probs: {str(precompute).lower()}}}",
+        model=tiny_model_dir,
     )  # fmt: skip
     trainer, batch = _trainer(SoftDPOTrainer, cfg)
+    assert ("ref_chosen_logps" in batch) == precompute  # the reference read from the data, not a second pass
     torch.manual_seed(0)
     for name, param in trainer.model.named_parameters():  # LoRA B starts at 0 (policy = reference, z = 0): move it
         if "lora_B" in name:
@@ -234,6 +237,20 @@ def test_a_reward_model_trained_on_soft_labels_is_calibrated_to_them(tiny_model_
         margins[label] = sum(last) / len(last)
     assert margins["soft"] == pytest.approx(math.log(3), abs=0.3)
     assert margins["hard"] > 3.0
+
+
+@pytest.mark.model
+def test_soft_dpo_with_a_precomputed_reference_trains_and_evaluates(tiny_model_dir, tmp_path):
+    # The reference log-probs of both splits come from the data (TRL's precompute pass, made before training):
+    # the soft loss reads them there, and evaluation runs on them.
+    from rlaif.train.recipes import run_recipe
+
+    cfg = config(
+        "dpo", soft_rows(tmp_path), tmp_path / "o", "train.soft_labels=true", "train.max_steps=2", "data.test_size=4",
+        "train.trl={precompute_ref_log_probs: true}", model=tiny_model_dir,
+    )  # fmt: skip
+    result = run_recipe(cfg)
+    assert math.isfinite(result.metrics["eval_loss"]) and "eval_rewards/margins" in result.metrics
 
 
 # -- real training on the builtin model -------------------------------------------------------------------------
