@@ -38,11 +38,14 @@ class Located:
         return None
 
     def override_at(self, path: Sequence[str | int]) -> str | None:
-        """The override that set ``path`` or one of its ancestors (the latest one), if any."""
+        """The override that set ``path`` or one of its ancestors, or created ``path`` (a key the file does not
+        have, made by ``models.polcy.temperature=1``), if any."""
         path = tuple(path)
         for end in range(len(path), 0, -1):
             if path[:end] in self.overrides:
                 return self.overrides[path[:end]]
+        if path and path not in self.lines:
+            return next((text for key, text in self.overrides.items() if key[: len(path)] == path), None)
         return None
 
     def problem(self, path: Sequence[str | int], message: str) -> Problem:

@@ -44,6 +44,16 @@ OPTION_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "backoff_max_s": (lambda v: v >= 0, ">= 0 (seconds)"),
 }
 PUSH_KEYS = ("repo_id", "private", "split")
+# The plain values of a pipeline file and what each must be (sections, steps and models check their own).
+VALUE_TYPES: dict[tuple[str, ...], tuple[tuple[type, ...], str]] = {
+    ("seed",): ((int,), "an integer"),
+    ("description",): ((str, type(None)), "a string"),
+    ("output", "save"): ((str, type(None)), "a directory path or null"),
+    ("output", "jsonl"): ((bool,), "true or false"),
+    ("output", "steps"): ((list, type(None)), "a list of step names"),
+    ("output", "push_to_hub", "private"): ((bool,), "true or false"),
+    ("output", "push_to_hub", "split"): ((str,), "a split name (e.g. train)"),
+}
 
 
 @dataclass
@@ -144,6 +154,7 @@ class _Validator:
                 f"outputs: {outputs}. Name one with output.steps: [name]",
             )
         self._share(("max_quarantined",), data.get("max_quarantined"))
+        self._value_types(data)
         if self.problems:
             raise ConfigError(self.problems)
         ordered = {n: steps[n] for n in order}
@@ -161,7 +172,10 @@ class _Validator:
     def _model(self, name: str, cfg: Any) -> ModelSpec | None:
         where = ("models", name)
         if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str):
-            self.add(where, f"model {name!r} needs `model:` (a Hub id, local path or builtin:NAME)")
+            others = [m for m in self.located.data.get("models") if m != name]
+            self.add(
+                where, f"model {name!r} needs `model:` (a Hub id, local path or builtin:NAME){_closest(name, others)}"
+            )
             return None
         backend = cfg.get("backend", "vllm")
         try:
@@ -291,6 +305,15 @@ class _Validator:
         self._share((*where, "max_quarantined"), cfg.get("max_quarantined"))
         return StepSpec(name, type_name, upstream, step, batch_size, cfg)
 
+    def _value_types(self, data: dict[str, Any]) -> None:
+        for path, (kinds, expected) in VALUE_TYPES.items():
+            value: Any = data
+            for key in path:
+                value = value.get(key, ...) if isinstance(value, dict) else ...
+            wrong = isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds)
+            if value is not ... and wrong:
+                self.add(path, f"{'.'.join(path)} must be {expected}, got {value!r}")
+
     def _share(self, where: tuple, value: Any) -> None:
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if value is not None and not (number and 0 <= value <= 1):
@@ -333,7 +356,7 @@ class _Validator:
                     ("output", key),
                     f"unknown output key {key!r}{_closest(key, OUTPUT_KEYS)}; expected one of {OUTPUT_KEYS}",
                 )
-        for name in raw.get("steps") or []:
+        for name in raw.get("steps") if isinstance(raw.get("steps"), list) else []:
             if name not in steps:
                 self.add(("output", "steps"), f"output step {name!r} is not a step{_closest(name, list(steps))}")
         push = raw.get("push_to_hub")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
@@ -58,7 +59,7 @@ class DataConfig(_Strict):
     split: str = "train"
     format: str | None = None  # a human-preference format (rlaif.formats.human): hh_rlhf, ultrafeedback, shp...
     format_options: dict[str, Any] = Field(default_factory=dict)
-    test_size: float | int = 0.1  # held out for eval (fraction or rows); 0 = no eval
+    test_size: float | int = Field(0.1, ge=0)  # held out for eval (fraction or rows); 0 = no eval
     eval_split: str | None = None  # an existing split to evaluate on instead of a held-out part
     max_samples: int | None = Field(None, gt=0)
     seed: int = 42
@@ -96,6 +97,22 @@ MANAGED = {
     "eval_strategy": "train.eval_steps",
     "save_strategy": "train.save_steps",
 }
+# Ranges of the shared training numbers, by field name: a field validator also covers a recipe's redefined default.
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "num_train_epochs": (lambda v: v > 0, "> 0"),
+    "max_steps": (lambda v: v == -1 or v >= 1, "-1 (train num_train_epochs) or >= 1"),
+    "per_device_train_batch_size": (lambda v: v >= 1, ">= 1"),
+    "per_device_eval_batch_size": (lambda v: v >= 1, ">= 1"),
+    "gradient_accumulation_steps": (lambda v: v >= 1, ">= 1"),
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "warmup_steps": (lambda v: v >= 0, ">= 0 (below 1: a fraction of the steps)"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "max_length": (lambda v: v >= 1, ">= 1 (tokens) or null"),
+    "logging_steps": (lambda v: v >= 1, ">= 1"),
+    "eval_steps": (lambda v: v >= 1, ">= 1 or null"),
+    "save_steps": (lambda v: v >= 1, ">= 1"),
+    "save_total_limit": (lambda v: v >= 1, ">= 1 or null"),
+}
 # Paged optimizers page optimizer state through CUDA unified memory; bitsandbytes 8-bit optimizers need CUDA too.
 _CUDA_OPTIMIZERS = ("paged_", "_8bit")
 
@@ -128,6 +145,14 @@ class TrainConfig(_Strict):
     def trl_config_path(self) -> str:
         """Dotted path of the TRL config class this section becomes."""
         return self.trl_class
+
+    @field_validator(*_RANGES)
+    @classmethod
+    def _in_range(cls, value: Any, info: ValidationInfo) -> Any:
+        ok, expected = _RANGES[info.field_name]
+        if value is not None and not ok(value):
+            raise ValueError(f"must be {expected}, got {value!r}")
+        return value
 
     def trl_kwargs(self) -> dict[str, Any]:
         """The typed fields as TRL keyword arguments (recipes add loss-specific ones)."""

@@ -228,3 +228,36 @@ def test_validate_reports_a_duplicate_key_with_its_line(tmp_path):
     path = _pipeline(tmp_path, "seed: 0\n", "seed: 0\nseed: 1\n")
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 2 and f"{path}:{_line(path, 'seed: 1')}: duplicate key 'seed'" in result.output
+
+
+def test_plain_values_of_a_pipeline_file_are_typed(tmp_path):
+    path = _pipeline(tmp_path, "seed: 0", "seed: abc")
+    assert _problems(path) == [f"{path}:{_line(path, 'seed: abc')}: seed must be an integer, got 'abc'"]
+    found = _problems(_pipeline(tmp_path), ["output.jsonl=maybe", "output.steps=pairs", "output.save=5"])
+    assert sorted(found) == [
+        f"{path}: override 'output.jsonl=maybe': output.jsonl must be true or false, got 'maybe'",
+        f"{path}: override 'output.save=5': output.save must be a directory path or null, got 5",
+        f"{path}: override 'output.steps=pairs': output.steps must be a list of step names, got 'pairs'",
+    ]  # and no "output step 'p' is not a step" per letter of the string
+
+
+def test_an_override_that_creates_a_misspelt_model_names_itself_and_the_closest_model(tmp_path):
+    path = _pipeline(tmp_path)
+    assert _problems(path, ["models.polcy.temperature=1"]) == [
+        f"{path}: override 'models.polcy.temperature=1': model 'polcy' needs `model:` (a Hub id, local path or "
+        "builtin:NAME) (did you mean 'policy'?)"
+    ]
+
+
+@pytest.mark.parametrize("recipe", ["sft", "dpo", "ppo"])
+def test_training_counts_and_rates_are_range_checked_in_every_recipe(recipe):
+    config = PIPELINES / "train" / f"{recipe}.yaml"
+    overrides = ["train.learning_rate=-1", "train.per_device_train_batch_size=0", "train.max_steps=0"]
+    with pytest.raises(ConfigError) as error:
+        load_config(config, recipe, [*overrides, "data.test_size=-1", "train.save_total_limit=null"])
+    assert sorted(_messages(error)) == [
+        f"{config}: override 'data.test_size=-1': Input should be greater than or equal to 0 (got -1)",
+        f"{config}: override 'train.learning_rate=-1': must be > 0, got -1.0",
+        f"{config}: override 'train.max_steps=0': must be -1 (train num_train_epochs) or >= 1, got 0",
+        f"{config}: override 'train.per_device_train_batch_size=0': must be >= 1, got 0",
+    ]
