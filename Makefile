@@ -31,12 +31,15 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not model and not engine and not slow" $(PYTEST_ARGS)
 
-# The main job, on the builtin model: the full loop, 2 rounds (pipelines/loop_quickstart.yaml). Each round generates
-# with the current policy (vLLM, the previous round's adapter as a LoRA request), judges, filters, pairs, trains the
-# next adapter with QLoRA DPO, and measures its held-out win rate. Prints the round table; outputs in
-# runs/loop_quickstart/. Killed, `make demo` continues where it stopped; finished, it repeats nothing.
+# The main job, on the builtin model: the verifier loop (pipelines/loop_verified.yaml), one round. The base policy's
+# held-out pass rate is measured (48 constrained prompts, greedy, never trained on); 83 training prompts get a seeded
+# constraint and 4 sampled answers each (vLLM), the ifeval verifier labels satisfies vs violates, QLoRA DPO trains
+# an adapter, and the adapter's pass rate is measured on the same 48 prompts. Prints the round table with each pass
+# rate, the difference vs the base and their 95% intervals; outputs in runs/loop_verified/. Killed, `make demo`
+# continues where it stopped; finished, it repeats nothing. The AI-judge loop on the builtin model is
+# pipelines/loop_quickstart.yaml (its judge is a coin flip at 135M: see README), with a real judge pipelines/loop_8b.yaml.
 demo: setup
-	$(VENV)/bin/rlaif loop pipelines/loop_quickstart.yaml
+	$(VENV)/bin/rlaif loop pipelines/loop_verified.yaml
 
 lint: setup
 	$(VENV)/bin/ruff check rlaif tests bench
