@@ -134,7 +134,10 @@ class _Builder:
         wrapped = get_peft_model(model, peft_config, adapter_name=names[0])
         for name in names[1:]:
             wrapped.add_adapter(name, peft_config)
-        wrapped.set_adapter(names[0], inference_mode=False)
+        try:
+            wrapped.set_adapter(names[0], inference_mode=False)
+        except TypeError:  # peft without inference_mode
+            wrapped.set_adapter(names[0])
         return wrapped
 
 
@@ -483,6 +486,11 @@ def run_case(builder: Any, folder: Path, arch: Arch, stage: str, s: Settings, de
         torch.cuda.synchronize()
         result["measured_gib"] = torch.cuda.max_memory_allocated() / GIB
         result["reserved_gib"] = torch.cuda.max_memory_reserved() / GIB
+    # torch AdamW keeps its moments in the parameter's dtype (bf16 after TRL's QLoRA cast); the plan's optimizer row
+    # assumes fp32 moments (bitsandbytes' 32-bit optimizers): record what this run held, to compare like with like
+    states = [t for state in opt.state.values() for t in state.values() if torch.is_tensor(t) and t.dim() > 0]
+    result["optimizer_state_gib"] = sum(t.numel() * t.element_size() for t in states) / GIB
+    result["trainable_dtypes"] = sorted({str(p.dtype) for p in params})
     del model, opt, value_head, params
     return result
 
