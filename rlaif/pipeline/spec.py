@@ -6,17 +6,17 @@ Nothing here loads a model or reads more than the first record of a data file: t
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from rlaif.backends import backend_class
+from rlaif.backends import BACKENDS, backend_class
 from rlaif.config import ConfigError, Located, Problem, apply_overrides, check_kind, closest, load_yaml
 from rlaif.models import hub_problem, reference_problem
 from rlaif.pipeline.graph import check_columns, topological_order
+from rlaif.pipeline.spec_values import bool_problems, option_problems, value_problems, with_hint
 from rlaif.registry import UnknownComponent
 from rlaif.schema import sampling_problems
 from rlaif.steps.base import Step
@@ -28,32 +28,7 @@ STEP_KEYS = ("name", "type", "from", "batch_size", "max_quarantined")
 # (vLLM serves it as a LoRA request on the shared engine: two names, one with and one without, share one engine).
 SAMPLING_KEYS = ("n", "temperature", "top_p", "max_tokens", "seed", "stop", "logprobs", "lora")
 OUTPUT_KEYS = ("save", "steps", "jsonl", "push_to_hub")
-# Ranges of backend options (their types come from the backend constructor's annotations).
-OPTION_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "gpu_memory_utilization": (lambda v: 0 < v <= 1, "a fraction in (0, 1] of the device memory"),
-    "kv_cache_gib": (lambda v: v > 0, "> 0 (GiB)"),
-    "max_model_len": (lambda v: v >= 1, ">= 1 (tokens)"),
-    "max_lora_rank": (lambda v: v >= 1, ">= 1"),
-    "max_loras": (lambda v: v >= 1, ">= 1"),
-    "max_restarts": (lambda v: v >= 0, ">= 0"),
-    "batch_size": (lambda v: v >= 1, ">= 1"),
-    "max_concurrency": (lambda v: v >= 1, ">= 1"),
-    "max_retries": (lambda v: v >= 0, ">= 0"),
-    "timeout_s": (lambda v: v > 0, "> 0 (seconds)"),
-    "backoff_base_s": (lambda v: v >= 0, ">= 0 (seconds)"),
-    "backoff_max_s": (lambda v: v >= 0, ">= 0 (seconds)"),
-}
 PUSH_KEYS = ("repo_id", "private", "split")
-# The plain values of a pipeline file and what each must be (sections, steps and models check their own).
-VALUE_TYPES: dict[tuple[str, ...], tuple[tuple[type, ...], str]] = {
-    ("seed",): ((int,), "an integer"),
-    ("description",): ((str, type(None)), "a string"),
-    ("output", "save"): ((str, type(None)), "a directory path or null"),
-    ("output", "jsonl"): ((bool,), "true or false"),
-    ("output", "steps"): ((list, type(None)), "a list of step names"),
-    ("output", "push_to_hub", "private"): ((bool,), "true or false"),
-    ("output", "push_to_hub", "split"): ((str,), "a split name (e.g. train)"),
-}
 
 
 @dataclass
@@ -108,17 +83,6 @@ def _closest(word: str, choices: list[str] | tuple[str, ...]) -> str:
     return closest(word, choices)
 
 
-def _type_name(hint: Any) -> str:
-    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint).replace("typing.", ""))
-
-
-def _constructor_hints(cls: type) -> dict[str, Any]:
-    try:
-        return get_type_hints(cls.__init__)
-    except (NameError, TypeError):  # an annotation that names a type only imported for type checking: skip typing
-        return {}
-
-
 class _Validator:
     def __init__(self, located: Located, path: Path, text: str) -> None:
         self.located = located
@@ -154,7 +118,8 @@ class _Validator:
                 f"outputs: {outputs}. Name one with output.steps: [name]",
             )
         self._share(("max_quarantined",), data.get("max_quarantined"))
-        self._value_types(data)
+        for path, message in value_problems(data):
+            self.add(path, message)
         if self.problems:
             raise ConfigError(self.problems)
         ordered = {n: steps[n] for n in order}
@@ -181,7 +146,7 @@ class _Validator:
         try:
             cls = backend_class(backend)
         except UnknownComponent as exc:
-            self.add((*where, "backend"), str(exc))
+            self.add((*where, "backend"), with_hint(str(exc), backend, BACKENDS))
             return None
         accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model")]
         options = {k: v for k, v in cfg.items() if k not in ("backend", "model", *SAMPLING_KEYS)}
@@ -193,7 +158,8 @@ class _Validator:
                     f"unknown option {key!r} for backend {backend!r}{_closest(key, choices)}; "
                     f"expected one of {choices}",
                 )
-        self._option_values(where, cls, options)
+        for key, message in option_problems(cls, options):
+            self.add((*where, key), message)
         if backend != "openai" and (problem := reference_problem(cfg["model"]) or hub_problem(cfg["model"])):
             self.add((*where, "model"), problem.replace("\n", " "))
         sampling = {k: cfg[k] for k in SAMPLING_KEYS if k in cfg}
@@ -204,22 +170,6 @@ class _Validator:
         else:
             self._lora(where, backend, sampling["lora"], options)
         return ModelSpec(name, backend, cfg["model"], sampling, options)
-
-    def _option_values(self, where: tuple, cls: type, options: dict[str, Any]) -> None:
-        """Each backend option typed against its constructor's annotation, and counts and fractions in range."""
-        hints = _constructor_hints(cls)
-        for key, value in options.items():
-            if key not in hints:
-                continue
-            try:
-                TypeAdapter(hints[key]).validate_python(value, strict=True)
-            except ValidationError:
-                expected = " or ".join(_type_name(t) for t in (get_args(hints[key]) or (hints[key],)))
-                self.add((*where, key), f"{key} must be {expected}, got {value!r}")
-                continue
-            bound = OPTION_BOUNDS.get(key)
-            if bound is not None and value is not None and not bound[0](value):
-                self.add((*where, key), f"{key} must be {bound[1]}, got {value!r}")
 
     def _lora(self, where: tuple, backend: str, adapter: Any, options: dict[str, Any]) -> None:
         # Resolved from the working directory, like model references (from_pretrained semantics).
@@ -279,11 +229,13 @@ class _Validator:
         try:
             cls = step_class(type_name)
         except UnknownComponent as exc:
-            hint = _closest(type_name, list(STEPS)) if type_name not in STEPS and "." not in type_name else ""
-            message = str(exc).replace(f"{type_name!r};", f"{type_name!r}{hint};", 1) if hint else str(exc)
-            self.add((*where, "type"), f"step {name!r}: {message}")
+            self.add((*where, "type"), f"step {name!r}: {with_hint(str(exc), type_name, STEPS)}")
             return None
         params = {k: v for k, v in cfg.items() if k not in STEP_KEYS}
+        if wrong := bool_problems(cls.Params, params):
+            for key, message in wrong:
+                self.add((*where, key), f"step {name!r}: {message}")
+            return None
         try:
             step = cls(name, cls.Params(**params), self.path.parent)
         except ValidationError as exc:
@@ -304,15 +256,6 @@ class _Validator:
             self.add((*where, "batch_size"), f"step {name!r}: batch_size must be a positive integer")
         self._share((*where, "max_quarantined"), cfg.get("max_quarantined"))
         return StepSpec(name, type_name, upstream, step, batch_size, cfg)
-
-    def _value_types(self, data: dict[str, Any]) -> None:
-        for path, (kinds, expected) in VALUE_TYPES.items():
-            value: Any = data
-            for key in path:
-                value = value.get(key, ...) if isinstance(value, dict) else ...
-            wrong = isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds)
-            if value is not ... and wrong:
-                self.add(path, f"{'.'.join(path)} must be {expected}, got {value!r}")
 
     def _share(self, where: tuple, value: Any) -> None:
         number = isinstance(value, int | float) and not isinstance(value, bool)

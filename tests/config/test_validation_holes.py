@@ -261,3 +261,13 @@ def test_training_counts_and_rates_are_range_checked_in_every_recipe(recipe):
         f"{config}: override 'train.max_steps=0': must be -1 (train num_train_epochs) or >= 1, got 0",
         f"{config}: override 'train.per_device_train_batch_size=0': must be >= 1, got 0",
     ]
+
+
+def test_a_bool_where_a_number_is_expected_and_a_misspelt_backend(tmp_path):
+    path = _pipeline(tmp_path)
+    found = _problems(path, ["steps.responses.n=true", "models.policy.backend=vlm", "steps.kept.drop_ties=false"])
+    assert found == [
+        f"{path}: override 'models.policy.backend=vlm': unknown backend 'vlm' (did you mean 'vllm'?); "
+        "known: hf, openai, vllm",
+        f"{path}: override 'steps.responses.n=true': step 'responses': n: expected int or null, got True",
+    ]  # drop_ties is a bool: false is fine there
