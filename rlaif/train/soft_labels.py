@@ -1,7 +1,7 @@
 """Soft preference labels in training: a pair carries ``chosen_prob`` = q = P(chosen better), the judge's soft label
 (``make_pairs`` writes it from ``p_a``), and the loss is the cross-entropy against it instead of a hard label.
 
-Reward model (RLAIF, Lee et al. 2023, section 2.2): with d = r(chosen) - r(rejected),
+Reward model (RLAIF, Lee et al. 2023: trained on the soft labels): with d = r(chosen) - r(rejected),
 ``loss = -(q log sigmoid(d) + (1 - q) log sigmoid(-d))``, the Bradley-Terry loss when q = 1.
 DPO: conservative DPO (cDPO, Mitchell 2023) with a per-pair label smoothing eps_i = 1 - q_i, on z = beta * h where
 h is the DPO log-ratio difference: ``loss = -(q log sigmoid(z) + (1 - q) log sigmoid(-z))``. TRL 1.16 has no such
