@@ -409,6 +409,7 @@ def test_pairwise_and_rating_judges_on_the_real_engine(vllm_backend, tmp_path):
         assert row["preference"] in ("A", "B", "tie") and 0.0 <= row["confidence"] <= 1.0
         assert isinstance(row["consistent"], bool) and len(row["judge_outputs"]) == 2
         assert all(verdicts.parse_choice(t) for t in row["judge_outputs"])  # structured output: a verdict word
+        assert 0.0 <= row["p_a"] <= 1.0  # the soft label from the verdict-token log-probs of both orders
     assert summary.stats["rated"]["records_in"] == 2
     for row in rows["rated"]:  # guided decoding keeps the rating parseable even from a 135M judge
         assert len(row["ratings"]) == 2 and all(1.0 <= r <= 5.0 for r in row["ratings"])
