@@ -65,7 +65,7 @@ def validate_config(located: Located, recipe: str) -> RecipeConfig:
             cfg = model.model_validate(located.data, context=context)
         except ValidationError as exc:
             raise ConfigError(validation_problems(located, exc.errors(), model)) from None
-    if problem := hub_problem(cfg.model.name):
-        raise ConfigError([located.problem(("model", "name"), problem)])
+        if context and (problem := hub_problem(cfg.model.name)):
+            raise ConfigError([located.problem(("model", "name"), problem)])
     cfg._source = located.file
     return cfg

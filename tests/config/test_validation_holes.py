@@ -4,6 +4,7 @@ everywhere, and a training config's errors come before torch loads. All fast: no
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -164,21 +165,32 @@ def test_a_training_override_error_names_the_override_and_suggests_a_key():
     assert bogus.startswith(f"{sft}: override 'train.bogus=1': unknown key 'bogus'; expected one of: output_dir, ")
 
 
-def test_a_training_config_error_comes_before_torch_loads():
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("lora.r=0", "override 'lora.r=0': Input should be greater than 0"),
+        ("model.name=x/y", "override 'model.name=x/y': model 'x/y' is not in the local cache"),
+    ],
+)
+def test_a_training_config_error_comes_before_torch_loads(override, expected):
+    # sft.yaml has train.trl options, whose check imports TRL (and torch): these errors come before it
     script = textwrap.dedent(
-        """
+        f"""
         import sys
         from typer.main import get_command
         from rlaif.cli import app
         try:
-            get_command(app).main(["train", "sft", "pipelines/train/sft.yaml", "lora.r=0"], standalone_mode=False)
+            get_command(app).main(["train", "sft", "pipelines/train/sft.yaml", "{override}"], standalone_mode=False)
         except SystemExit:
             pass
         print("HEAVY", sorted(m for m in ("torch", "bitsandbytes", "transformers", "trl", "peft") if m in sys.modules))
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert "override 'lora.r=0': Input should be greater than 0" in result.stdout, result.stdout + result.stderr
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env
+    )
+    assert expected in " ".join(result.stdout.split()), result.stdout + result.stderr
     assert "HEAVY []" in result.stdout, result.stdout
 
 
