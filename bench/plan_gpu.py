@@ -58,6 +58,7 @@ MODELS = ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b")
 STAGES = ("sft", "rm", "dpo", "ppo")
 TINY = Arch("tiny", 2, 64, 128, 4, 2, 16, 1000, True)
 TOKEN_TILE, VOCAB_TILE = 4096, 32768  # trl/kernels/chunked_logprob.py: TOKEN_CHUNK_SIZE, the trainers' chunk_size
+ROW_SLICE = 1024  # rows of a tile folded at once in fp32 (TRL's Triton kernel folds in place)
 DPO_BETA = 0.1
 
 
@@ -165,31 +166,39 @@ def lora_cfg(r: int) -> SimpleNamespace:
 
 # -- TRL's fused LM head, in torch -------------------------------------------------------------------------------
 class ChunkedLogprob(torch.autograd.Function):
-    """log softmax(hidden @ weight.T)[target] per token without the [N, V] logits: fp32 [4096 x 32768] tiles with an
-    online logsumexp; the backward recomputes each tile (what trl/kernels/chunked_logprob.py does, minus Triton)."""
+    """log softmax(hidden @ weight.T)[target] per token without the [N, V] logits, with TRL's memory layout
+    (trl/kernels/chunked_logprob.py): one reused [4096 x 32768] tile buffer in the compute dtype, a compute-dtype copy
+    of one weight chunk, an online logsumexp in fp32; the backward recomputes each tile. TRL folds a tile with a
+    Triton kernel; here torch folds it in 1024-row fp32 slices (128 MiB each), so the transient stays near TRL's."""
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled() else hidden.dtype
         n, vocab = hidden.shape[0], weight.shape[0]
         lse = torch.empty(n, device=hidden.device, dtype=torch.float32)
-        picked = torch.empty(n, device=hidden.device, dtype=torch.float32)
+        picked = torch.zeros(n, device=hidden.device, dtype=torch.float32)
+        buf = torch.empty((min(n, TOKEN_TILE), min(vocab, VOCAB_TILE)), device=hidden.device, dtype=dtype)
         with torch.autocast(hidden.device.type, enabled=False):
             for t0 in range(0, n, TOKEN_TILE):
-                h = hidden[t0 : t0 + TOKEN_TILE].to(dtype)
+                h, tgt = hidden[t0 : t0 + TOKEN_TILE].to(dtype), targets[t0 : t0 + TOKEN_TILE]
                 run_max = torch.full((h.shape[0],), -math.inf, device=h.device)
                 run_sum = torch.zeros(h.shape[0], device=h.device)
-                tgt = targets[t0 : t0 + TOKEN_TILE]
                 for v0 in range(0, vocab, VOCAB_TILE):
-                    z = (h @ weight[v0 : v0 + VOCAB_TILE].to(dtype).T).float()
-                    new_max = torch.maximum(run_max, z.max(-1).values)
-                    run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(z - new_max[:, None]).sum(-1)
-                    run_max = new_max
-                    inside = (tgt >= v0) & (tgt < v0 + z.shape[1])
-                    idx = (tgt - v0).clamp(0, z.shape[1] - 1)
-                    got = z.gather(1, idx[:, None]).squeeze(1)
-                    picked[t0 : t0 + TOKEN_TILE] = torch.where(inside, got, picked[t0 : t0 + TOKEN_TILE])
-                    del z
+                    w = weight[v0 : v0 + VOCAB_TILE].to(dtype)
+                    tile = buf[: h.shape[0], : w.shape[0]]
+                    torch.mm(h, w.T, out=tile)
+                    inside = (tgt >= v0) & (tgt < v0 + w.shape[0])
+                    got = tile.gather(1, (tgt - v0).clamp(0, w.shape[0] - 1)[:, None]).squeeze(1).float()
+                    picked[t0 : t0 + TOKEN_TILE] += torch.where(inside, got, torch.zeros_like(got))
+                    for r0 in range(0, h.shape[0], ROW_SLICE):
+                        z = tile[r0 : r0 + ROW_SLICE].float()
+                        rows = slice(r0, r0 + z.shape[0])
+                        new_max = torch.maximum(run_max[rows], z.max(-1).values)
+                        scaled = run_sum[rows] * torch.exp(run_max[rows] - new_max)
+                        run_sum[rows] = scaled + z.sub_(new_max[:, None]).exp_().sum(-1)
+                        run_max[rows] = new_max
+                        del z
+                    del w
                 lse[t0 : t0 + TOKEN_TILE] = run_max + torch.log(run_sum)
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.dtype = dtype
@@ -198,9 +207,10 @@ class ChunkedLogprob(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         hidden, weight, targets, lse = ctx.saved_tensors
-        dtype, vocab = ctx.dtype, weight.shape[0]
+        dtype, (n, vocab) = ctx.dtype, (hidden.shape[0], weight.shape[0])
         grad_hidden = torch.zeros(hidden.shape, device=hidden.device, dtype=torch.float32)
-        for t0 in range(0, hidden.shape[0], TOKEN_TILE):
+        buf = torch.empty((min(n, TOKEN_TILE), min(vocab, VOCAB_TILE)), device=hidden.device, dtype=dtype)
+        for t0 in range(0, n, TOKEN_TILE):
             h = hidden[t0 : t0 + TOKEN_TILE].to(dtype)
             g, tgt, tile_lse = (
                 grad[t0 : t0 + TOKEN_TILE].float(),
@@ -209,15 +219,19 @@ class ChunkedLogprob(torch.autograd.Function):
             )
             for v0 in range(0, vocab, VOCAB_TILE):
                 w = weight[v0 : v0 + VOCAB_TILE].to(dtype)
-                z = (h @ w.T).float()
-                # d(picked - lse)/dz = onehot - softmax, times the incoming gradient, in place on the tile
-                z.sub_(tile_lse[:, None]).exp_().neg_()
-                inside = (tgt >= v0) & (tgt < v0 + z.shape[1])
-                rows = torch.nonzero(inside).squeeze(1)
-                z[rows, tgt[rows] - v0] += 1
-                z.mul_(g[:, None])
-                grad_hidden[t0 : t0 + TOKEN_TILE] += z.to(dtype) @ w
-                del z
+                tile = buf[: h.shape[0], : w.shape[0]]
+                torch.mm(h, w.T, out=tile)
+                for r0 in range(0, h.shape[0], ROW_SLICE):
+                    rows = slice(r0, r0 + min(ROW_SLICE, h.shape[0] - r0))
+                    # d(picked - lse)/dz = onehot - softmax, times the incoming gradient, in place on the slice
+                    z = tile[rows].float().sub_(tile_lse[rows, None]).exp_().neg_()
+                    t_rows = tgt[rows]
+                    hit = torch.nonzero((t_rows >= v0) & (t_rows < v0 + w.shape[0])).squeeze(1)
+                    z[hit, t_rows[hit] - v0] += 1
+                    z.mul_(g[rows, None])
+                    grad_hidden[t0 + rows.start : t0 + rows.stop] += (z.to(dtype) @ w).float()
+                    del z
+                del w
         return grad_hidden.to(hidden.dtype), None, None
 
 
