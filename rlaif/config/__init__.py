@@ -6,6 +6,7 @@ from rlaif.config.kind import Kind, check_kind, config_kind
 from rlaif.config.yamlio import (
     Located,
     apply_overrides,
+    bool_slips,
     closest,
     load_yaml,
     parse_value,
@@ -18,6 +19,7 @@ __all__ = [
     "Located",
     "Problem",
     "apply_overrides",
+    "bool_slips",
     "check_kind",
     "closest",
     "config_kind",

@@ -231,7 +231,9 @@ def _inner(annotation: Any, part: str | int | None) -> Any:
             if arg is not type(None) and (inner := _inner(arg, part)) is not None:
                 return inner
         return None
-    if part is None:
+    if part is None:  # the model itself, or the model of a list's items (a one-item list written as a mapping)
+        if origin is list and typing.get_args(annotation):
+            return _inner(typing.get_args(annotation)[0], None)
         return annotation if hasattr(annotation, "model_fields") else None
     fields = getattr(annotation, "model_fields", None)
     if isinstance(fields, dict):
@@ -243,3 +245,33 @@ def _inner(annotation: Any, part: str | int | None) -> Any:
     if origin is dict and len(args) == 2:
         return args[1]
     return None
+
+
+def bool_slips(located: Located, model: Any) -> list[Problem]:
+    """Booleans where ``model`` (a pydantic class) wants a number: pydantic reads ``rounds: true`` as 1, so a
+    misplaced ``true`` would pass silently. One problem per such value, at its line (or override)."""
+    problems: list[Problem] = []
+    _walk_bools(located, located.data, model, (), problems)
+    return problems
+
+
+def _walk_bools(located: Located, data: Any, annotation: Any, path: PathKey, problems: list[Problem]) -> None:
+    if isinstance(data, bool):
+        if _wants_number(annotation):
+            label = ".".join(map(str, path))
+            problems.append(located.problem(path, f"{label}: expected a number, got {str(data).lower()}"))
+        return
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        inner = _inner(annotation, key)
+        if inner is not None:
+            _walk_bools(located, value, inner, (*path, key), problems)
+
+
+def _wants_number(annotation: Any) -> bool:
+    kinds = (
+        set(typing.get_args(annotation))
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else {annotation}
+    )
+    return bool(kinds & {int, float}) and bool not in kinds and Any not in kinds

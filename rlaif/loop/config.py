@@ -20,7 +20,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from rlaif.config import ConfigError, Located, Problem, apply_overrides, check_kind, load_yaml, validation_problems
+from rlaif.config import (
+    ConfigError,
+    Located,
+    Problem,
+    apply_overrides,
+    bool_slips,
+    check_kind,
+    closest,
+    load_yaml,
+    validation_problems,
+)
 
 
 class _Strict(BaseModel):
@@ -56,6 +66,17 @@ class TrainRef(_Strict):
     recipe: str = "dpo"
     policy: bool = True
     overrides: list[str] = Field(default_factory=list)
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, recipe: str) -> str:
+        from rlaif.train.config import RECIPE_CONFIGS
+
+        if recipe not in RECIPE_CONFIGS:
+            raise ValueError(
+                f"unknown recipe {recipe!r}{closest(recipe, RECIPE_CONFIGS)}; choices: {', '.join(RECIPE_CONFIGS)}"
+            )
+        return recipe
 
 
 class EvalRef(_Strict):
@@ -129,10 +150,17 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
     apply_overrides(located, overrides or [])
     if not isinstance(located.data, dict):
         raise ConfigError([located.problem((), "expected a mapping with name, rounds, prompts, pipeline, train")])
+    if slips := bool_slips(located, LoopConfig):
+        raise ConfigError(slips)
     try:
         cfg = LoopConfig.model_validate(located.data)
     except ValidationError as exc:
-        raise ConfigError(validation_problems(located, exc.errors(), LoopConfig)) from None
+        errors = exc.errors()
+        if isinstance(located.data.get("train"), dict):  # one stage written as a mapping: its errors say train.KEY
+            errors = [
+                {**e, "loc": ("train", *e["loc"][2:]) if e["loc"][:2] == ("train", 0) else e["loc"]} for e in errors
+            ]
+        raise ConfigError(validation_problems(located, errors, LoopConfig)) from None
     cfg._base_dir = path.parent.resolve()
     cfg._located = located
     problems = _check_files(cfg, located)

@@ -11,7 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rlaif.config import ConfigError, Located, apply_overrides, check_kind, closest, load_yaml, validation_problems
+from rlaif.config import (
+    ConfigError,
+    Located,
+    apply_overrides,
+    bool_slips,
+    check_kind,
+    closest,
+    load_yaml,
+    validation_problems,
+)
 
 if TYPE_CHECKING:
     from rlaif.train.config import RecipeConfig
@@ -60,6 +69,8 @@ def validate_config(located: Located, recipe: str) -> RecipeConfig:
         message = f"unknown recipe {recipe!r}{closest(recipe, RECIPE_CONFIGS)}; choices: {choices}"
         raise ConfigError([located.problem(("recipe",), message)])
     model = RECIPE_CONFIGS[recipe]
+    if slips := bool_slips(located, model):
+        raise ConfigError(slips)
     for context in ({"light": True}, None):  # light: no TRL (torch) import; its errors come before any heavy one
         try:
             cfg = model.model_validate(located.data, context=context)

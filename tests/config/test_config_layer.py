@@ -139,16 +139,16 @@ def test_overrides_work_for_training_configs():
 
 def test_a_training_config_validates_as_the_recipe_it_names(tmp_path):
     assert load_any_config(PIPELINES / "train" / "ppo.yaml").recipe == "ppo"
-    path = _write(tmp_path / "x.yaml", DPO.replace("recipe: dpo", "recipe: grpo"))
+    path = _write(tmp_path / "x.yaml", DPO.replace("recipe: dpo", "recipe: magic"))
     with pytest.raises(ConfigError) as error:
         load_any_config(path)
-    assert _messages(error) == [f"{path}:1: unknown recipe 'grpo'; choices: sft, rm, dpo, kto, ppo"]
+    [message] = _messages(error)  # (recipes may be added after ppo)
+    assert message.startswith(f"{path}:1: unknown recipe 'magic'; choices: sft, rm, dpo, kto, ppo")
     path.write_text(DPO.replace("recipe: dpo", "recipe: dp"))
     with pytest.raises(ConfigError) as error:
         load_any_config(path)
-    assert _messages(error) == [
-        f"{path}:1: unknown recipe 'dp' (did you mean 'dpo'?); choices: sft, rm, dpo, kto, ppo"
-    ]
+    [message] = _messages(error)
+    assert message.startswith(f"{path}:1: unknown recipe 'dp' (did you mean 'dpo'?); choices: sft, rm, dpo, kto")
 
 
 # -- loop files --------------------------------------------------------------------------------------------------

@@ -190,7 +190,7 @@ def test_a_training_config_error_comes_before_torch_loads(override, expected):
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env
     )
-    assert expected in " ".join(result.stdout.split()), result.stdout + result.stderr
+    assert expected in " ".join((result.stdout + result.stderr).split()), result.stdout + result.stderr
     assert "HEAVY []" in result.stdout, result.stdout
 
 
@@ -283,3 +283,24 @@ def test_a_bool_where_a_number_is_expected_and_a_misspelt_backend(tmp_path):
         "known: hf, openai, vllm",
         f"{path}: override 'steps.responses.n=true': step 'responses': n: expected int or null, got True",
     ]  # drop_ties is a bool: false is fine there
+
+
+def test_a_bool_where_a_training_or_loop_number_is_expected():
+    dpo = PIPELINES / "train" / "dpo.yaml"
+    with pytest.raises(ConfigError) as error:
+        load_config(dpo, "dpo", ["lora.r=true", "merge=true", "model.double_quant=false"])  # the bools are fine
+    assert _messages(error) == [f"{dpo}: override 'lora.r=true': lora.r: expected a number, got true"]
+    loop = PIPELINES / "loop_quickstart.yaml"
+    with pytest.raises(ConfigError) as error:
+        load_loop_config(loop, ["rounds=true"])  # pydantic alone reads true as 1 round
+    assert _messages(error) == [f"{loop}: override 'rounds=true': rounds: expected a number, got true"]
+
+
+def test_a_loop_stage_recipe_typo_is_the_loop_files_error_with_the_closest_recipe():
+    loop = PIPELINES / "loop_quickstart.yaml"
+    with pytest.raises(ConfigError) as error:
+        load_loop_config(loop, ["train.recipe=dpx", "train.fil=x"])
+    found = _messages(error)
+    assert f"{loop}: override 'train.fil=x': unknown key 'fil' (did you mean 'file'?)" in found
+    [recipe] = [m for m in found if "dpx" in m]
+    assert recipe.startswith(f"{loop}: override 'train.recipe=dpx': unknown recipe 'dpx' (did you mean 'dpo'?); ")
