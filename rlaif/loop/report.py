@@ -46,8 +46,12 @@ def phase_times(stats: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def data_summary(stats: dict[str, dict[str, Any]], kept: int) -> dict[str, Any]:
-    """Records made (by the generation steps), kept (rows saved) and dropped or quarantined, by step and reason."""
-    made = sum(s["records_out"] for s in stats.values() if step_phase(s["type"]) == "generate")
+    """Records made (what the last generation-phase step handed on), kept (rows saved) and dropped or quarantined,
+    by step and reason."""
+    # Not a sum over the generate phase: prompt preparation (add_constraints) and the answers are both in it, and one
+    # record then counted twice (83 prompts "made" 166). Steps run in topological order, so the last is the answers.
+    generated = [s["records_out"] for s in stats.values() if step_phase(s["type"]) == "generate"]
+    made = generated[-1] if generated else 0
     dropped = {f"{name}: {reason}": n for name, s in stats.items() for reason, n in s["dropped"].items()}
     quarantined = {f"{name}: {reason}": n for name, s in stats.items() for reason, n in s["quarantined"].items()}
     first = next(iter(stats.values()), None)

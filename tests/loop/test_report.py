@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from rlaif.loop.report import base_row, judge_figures, rounds_table, trained
+from rlaif.loop.report import base_row, data_summary, judge_figures, rounds_table, trained
 from rlaif.rates import wilson
 
 
@@ -161,3 +161,19 @@ def test_a_loop_round_that_keeps_no_rows_is_not_trained_nor_evaluated(tmp_path):
     assert row["trained"] is False and row["not_trained"] == "no rows kept" and row["eval"] is None
     assert not (tmp_path / "run" / "round-1" / "eval").exists()  # the eval pipeline never ran
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == rows
+
+
+def test_records_made_are_the_answers_not_every_generate_phase_step():
+    def step(kind, out, dropped=None):
+        return {"type": kind, "records_out": out, "dropped": dropped or {}, "quarantined": {}}
+
+    stats = {
+        "prompts": step("load", 83),
+        "constrained": step("add_constraints", 83),  # generate phase too: prompt preparation
+        "responses": step("generate_responses", 83),
+        "verified": step("verify", 83),
+        "pairs": step("make_pairs", 60, {"no pair above margin": 23}),
+    }
+    summary = data_summary(stats, kept=60)
+    assert summary["prompts"] == 83 and summary["made"] == 83 and summary["kept"] == 60
+    assert summary["dropped"] == {"pairs: no pair above margin": 23}
