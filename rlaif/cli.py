@@ -28,6 +28,9 @@ app.command("judge-eval")(judge_eval)
 from rlaif.verify_cli import verify_command  # noqa: E402 - rlaif verify (rlaif/verify_cli.py)
 
 app.command("verify")(verify_command)
+from rlaif.report.cli import report_command  # noqa: E402 - rlaif report (rlaif/report/cli.py)
+
+app.command("report")(report_command)
 console = Console()
 
 
