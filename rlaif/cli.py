@@ -220,6 +220,10 @@ def run(
         console.print(f"saved {name}: {summary.rows[name]} rows -> {path}", highlight=False, soft_wrap=True)
     if summary.pushed:
         console.print(f"pushed: {summary.pushed}")
+    if dry_run is None:  # RUN/report.html (rlaif.report); a failure to draw it is a warning, never the run's
+        from rlaif.report.cli import report_line
+
+        report_line(summary.run_dir)
     colour = {"ok": "green", "partial": "yellow"}.get(summary.outcome.status, "red")
     for i, line in enumerate(outcome_lines(summary.outcome, summary.kept)):  # last: the outcome and why
         style = colour if i == 0 else None
@@ -365,6 +369,9 @@ def loop(
         console.print(str(exc), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1) from exc
     run_dir = cfg.run_dir()
+    from rlaif.report.cli import report_line
+
+    report_line(run_dir)  # RUN/report.html (rlaif.report); a failure to draw it is a warning, never the loop's
     trained = sum(1 for row in rows if row.get("round", 0) > 0)  # row 0 is the base policy, measured
     console.print(
         f"rounds: {trained}; per-round stats: {run_dir}/round-K/stats.json; all rounds: {run_dir / 'summary.json'}",

@@ -29,3 +29,20 @@ def report_command(run_dir: RunDirArg, output: OutOpt = None) -> None:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"report: {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+def report_line(root: Path) -> Path | None:
+    """The end of ``rlaif run|train|loop``: write ``root/report.html`` and print where. Drawing it can never fail the
+    run it describes: any error is a warning on stderr (and in the log), and the run's exit code stays its own."""
+    import logging
+
+    try:
+        from rlaif.report.build import write_report
+
+        path = write_report(Path(root))
+    except Exception as exc:  # noqa: BLE001 - a broken report must not turn a finished run into a failed one
+        logging.getLogger("rlaif.report").warning("report not written for %s: %s: %s", root, type(exc).__name__, exc)
+        typer.echo(f"warning: report not written: {type(exc).__name__}: {exc}", err=True)
+        return None
+    typer.echo(f"report: {path}")
+    return path

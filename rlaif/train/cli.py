@@ -49,6 +49,9 @@ def _run(recipe: str, config: Path, overrides: list[str] | None, cpu: bool, resu
         console.print(f"merged model: {result.merged_dir}", highlight=False)
     for key, value in result.metrics.items():
         console.print(f"  {key}: {value:.4f}", highlight=False)
+    from rlaif.report.cli import report_line
+
+    report_line(result.output_dir)  # OUTPUT_DIR/report.html; a failure to draw it is only a warning
 
 
 # One command per recipe, alike but for the help text: `rlaif train sft|rm|dpo|ppo|kto CONFIG [k=v...]`.
