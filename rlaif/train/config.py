@@ -41,6 +41,7 @@ from rlaif.train.config_base import (
     import_object,
     trl_fields,
 )
+from rlaif.train.grpo_config import GRPORecipe, RLOORecipe
 from rlaif.train.ppo_config import JudgeConfig, PPOArgs, PPORecipe, PPOTrain, RewardConfig
 
 __all__ = [
@@ -80,6 +81,8 @@ RECIPE_CONFIGS: dict[str, type[RecipeConfig]] = {
     "dpo": DPORecipe,
     "kto": KTORecipe,
     "ppo": PPORecipe,
+    "grpo": GRPORecipe,
+    "rloo": RLOORecipe,
 }
 
 

@@ -41,6 +41,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     # online RL samples its own responses: only the prompt column is read, so any row form with one will do
     "ppo": ("prompt-only", "preference", "prompt-completion", "unpaired preference"),
 }
+EXPECTED["grpo"] = EXPECTED["rloo"] = EXPECTED["ppo"]  # online RL too
 # P(chosen better) per pair, a judge's soft label carried by make_pairs; what train.soft_labels trains on.
 SOFT_LABEL = "chosen_prob"
 _DATA_FILES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}

@@ -44,6 +44,8 @@ HEADLINE = {
         "eval_score_reference": "mean reward (reference)",
         "eval_kl": "KL to the reference",
     },
+    "grpo": {"eval_reward": "mean reward (weighted sum, held-out prompts)", "eval_kl": "KL to the reference"},
+    "rloo": {"eval_reward": "mean reward (weighted sum, held-out prompts)", "eval_kl": "KL to the reference"},
 }
 
 
@@ -142,7 +144,7 @@ def model_card(
         "library_name": "peft",
         "tags": ["rlaif", "trl", cfg.recipe, "lora"] + (["qlora"] if built.quantize != "none" else []),
     }
-    method = cfg.train.loss_type if cfg.recipe in ("dpo", "kto") else cfg.recipe
+    method = cfg.train.loss_type if cfg.recipe in ("dpo", "kto", "grpo") else cfg.recipe
     paper = f", {PREFERENCE_LOSSES[method][3]}" if cfg.recipe == "dpo" else ""
     provenance = _provenance(built, data, resumed_from, args)
     sections = [

@@ -114,7 +114,19 @@ def ppo(cfg: PPORecipe, resume: bool = False) -> TrainResult:
     return run_ppo(cfg, resume=resume)
 
 
-RECIPES: dict[str, Callable[..., TrainResult]] = {**dict.fromkeys(TRL_RECIPES, run_trl), "ppo": ppo}
+def group(cfg: RecipeConfig, resume: bool = False) -> TrainResult:
+    """GRPO / RLOO on TRL's trainers with rlaif's reward spec; see rlaif.train.grpo."""
+    from rlaif.train.grpo import run_group
+
+    return run_group(cfg, resume, callbacks(cfg), train_and_save)  # type: ignore[arg-type]
+
+
+RECIPES: dict[str, Callable[..., TrainResult]] = {
+    **dict.fromkeys(TRL_RECIPES, run_trl),
+    "ppo": ppo,
+    "grpo": group,
+    "rloo": group,
+}
 
 
 def run_recipe(cfg: RecipeConfig, resume: bool = False) -> TrainResult:

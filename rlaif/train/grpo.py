@@ -1,0 +1,67 @@
+"""GRPO and RLOO on TRL's GRPOTrainer / RLOOTrainer: online RL with a group of sampled completions per prompt and
+no value model, so one GPU holds it (the reference, when ``beta`` > 0, is the base with the adapter disabled).
+
+Read top to bottom like every TRL recipe (rlaif.train.recipes.run_trl): check the prompts (before any model loads)
+→ the reward functions from the reward spec (rlaif.train.rl.group_rewards; an unresolvable one fails here too) → find
+the checkpoint to resume → build the model with THE builder → TRL's trainer with the peft config, the reward
+functions and their weights → train → evaluate on the held-out prompts (TRL samples and scores them) → save the
+adapter, model card and metrics.jsonl. Generation is TRL's own (``rollout: hf``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rlaif.formats import as_messages
+from rlaif.train.config import import_object, trl_args
+from rlaif.train.data import TrainingData, load_training_data
+from rlaif.train.grpo_config import GroupRecipe
+from rlaif.train.model import build_model
+from rlaif.train.outputs import TrainResult, resume_checkpoint
+from rlaif.train.rl.group_rewards import reward_functions
+
+TRAINERS = {"grpo": "trl.GRPOTrainer", "rloo": "trl.RLOOTrainer"}
+# Columns of preference/SFT rows that an online recipe never reads (it samples its own completions); dropped so a
+# preference data set trains too (GRPO's ``completion`` argument would otherwise clash with a ``completion`` column).
+NOT_PROMPTS = ("chosen", "rejected", "completion", "label", "messages")
+
+
+def run_group(cfg: GroupRecipe, resume: bool, callbacks: list[Any], finish: Callable[..., TrainResult]) -> TrainResult:
+    """Train ``cfg`` (recipe grpo or rloo) with TRL's trainer and rlaif's reward spec. ``callbacks`` and ``finish``
+    are the TRL recipes' own (rlaif.train.recipes: metrics.jsonl; train, evaluate, save), handed in."""
+    data = load_training_data(cfg.data, cfg.recipe)  # bad rows fail here, before any model loads
+    funcs, weights = reward_functions(cfg.reward)
+    checkpoint = resume_checkpoint(cfg, resume)
+    args = trl_args(cfg)  # TRL checks option values (and the group shape again) here, still before the model loads
+    args.reward_weights = weights
+    built = build_model(cfg.model, cfg.lora, cpu=cfg.cpu, require_chat_template=data.conversational)
+    data = chat_prompts(data, built.tokenizer)
+    trainer = import_object(TRAINERS[cfg.recipe])(
+        model=built.model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=built.tokenizer,
+        peft_config=built.peft_config,
+        callbacks=callbacks,
+    )
+    return finish(trainer, cfg, built, data, checkpoint)
+
+
+def chat_prompts(data: TrainingData, tokenizer: Any) -> TrainingData:
+    """Plain-text prompts become one user message when the tokenizer has a chat template (TRL applies the template
+    to conversational prompts only; an instruct model prompted with raw text continues it instead of answering), as
+    PPO's rollouts do; columns only offline recipes read are dropped."""
+
+    def convert(dataset: Any) -> Any:
+        if dataset is None:
+            return None
+        dataset = dataset.remove_columns([c for c in NOT_PROMPTS if c in dataset.column_names])
+        if isinstance(dataset[0]["prompt"], str) and tokenizer.chat_template:
+            dataset = dataset.map(lambda row: {"prompt": as_messages(row["prompt"])})
+        return dataset
+
+    data.train, data.eval = convert(data.train), convert(data.eval)
+    return data

@@ -1,0 +1,202 @@
+"""GRPO / RLOO: the reward spec as TRL reward functions (rlaif.train.rl.group_rewards), the configs (errors before any
+model loads, with file:line), and real runs of `rlaif train grpo|rloo --cpu` on the builtin model (TRL's trainers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rlaif.config import ConfigError
+from rlaif.train.config import trl_args
+from rlaif.train.config_load import load_config
+from rlaif.train.grpo_config import RewardSpec
+from rlaif.train.rl.group_rewards import GroupReward, reward_functions
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "pipelines" / "train"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "train"
+LOWER = '[{"type": "all_lowercase"}]'
+SHORT = '[{"type": "word_count", "relation": "at_most", "num": 3}]'
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+
+
+def _trl_call(fn, completions, **columns):
+    """Call ``fn`` as TRL's GRPOTrainer does: conversational completions, every column, TRL's own extras."""
+    logged: dict[str, float] = {}
+    scores = fn(
+        prompts=[[{"role": "user", "content": f"question {i}"}] for i in range(len(completions))],
+        completions=[[{"role": "assistant", "content": text}] for text in completions],
+        completion_ids=[[1, 2]] * len(completions),
+        trainer_state=object(),
+        log_extra=lambda *a: None,
+        log_metric=lambda name, value: logged.__setitem__(name, value),
+        **columns,
+    )
+    return scores, logged
+
+
+# -- the reward adapter -----------------------------------------------------------------------------------------
+def test_ifeval_verifier_scores_known_completions_and_leaves_unverifiable_ones_unscored():
+    fn = GroupReward(RewardSpec(verifier="ifeval"))
+    scores, logged = _trl_call(
+        fn,
+        ["all lower case here", "Not Lower", "one two", "one two three four five", "anything"],
+        constraints=[LOWER, LOWER, SHORT, SHORT, '[{"type": "no_such_check"}]'],
+    )
+    assert fn.__name__ == "ifeval"  # the name TRL logs: rewards/ifeval/mean
+    assert scores == [1.0, 0.0, 1.0, 0.0, None]  # None: TRL leaves it out of the mean and the weighted sum
+    assert logged == {"rewards/ifeval/unverifiable": 0.2}
+
+
+def test_verifier_columns_are_renamed_and_kwargs_given_to_every_row():
+    renamed = GroupReward(RewardSpec(verifier="exact", columns={"answer": "solution"}, name="match"))
+    scores, _ = _trl_call(renamed, ["42", "41"], solution=["42", "42"])
+    assert (renamed.__name__, scores) == ("match", [1.0, 0.0])
+    fixed = GroupReward(RewardSpec(verifier="regex", kwargs={"pattern": r"^\d+$"}))
+    assert _trl_call(fixed, ["123", "abc"])[0] == [1.0, 0.0]
+
+
+def picky(prompts, completions, *, label, bonus=0.0):
+    """A rule reward reading a data column (``label``) and a kwarg; None when the row has no label."""
+    return [
+        None if want is None else float(want in text) + bonus for text, want in zip(completions, label, strict=True)
+    ]
+
+
+def test_function_rewards_get_their_columns_and_kwargs_and_may_return_none():
+    fn = GroupReward(RewardSpec(function="test_grpo.picky", kwargs={"bonus": 0.5}))
+    scores, _ = _trl_call(fn, ["a cat", "a dog", "x"], label=["cat", "cat", None], other=[1, 2, 3])
+    assert (fn.__name__, scores) == ("picky", [1.5, 0.5, None])  # `other` is not a parameter: not passed
+
+
+def broken(prompts, completions, **_):
+    return [float("nan")] * len(completions)
+
+
+def short(prompts, completions, **_):
+    return [1.0]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [("broken", "returned nan for 2 completions"), ("short", "returned 1 values for 2")]
+)
+def test_a_function_returning_a_bad_value_is_named(name, expected):
+    fn = GroupReward(RewardSpec(function=f"test_grpo.{name}"))
+    with pytest.raises(ValueError, match=f"reward {name} \\(function test_grpo.{name}\\) {expected}"):
+        _trl_call(fn, ["a", "b"])
+
+
+def test_weighted_components_keep_their_names_and_weights():
+    specs = [RewardSpec(verifier="ifeval"), RewardSpec(function="length_penalty", weight=0.1, name="length")]
+    funcs, weights = reward_functions(specs)
+    assert [f.__name__ for f in funcs] == ["ifeval", "length"] and weights == [1.0, 0.1]
+    # TRL sums the components with these weights, skipping a None (NaN) component (GRPOTrainer: nansum)
+    ifeval, _ = _trl_call(funcs[0], ["abc", "ABC"], constraints=[LOWER, LOWER])
+    length, _ = _trl_call(funcs[1], ["abc", "ABC"], constraints=[LOWER, LOWER])
+    assert [1.0 * i + 0.1 * n for i, n in zip(ifeval, length, strict=True)] == pytest.approx([0.997, -0.003])
+
+
+# -- configs ----------------------------------------------------------------------------------------------------
+def test_shipped_configs_and_the_cpu_profile():
+    grpo = trl_args(load_config(CONFIGS / "grpo.yaml", "grpo", cpu=True))
+    assert type(grpo).__name__ == "GRPOConfig" and grpo.loss_type == "dapo" and grpo.beta == 0.0
+    assert (grpo.num_generations, grpo.per_device_train_batch_size, grpo.max_completion_length) == (2, 2, 32)
+    assert (grpo.use_cpu, grpo.bf16) == (True, False)
+    rloo = load_config(CONFIGS / "rloo.yaml", "rloo", ["train.normalize_advantages=true"])
+    assert rloo.train.num_generations == 4 and [s.label() for s in rloo.reward] == ["ifeval"]  # one source, listed
+    dr = trl_args(load_config(CONFIGS / "grpo.yaml", "grpo", ["train.loss_type=dr_grpo"], cpu=True))
+    assert dr.loss_type == "dr_grpo"
+
+
+GRPO_FILE = """\
+recipe: grpo
+model: {name: builtin:smollm2-135m-instruct, quantize: nf4}
+data: {path: tests/fixtures/train/constrained_prompts.jsonl}
+reward:
+  - {verifier: ifeval}
+  - {function: length_penalty, weight: 0.1}
+train:
+  output_dir: runs/x
+  num_generations: 4
+"""
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cpu", "expected"),
+    [
+        (["train.loss_type=dpo"], False, "override 'train.loss_type=dpo': unknown loss_type 'dpo'; choices: dapo, dr"),
+        (["train.num_generations=3"], False, "num_generations (3) must divide the generation batch"),
+        ([], True, "with --cpu, num_generations (4) must divide the generation batch"),
+        (["train.num_generations=1"], False, "greater than or equal to 2"),
+        (["reward=[{verifier: ifevall}]"], False, "unknown verifier 'ifevall' (did you mean 'ifeval'?)"),
+        (["reward=[{function: lenght_penalty}]"], False, "unknown reward function 'lenght_penalty'"),
+        (["reward=[{judge: {}}]"], False, "reward.judge: grpo/rloo take verifier and function rewards for now"),
+        (["reward=[{verifier: ifeval}, {verifier: ifeval}]"], False, "two components are named 'ifeval'"),
+        (["reward=[]"], False, "at least 1 item"),
+        (["train.trl={reward_weights: [1, 2]}"], False, "trl.reward_weights is set by rlaif"),
+        (["train.trl={warp: 1}"], False, "trl.warp is not an option of GRPOConfig"),
+        (
+            ["train.max_length=512", "train.num_generations=2"],
+            True,
+            "",
+        ),  # accepted (the CPU profile sets it) and never passed to TRL
+    ],
+)
+def test_bad_configs_fail_before_a_model_loads_with_file_and_line(tmp_path, overrides, cpu, expected):
+    path = tmp_path / "grpo.yaml"
+    path.write_text(GRPO_FILE)
+    if not expected:
+        assert "max_length" not in trl_args(load_config(path, "grpo", overrides, cpu=cpu)).to_dict()
+        return
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, "grpo", overrides, cpu=cpu)
+    assert str(path) in str(exc.value) and expected in str(exc.value)
+
+
+def test_a_spec_error_inside_the_list_names_its_line(tmp_path):
+    path = tmp_path / "grpo.yaml"
+    path.write_text(GRPO_FILE.replace("weight: 0.1", "weight: high").replace("num_generations: 4", "loss_type: ppo"))
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, "grpo")
+    assert f"{path}:6: reward.1.weight: Input should be a valid number" in str(exc.value)
+    assert f"{path}:9: train.loss_type: unknown loss_type 'ppo'" in str(exc.value)
+
+
+# -- real runs on the builtin model -----------------------------------------------------------------------------
+def _metrics(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("recipe", ["grpo", "rloo"])
+def test_train_from_the_shipped_config_logs_each_reward_component(recipe, tmp_path):
+    from rlaif.cli import app
+    from rlaif.train.model import build_model
+
+    out = tmp_path / recipe
+    overrides = [
+        f"train.output_dir={out}",
+        "train.max_steps=2",
+        "train.max_completion_length=12",
+        "data.test_size=2",
+        "model.quantize=none",  # fp32 LoRA: nf4 on CPU works too, but its 4-bit matmuls cost minutes here
+        "reward=[{verifier: ifeval}, {function: length_penalty, weight: 0.1, name: length}]",
+    ]
+    result = CliRunner().invoke(app, ["train", recipe, str(CONFIGS / f"{recipe}.yaml"), *overrides, "--cpu"])
+    assert result.exit_code == 0, result.output
+    steps = [row for row in _metrics(out) if "loss" in row]
+    assert [row["step"] for row in steps] == [1, 2]
+    for row in steps:
+        assert 0.0 <= row["rewards/ifeval/mean"] <= 1.0 and row["rewards/length/mean"] < 0
+        assert row["reward"] == pytest.approx(row["rewards/ifeval/mean"] + 0.1 * row["rewards/length/mean"], abs=1e-4)
+    evaluated = json.loads((out / "eval.json").read_text())
+    assert {"eval_reward", "eval_rewards/ifeval/mean", "eval_rewards/length/mean"} <= set(evaluated)
+    card = (out / "adapter" / "README.md").read_text()
+    assert f"rlaif's `{recipe}` recipe" in card and "mean reward (weighted sum, held-out prompts)" in card
+    cfg = load_config(CONFIGS / f"{recipe}.yaml", recipe, ["model.quantize=none"], cpu=True)
+    model = build_model(cfg.model, None, adapters={"default": out / "adapter"}, cpu=True).model
+    assert any("lora_A" in name for name, _ in model.named_parameters())
