@@ -200,3 +200,40 @@ def test_train_from_the_shipped_config_logs_each_reward_component(recipe, tmp_pa
     cfg = load_config(CONFIGS / f"{recipe}.yaml", recipe, ["model.quantize=none"], cpu=True)
     model = build_model(cfg.model, None, adapters={"default": out / "adapter"}, cpu=True).model
     assert any("lora_A" in name for name, _ in model.named_parameters())
+
+
+def test_bad_input_exits_2_before_a_model_loads(monkeypatch, tmp_path):
+    from rlaif.cli import app
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr("rlaif.train.grpo.build_model", no_model)
+    runner, config = CliRunner(), str(CONFIGS / "grpo.yaml")
+    out = f"train.output_dir={tmp_path / 'out'}"
+    bad_loss = runner.invoke(app, ["train", "grpo", config, out, "train.loss_type=ppo", "--cpu"])
+    assert bad_loss.exit_code == 2 and "unknown loss_type 'ppo'" in bad_loss.output
+    no_prompts = tmp_path / "rows.jsonl"
+    no_prompts.write_text('{"text": "hello"}\n{"text": "bye"}\n')
+    bad_data = runner.invoke(
+        app, ["train", "rloo", str(CONFIGS / "rloo.yaml"), out, f"data.path={no_prompts}", "--cpu"]
+    )
+    assert bad_data.exit_code == 2 and "the rloo recipe expects prompt-only (prompt)" in bad_data.output
+
+
+@pytest.mark.model
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    from rlaif.train.recipes import run_recipe
+
+    out = tmp_path / "grpo"
+    common = [f"train.output_dir={out}", "train.save_steps=1", "train.max_completion_length=8", "data.test_size=0"]
+    common += ["model.quantize=none", "reward={verifier: ifeval}"]
+    first = run_recipe(load_config(CONFIGS / "grpo.yaml", "grpo", [*common, "train.max_steps=1"], cpu=True))
+    with pytest.raises(ConfigError, match="holds an earlier run: pass --resume"):
+        run_recipe(load_config(CONFIGS / "grpo.yaml", "grpo", [*common, "train.max_steps=2"], cpu=True))
+    second = run_recipe(
+        load_config(CONFIGS / "grpo.yaml", "grpo", [*common, "train.max_steps=2"], cpu=True), resume=True
+    )
+    assert first.resumed_from is None and second.resumed_from == str(out / "checkpoint-1")
+    starts = [row["step"] for row in _metrics(out) if row.get("event") == "train_begin"]
+    assert starts == [0, 1] and [row["step"] for row in _metrics(out) if "loss" in row] == [1, 2]
