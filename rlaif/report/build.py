@@ -84,9 +84,12 @@ def report_after(root: Path | None) -> Path | None:
 
 def _files(root: Path) -> RunFiles:
     try:
-        return RunFiles(root)
+        run = RunFiles(root)
     except (OSError, ValueError) as exc:
         raise ReportError(f"{root / 'stats.json'}: cannot read: {exc}") from exc
+    if not isinstance(run.stats, dict) or not all(isinstance(s, dict) for s in run.stats.values()):
+        raise ReportError(f"{root / 'stats.json'}: expected a JSON object of steps, each an object of totals")
+    return run
 
 
 def _json(path: Path) -> object:

@@ -28,6 +28,9 @@ def report_command(run_dir: RunDirArg, output: OutOpt = None) -> None:
     except OSError as exc:  # an unwritable output path, a file that vanished mid-read
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    except Exception as exc:  # noqa: BLE001 - a file of an unexpected shape: say which run, no traceback
+        typer.echo(f"error: {run_dir}: cannot draw the report: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1) from exc
     typer.echo(f"report: {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 

@@ -112,7 +112,8 @@ def _training(root: Path, rows: list[dict[str, Any]]) -> str:
     runs = [
         (label, read_metrics(d / "metrics.jsonl"))
         for r in rows
-        for label, d in _train_dirs(root, int(r.get("round", 0)))
+        if isinstance(r.get("round"), int)
+        for label, d in _train_dirs(root, r["round"])
     ]
     runs = [(label, m) for label, m in runs if m.rows]
     if not runs:

@@ -143,6 +143,28 @@ def test_unreadable_inputs_are_named(tmp_path):
     (run / "stats.json").write_text("not json")
     with pytest.raises(ReportError, match=r"stats\.json: cannot read"):
         render(run)
+    (run / "stats.json").write_text("[1, 2]")
+    with pytest.raises(ReportError, match=r"stats\.json: expected a JSON object of steps"):
+        render(run)
+
+
+def test_odd_but_readable_files_still_draw_and_stay_escaped(tmp_path):
+    run = tmp_path / "run"
+    (run / "steps").mkdir(parents=True)
+    hostile = "<img src=x onerror=alert(1)>"
+    (run / "stats.json").write_text(
+        json.dumps({"a": {"type": "load"}, "b": {"records_in": 3, "dropped": {hostile: 3}}})
+    )
+    (run / "pipeline.yaml").write_text("steps: [{name: b, from: [a, zz]}, {name: a, from: b}]\n")  # a cycle, a typo
+    page = render(run)
+    assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert ["b", "dropped", hostile, "3"] in parse(page).table_with("reason")
+
+
+def test_a_file_of_an_unexpected_shape_is_an_error_not_a_traceback(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps([{"round": 1, "made": 3, "dropped": ["not", "a", "dict"]}]))
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 1 and "cannot draw the report: AttributeError" in result.output
 
 
 def test_report_after_a_run_never_raises(tmp_path, caplog):

@@ -51,8 +51,11 @@ def chart_titles(page: str) -> list[str]:
 
 def test_training_report_draws_every_headline_curve(tmp_path):
     write_metrics(tmp_path / "out")
+    with (tmp_path / "out" / "metrics.jsonl").open("a") as handle:  # a hostile metric name: a title, escaped
+        handle.write(json.dumps({"step": 31, "<script>alert(3)</script>": 1.0}) + "\n")
     page = render(tmp_path / "out")
     assert detect(tmp_path / "out") == "training"
+    assert "<script" not in page and "&lt;script&gt;alert(3)&lt;/script&gt;" in page
     assert parse(page).sections == ["curves", "eval"]
     titles = chart_titles(page)
     for title in (
@@ -71,7 +74,7 @@ def test_training_report_draws_every_headline_curve(tmp_path):
         assert title in titles, title
     assert "flag" not in titles
     text = re.sub(r"<[^>]+>", " ", page)
-    assert "30 logged steps, last step 30" in text and "resumed at step 12" in text
+    assert "31 logged steps, last step 31" in text and "resumed at step 12" in text
     assert "unreadable lines skipped: [16]" in text  # the half line, by its line number
     tables = {r[0]: r[1] for t in parse(page).tables for r in t[1:]}
     assert tables["eval_loss"] == "0.123" and tables["eval_rewards/accuracies"] == "0.875"
