@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from report_pages import parse
+from test_report_browser import CHROMIUM, open_page
 from typer.testing import CliRunner
 
 from rlaif.cli import app
@@ -98,3 +99,6 @@ def test_a_real_loop_and_its_round_report_what_they_wrote(tiny_model_dir, tmp_pa
     assert [r[0] for r in steps_table[1:]] == list(stats)
     assert [int(r[3]) for r in steps_table[1:]] == [s["records_out"] for s in stats.values()]
     assert "verifiers" in parse(data).sections and "pairs" in parse(data).sections
+    if CHROMIUM:  # the real loop's page in the browser too: no console message, not blank, every section
+        dom = open_page(run / "report.html", tmp_path)
+        assert parse(dom).sections == ["rounds", "round-training", "round-data"] and parse(dom).scripts == 0
