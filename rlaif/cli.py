@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import enum
-import logging
-import os
+import json
 import typing
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from rlaif import logs
+from rlaif.cli_common import (
+    FAILED,
+    OK,
+    USAGE,
+    err_console,
+    fail,
+    log_to,
+    out_console,
+    set_verbosity,
+    verbosity,
+    with_verbosity,
+)
 from rlaif.schema import Quantize
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="AI-feedback preference data and alignment.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="AI-feedback preference data and alignment. Exit codes: 0 ok, 1 the run failed, 2 usage or config error.",
+)
 models_app = typer.Typer(no_args_is_help=True, help="Builtin models: list them, convert them ahead of use.")
 app.add_typer(models_app, name="models")
 # --- training sub-app (rlaif/train/cli.py; its module imports only typer, so --help stays fast) ---
@@ -24,14 +39,14 @@ app.add_typer(train_app, name="train")
 # --- end training sub-app ---
 from rlaif.judge_eval_cli import judge_eval  # noqa: E402 - rlaif judge-eval (rlaif/judge_eval_cli.py)
 
-app.command("judge-eval")(judge_eval)
+app.command("judge-eval")(with_verbosity(judge_eval))
 from rlaif.verify_cli import verify_command  # noqa: E402 - rlaif verify (rlaif/verify_cli.py)
 
-app.command("verify")(verify_command)
+app.command("verify")(with_verbosity(verify_command))
 from rlaif.report.cli import report_command  # noqa: E402 - rlaif report (rlaif/report/cli.py)
 
-app.command("report")(report_command)
-console = Console()
+app.command("report")(with_verbosity(report_command))
+__all__ = ["FAILED", "OK", "USAGE", "app"]
 
 
 class BackendName(enum.StrEnum):
@@ -40,35 +55,66 @@ class BackendName(enum.StrEnum):
     openai = "openai"
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        import rlaif
+
+        try:
+            number = version("rlaif")
+        except PackageNotFoundError:  # run from a source tree that is not installed
+            number = rlaif.__version__
+        typer.echo(f"rlaif {number}")
+        raise typer.Exit(OK)
+
+
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs.")) -> None:
-    level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:
-        # vLLM logs every engine step at INFO; its own variable is read when vllm is first imported (later).
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+def main(
+    ctx: typer.Context,
+    verbose: int = typer.Option(
+        0, "--verbose", "-v", count=True, show_default=False, help="Show library logs on stderr (-vv: all of them)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", show_default=False, help="Only results and errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, show_default=False, help="Print the version and exit."
+    ),
+) -> None:
+    """-v / -q work before or after the subcommand."""
+    set_verbosity(verbose, quiet, ctx)
 
 
 @app.command()
+@with_verbosity
 def generate(
     model: str = typer.Option(..., help="Hub id, local directory, or builtin:NAME."),
     prompt: list[str] = typer.Option(..., help="A user message; repeat the option for a batch."),
-    n: int = typer.Option(1, help="Completions per prompt."),
-    temperature: float = typer.Option(0.7),
-    top_p: float = typer.Option(1.0),
-    max_tokens: int = typer.Option(128),
+    n: int = typer.Option(1, min=1, help="Completions per prompt."),
+    temperature: float = typer.Option(0.7, min=0.0, help="Sampling temperature (0: greedy)."),
+    top_p: float = typer.Option(
+        1.0,
+        min=0.0,
+        max=1.0,
+        help="Nucleus sampling: keep the smallest set of tokens whose probability adds up to this.",
+    ),
+    max_tokens: int = typer.Option(128, min=1, help="Most tokens generated per completion."),
     seed: int | None = typer.Option(None, help="Per-request seed, for reproducible samples."),
     system: str | None = typer.Option(None, help="Optional system message."),
     raw: bool = typer.Option(False, help="Send the prompt as-is, without the chat template."),
     backend: BackendName = typer.Option(BackendName.vllm, help="Generation backend."),
     base_url: str = typer.Option("http://127.0.0.1:8000/v1", help="openai backend: server URL."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="openai backend: env variable holding the API key."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON object: {model, results: [{prompt, ok, error, completions}]}."
+    ),
 ) -> None:
-    """Generate completions for one or more prompts and print them."""
+    """Generate completions for one or more prompts and print them (stdout: the completions only; library logs
+    need -v). Exit 1 when a prompt failed."""
     from rlaif.backends import load_backend
     from rlaif.models import ModelNotFoundError
     from rlaif.schema import GenerationParams
 
+    logs.setup(verbosity(), bars=False)  # the engine's weight-loading bars too
     try:
         params = GenerationParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     except ValueError as exc:
@@ -79,19 +125,38 @@ def generate(
         with load_backend(backend.value, model, **options) as engine:
             results = engine.generate(prompts, params)
     except ModelNotFoundError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    failed = 0
-    for text, result in zip(prompt, results, strict=True):
-        console.rule(f"[bold]{text[:80]}")
-        if not result.ok:
-            failed += 1
-            console.print(f"[red]error:[/red] {result.error}")
-        for i, completion in enumerate(result.completions):
-            console.print(f"[cyan][{i}][/cyan] ({completion.completion_tokens} tokens, {completion.finish_reason})")
-            console.print(completion.text, markup=False, highlight=False)
-    if failed:
-        raise typer.Exit(1)
+        fail(str(exc), USAGE)
+    rows = [
+        {
+            "prompt": text,
+            "ok": result.ok,
+            "error": None if result.ok else str(result.error),
+            "completions": [
+                {"text": c.text, "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason}
+                for c in result.completions
+            ],
+        }
+        for text, result in zip(prompt, results, strict=True)
+    ]
+    if as_json:
+        typer.echo(json.dumps({"model": model, "results": rows}, indent=2, ensure_ascii=False))
+    else:
+        _print_completions(rows)
+    if any(not row["ok"] for row in rows):
+        raise typer.Exit(FAILED)
+
+
+def _print_completions(rows: list[dict[str, typing.Any]]) -> None:
+    console = out_console()
+    for row in rows:
+        console.rule(row["prompt"][:80], style="bold")
+        if not row["ok"]:
+            err_console().print(f"[red]error:[/red] {row['error']}", highlight=False)
+        for i, completion in enumerate(row["completions"]):
+            console.print(
+                f"[cyan][{i}][/cyan] ({completion['completion_tokens']} tokens, {completion['finish_reason']})"
+            )
+            console.print(completion["text"], markup=False, highlight=False)
 
 
 def _conversation(text: str, system: str | None) -> list[dict[str, str]]:
@@ -100,6 +165,7 @@ def _conversation(text: str, system: str | None) -> list[dict[str, str]]:
 
 
 @models_app.command("list")
+@with_verbosity
 def models_list() -> None:
     """Builtin models and whether they are converted."""
     from rlaif.models import list_models
@@ -107,44 +173,60 @@ def models_list() -> None:
     table = Table("model", "state", "path")
     for row in list_models():
         table.add_row(row["name"], row["state"], row["path"])
-    console.print(table)
+    out_console().print(table)
 
 
 @models_app.command("pull")
-def models_pull(name: str = typer.Argument(..., help="builtin:NAME (or NAME)"), force: bool = False) -> None:
+@with_verbosity
+def models_pull(
+    name: str = typer.Argument(..., help="builtin:NAME (or NAME)"),
+    force: bool = typer.Option(False, help="Convert again even when already converted."),
+) -> None:
     """Convert a builtin model into the cache (once; instant when already done)."""
     from rlaif.models import BUILTIN_PREFIX, ModelNotFoundError, prepare_builtin
 
     try:
         path = prepare_builtin(name.removeprefix(BUILTIN_PREFIX), force=force)
     except ModelNotFoundError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    console.print(f"{BUILTIN_PREFIX}{name.removeprefix(BUILTIN_PREFIX)} ready at {path}")
+        fail(str(exc), USAGE)
+    out_console().print(f"{BUILTIN_PREFIX}{name.removeprefix(BUILTIN_PREFIX)} ready at {path}", highlight=False)
 
 
 @app.command()
-def validate(files: list[Path] = typer.Argument(..., help="Pipeline, training or loop YAML file(s).")) -> None:
+@with_verbosity
+def validate(
+    files: list[Path] = typer.Argument(..., help="Pipeline, training or loop YAML file(s)."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print a JSON list: {file, ok, kind, summary, problems: [{file, line, message}]}."
+    ),
+) -> None:
     """Check rlaif YAML without running anything: a pipeline, a training config (`recipe:`) or a loop file (`rounds:`,
-    with the pipeline and training files it names). Every problem, with file and line."""
+    with the pipeline and training files it names). Every problem, with file and line. Exit 2 when any has one."""
     from rlaif.config import ConfigError
 
-    failed = False
+    reports = []
     for file in files:
         try:
-            summary = _validated(file)
+            kind, summary = _validated(file)
         except ConfigError as exc:
-            failed = True
-            console.print(f"[red]✗ {file}[/red] — ", end="", highlight=False)
-            console.print(str(exc), markup=False, highlight=False, soft_wrap=True)  # file:line stays on one line
+            problems = [{"file": p.file, "line": p.line, "message": p.message} for p in exc.problems]
+            reports.append({"file": str(file), "ok": False, "kind": None, "summary": None, "problems": problems})
+            if not as_json:
+                console = err_console()
+                console.print(f"[red]✗ {file}[/red] — ", end="", highlight=False)
+                console.print(str(exc), markup=False, highlight=False, soft_wrap=True)  # file:line on one line
             continue
-        console.print(f"[green]✓ {file}[/green] — {summary}", highlight=False, soft_wrap=True)
-    if failed:
-        raise typer.Exit(2)  # a config error, as from run, show, train and loop
+        reports.append({"file": str(file), "ok": True, "kind": kind, "summary": summary, "problems": []})
+        if not as_json:
+            out_console().print(f"[green]✓ {file}[/green] — {summary}", highlight=False, soft_wrap=True)
+    if as_json:
+        typer.echo(json.dumps(reports, indent=2, ensure_ascii=False))
+    if not all(report["ok"] for report in reports):
+        raise typer.Exit(USAGE)  # a config error, as from run, show, train and loop
 
 
-def _validated(file: Path) -> str:
-    """Load ``file`` fully as the kind of rlaif YAML it is; one line on what it holds."""
+def _validated(file: Path) -> tuple[str, str]:
+    """Load ``file`` fully as the kind of rlaif YAML it is; its kind and one line on what it holds."""
     from rlaif.config import ConfigError, config_kind, load_yaml
 
     if not file.is_file():
@@ -154,28 +236,37 @@ def _validated(file: Path) -> str:
         from rlaif.train.config_load import load_any_config
 
         cfg = load_any_config(file)
-        return f"training config: recipe {cfg.recipe}, model {cfg.model.name}"
+        return kind, f"training config: recipe {cfg.recipe}, model {cfg.model.name}"
     if kind == "loop":
         from rlaif.loop.config import load_loop_config
         from rlaif.loop.rounds import check_loop
 
         loop_cfg = load_loop_config(file)
         check_loop(loop_cfg)  # its pipelines and training configs, as `rlaif loop` checks them before round 1
-        return f"loop: {loop_cfg.rounds} rounds, train stages: {[s.name for s in loop_cfg.train]}"
+        return kind, f"loop: {loop_cfg.rounds} rounds, train stages: {[s.name for s in loop_cfg.train]}"
     from rlaif.pipeline.spec import load_pipeline
 
     pipeline = load_pipeline(file)
-    return f"pipeline: {len(pipeline.steps)} steps, models: {list(pipeline.models)}"
+    return "pipeline", f"pipeline: {len(pipeline.steps)} steps, models: {list(pipeline.models)}"
 
 
 @app.command()
+@with_verbosity
 def run(
     file: Path = typer.Argument(..., help="Pipeline YAML file."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. steps.judge.temperature=0"),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore (and replace) the cache."),
-    dry_run: int | None = typer.Option(None, "--dry-run", help="Push the first N records through; cache nothing."),
-    run_dir: Path | None = typer.Option(None, help="Run directory (default runs/<name>)."),
-    progress: bool = typer.Option(True, help="Progress bars."),
+    dry_run: int | None = typer.Option(
+        None, "--dry-run", min=1, help="Push the first N (>= 1) records through; cache nothing."
+    ),
+    output_dir: Path | None = typer.Option(
+        None,
+        "--output-dir",
+        help="Where the run writes (cache, stats, dataset/, library.log).",
+        show_default="the file's output_dir, else runs/<name>",
+    ),
+    run_dir: Path | None = typer.Option(None, "--run-dir", hidden=True, help="Deprecated: --output-dir."),
+    progress: bool = typer.Option(True, help="Progress bars (on stderr)."),
     allow_partial: bool = typer.Option(
         False, "--allow-partial", help="Accept (exit 0, save) a run that quarantined more than max_quarantined."
     ),
@@ -185,41 +276,55 @@ def run(
 ) -> None:
     """Validate, then run a pipeline: cached, resumable, every record accounted for. Ends with the outcome (ok,
     partial, failed); exit 0 only for ok or an accepted partial run, 1 when the run failed, 2 for a config error.
-    A run that is not accepted leaves the previous dataset as it was."""
+    A run that is not accepted leaves the previous dataset as it was. Library logs go to OUTPUT_DIR/library.log."""
     from rlaif.config import ConfigError
     from rlaif.pipeline.outcome import outcome_lines
     from rlaif.pipeline.progress import Reporter
     from rlaif.pipeline.push import PushError
-    from rlaif.pipeline.run import run_pipeline
+    from rlaif.pipeline.run import default_run_dir, run_pipeline
     from rlaif.pipeline.spec import load_pipeline
 
+    if run_dir is not None:
+        if output_dir is not None:
+            fail("give --output-dir only (--run-dir is its deprecated name)", USAGE)
+        err_console().print("warning: --run-dir is deprecated: use --output-dir", style="yellow", highlight=False)
+        output_dir = run_dir
     try:
         pipeline = load_pipeline(file, overrides or [])
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from exc
+        fail(str(exc), USAGE)
+    quiet = verbosity() <= logs.QUIET
+    if dry_run is None:
+        log_to(output_dir or default_run_dir(pipeline), bars=False)
+    else:
+        logs.setup(verbosity(), bars=False)
+    out = out_console()
+    reporter = Reporter(console=out, status=err_console(), bars=progress and not quiet, notes=not quiet)
     try:
         summary = run_pipeline(
             pipeline,
-            run_dir=run_dir,
+            run_dir=output_dir,
             fresh=fresh,
             dry_run=dry_run,
-            reporter=Reporter(console=console, bars=progress),
+            reporter=reporter,
             allow_partial=allow_partial,
             retry_quarantined=retry_quarantined,
         )
     except PushError as exc:
-        console.print(f"[red]push failed:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from exc
+        fail(str(exc), FAILED, label="push failed")
     if dry_run is not None:
         for name, records in summary.samples.items():
-            console.rule(f"{name}: first records of {summary.rows[name]}")
+            out.rule(f"{name}: first records of {summary.rows[name]}")
             for record in records:
-                console.print_json(data=record, default=str)
+                out.print_json(data=record, default=str)
     for name, path in summary.datasets.items():
-        console.print(f"saved {name}: {summary.rows[name]} rows -> {path}", highlight=False, soft_wrap=True)
+        out.print(f"saved {name}: {summary.rows[name]} rows -> {path}", highlight=False, soft_wrap=True)
     if summary.pushed:
-        console.print(f"pushed: {summary.pushed}")
+        out.print(f"pushed: {summary.pushed}", highlight=False)
+    if dry_run is None:  # RUN/report.html (rlaif.report); a failure to draw it is a warning, never the run's
+        from rlaif.report.cli import report_line
+
+        report_line(summary.run_dir)
     if dry_run is None:  # RUN/report.html (rlaif.report); a failure to draw it is a warning, never the run's
         from rlaif.report.cli import report_line
 
@@ -227,11 +332,12 @@ def run(
     colour = {"ok": "green", "partial": "yellow"}.get(summary.outcome.status, "red")
     for i, line in enumerate(outcome_lines(summary.outcome, summary.kept)):  # last: the outcome and why
         style = colour if i == 0 else None
-        console.print(line, style=style, highlight=False, markup=False, soft_wrap=True)
+        out.print(line, style=style, highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(summary.outcome.exit_code)
 
 
 @app.command()
+@with_verbosity
 def show(file: Path = typer.Argument(..., help="Pipeline YAML file.")) -> None:
     """Print the DAG as text and as a mermaid diagram."""
     from rlaif.config import ConfigError
@@ -240,24 +346,25 @@ def show(file: Path = typer.Argument(..., help="Pipeline YAML file.")) -> None:
     try:
         pipeline = load_pipeline(file)
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from exc
+        fail(str(exc), USAGE)
+    out = out_console()
     for name, spec in pipeline.steps.items():
         columns = pipeline.columns.get(name)
         source = f" <- {', '.join(spec.upstream)}" if spec.upstream else ""
-        console.print(
+        out.print(
             f"{name} ({spec.type}){source}  columns: {sorted(columns) if columns else 'unknown'}",
             highlight=False,
             markup=False,
         )
     lines = ["flowchart TD"] + [f'    {n}["{n}: {s.type}"]' for n, s in pipeline.steps.items()]
     lines += [f"    {u} --> {n}" for n, s in pipeline.steps.items() for u in s.upstream]
-    console.print("\n```mermaid\n" + "\n".join(lines) + "\n```", highlight=False, markup=False)
+    out.print("\n```mermaid\n" + "\n".join(lines) + "\n```", highlight=False, markup=False)
 
 
 @app.command()
+@with_verbosity
 def push(
-    run_dir: Path = typer.Argument(..., help="A run directory (its dataset/ is pushed) or a dataset directory."),
+    run_dir: Path = typer.Argument(..., help="A run's output_dir (its dataset/ is pushed) or a dataset directory."),
     repo: str = typer.Option(..., help="Hub dataset repo id, e.g. my-org/my-prefs."),
     private: bool = typer.Option(False, help="Create the repo private."),
 ) -> None:
@@ -266,10 +373,10 @@ def push(
 
     dataset_dir = run_dir / "dataset" if (run_dir / "dataset").is_dir() else run_dir
     try:
-        console.print(f"pushed: {push_dataset(dataset_dir, repo, private=private, run_dir=run_dir)}")
+        pushed = push_dataset(dataset_dir, repo, private=private, run_dir=run_dir)
     except PushError as exc:
-        console.print(f"[red]push failed:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from exc
+        fail(str(exc), FAILED, label="push failed")
+    out_console().print(f"pushed: {pushed}", highlight=False)
 
 
 class PlanStage(enum.StrEnum):
@@ -290,6 +397,7 @@ class PlanFormat(enum.StrEnum):
 
 
 @app.command()
+@with_verbosity
 def plan(
     model: str = typer.Argument(
         None, help="Hub id, local directory, or builtin:NAME (only config.json is read); omit with --list."
@@ -297,18 +405,29 @@ def plan(
     stage: PlanStage = typer.Option(PlanStage.all, help="Training stage, or all for a table of every stage."),
     gpu_mem: float = typer.Option(24.0, "--gpu-mem", help="GPU memory in GiB."),
     quantize: QuantizeName = typer.Option(QuantizeName.nf4, help="Base weights: bitsandbytes NF4, int8, or bf16."),
-    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank (all linear layers)."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Per-device batch (pairs for rm/dpo, rollouts for ppo)."),
-    seq_len: int = typer.Option(1024, "--seq-len", help="Tokens per sequence (prompt + completion)."),
-    gradient_checkpointing: bool = typer.Option(True, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    lora_r: int = typer.Option(16, "--lora-r", min=1, help="LoRA rank (all linear layers)."),
+    batch_size: int = typer.Option(
+        4, "--batch-size", min=1, help="Per-device batch (pairs for rm/dpo, rollouts for ppo)."
+    ),
+    seq_len: int = typer.Option(1024, "--seq-len", min=1, help="Tokens per sequence (prompt + completion)."),
+    gradient_checkpointing: bool = typer.Option(
+        True,
+        "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Activations recomputed in the backward pass (less memory, ~30% slower).",
+    ),
     max_model_len: int | None = typer.Option(
-        None, "--max-model-len", help="vLLM's context for the generation phase (default: max_position_embeddings)."
+        None,
+        "--max-model-len",
+        min=1,
+        help="vLLM's context for the generation phase.",
+        show_default="the config's max_position_embeddings",
     ),
     params: str | None = typer.Option(
         None,
         "--params",
         help="Plan offline for a size (7B, 1.5B, 500M...): 1B/3B/8B/70B are Llama 3.x, other sizes scale the "
         "built-in table's nearest model (the output says which).",
+        show_default="none: read the model's config.json",
     ),
     fmt: PlanFormat = typer.Option(PlanFormat.text, "--format", help="text (terminal), md (markdown) or json."),
     as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
@@ -331,21 +450,21 @@ def plan(
         )
         arch, source = resolve_arch(model or "", params)
     except PlanError as exc:
-        console.print("[red]error:[/red] ", end="")
-        console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from exc
+        fail(str(exc), USAGE)
     stages = STAGES if stage is PlanStage.all else (stage.value,)
     label = model or f"--params {params}"
     typer.echo(render_plan(label, arch, source, stages, settings, output))  # plain echo: no rich wrapping
 
 
 @app.command()
+@with_verbosity
 def loop(
     file: Path = typer.Argument(..., help="Loop YAML file, e.g. pipelines/loop_quickstart.yaml."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. rounds=3 prompts.per_round=32"),
-    progress: bool = typer.Option(True, help="Progress bars of the pipelines."),
+    progress: bool = typer.Option(True, help="Progress bars of the pipelines (on stderr)."),
 ) -> None:
-    """Generate with the current policy, label, filter, train the next one; repeat. Resumable: re-run to continue."""
+    """Generate with the current policy, label, filter, train the next one; repeat. Resumable: re-run to continue.
+    Library logs go to OUTPUT_DIR/library.log. Exit 1 when a round's run failed, 2 for a config or data error."""
     from rlaif.config import ConfigError
     from rlaif.loop.config import load_loop_config
     from rlaif.loop.report import rounds_table
@@ -356,30 +475,36 @@ def loop(
 
     try:
         cfg = load_loop_config(file, overrides or [])
+    except ConfigError as exc:
+        fail(str(exc), USAGE)
+    run_dir = cfg.run_dir()
+    log_to(run_dir)
+    out, quiet = out_console(), verbosity() <= logs.QUIET
+    try:
         rows = run_loop(
             cfg,
-            reporter=Reporter(console=console, bars=progress),
-            on_round=lambda rows: console.print(rounds_table(rows)),
+            reporter=Reporter(console=out, status=err_console(), bars=progress and not quiet, notes=not quiet),
+            on_round=lambda rows: out.print(rounds_table(rows)),
         )
     except (ConfigError, DataFormatError) as exc:
-        console.print("[red]error:[/red] ", end="")
-        console.print(str(exc), highlight=False, markup=False)
-        raise typer.Exit(2) from exc
+        fail(str(exc), USAGE)
     except RunFailed as exc:  # a round's pipeline run failed (rlaif.pipeline.outcome): its outcome, exit 1
-        console.print(str(exc), highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(1) from exc
-    run_dir = cfg.run_dir()
+        out.print(str(exc), highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(FAILED) from exc
+    from rlaif.report.cli import report_line
+
+    report_line(run_dir)  # RUN/report.html (rlaif.report); a failure to draw it is a warning, never the loop's
     from rlaif.report.cli import report_line
 
     report_line(run_dir)  # RUN/report.html (rlaif.report); a failure to draw it is a warning, never the loop's
     trained = sum(1 for row in rows if row.get("round", 0) > 0)  # row 0 is the base policy, measured
-    console.print(
+    out.print(
         f"rounds: {trained}; per-round stats: {run_dir}/round-K/stats.json; all rounds: {run_dir / 'summary.json'}",
         highlight=False,
         soft_wrap=True,
     )
     if rows and rows[-1].get("adapter"):
-        console.print(f"latest policy adapter: {rows[-1]['adapter']}", highlight=False, soft_wrap=True)
+        out.print(f"latest policy adapter: {rows[-1]['adapter']}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

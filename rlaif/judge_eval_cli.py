@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-
+from rlaif.cli_common import USAGE, fail, out_console
 
 FileArg = Annotated[Path, typer.Argument(help="Pipeline YAML file with the judge step.")]
 OverridesArg = Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. models.judge.model=M")]
 StepOpt = Annotated[str, typer.Option("--step", help="The judge step (pairwise_judge, constitutional_judge).")]
 DataOpt = Annotated[Path, typer.Option("--data", help="Human-preference file (any format rlaif.formats.human reads).")]
-SampleOpt = Annotated[int | None, typer.Option("--sample", help="Pairs drawn from the file (seeded); default all.")]
+SampleOpt = Annotated[
+    int | None, typer.Option("--sample", min=1, show_default="all", help="Pairs drawn from the file (seeded).")
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Which pairs are drawn and which side is shown first.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")]
 
@@ -50,9 +50,7 @@ def judge_eval(
         if not data.is_file():
             raise ConfigError.one(str(data), "human-preference file not found")
     except ConfigError as exc:
-        console.print("[red]error:[/red] ", end="")
-        console.print(str(exc), highlight=False, markup=False)
-        raise typer.Exit(2) from exc
+        fail(str(exc), USAGE)
     records = load_pairs(data, sample, seed, getattr(judge.params, "prompt_column", "prompt"))
     runtime = EngineRuntime(pipeline.models, pipeline.seed)
     try:
@@ -64,7 +62,7 @@ def judge_eval(
     if as_json:
         print(json.dumps(figures, indent=2))
         return
-    console.print(figures_table(figures))
+    out_console().print(figures_table(figures))
 
 
 def _judge_step(pipeline: Any, name: str) -> Any:

@@ -100,6 +100,8 @@ class VllmBackend(BackendBase):
             **({"distributed_executor_backend": "mp"} if on_cpu else {}),
             **({"max_model_len": max_model_len} if max_model_len else {}),
             **({"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": max_loras} if enable_lora else {}),
+            # vLLM passes tqdm's `disable=` itself, so tqdm's own TQDM_DISABLE (set by the quiet CLI) never reaches it
+            **({"use_tqdm_on_load": False} if os.environ.get("TQDM_DISABLE") == "1" else {}),
             **(engine_kwargs or {}),
         }
         self._lora_ids: dict[str, int] = {}

@@ -239,7 +239,7 @@ def stage_overrides(
         overrides.append(override)
     overrides += [
         f"data.path={(dataset or paths.data / 'dataset').resolve()}",
-        f"train.output_dir={stage_dir(cfg, paths, stage).resolve()}",
+        f"output_dir={stage_dir(cfg, paths, stage).resolve()}",
     ]
     if stage.policy and policy is not None:
         overrides.append(f"model.adapter={policy.resolve()}")

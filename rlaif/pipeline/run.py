@@ -52,7 +52,7 @@ class RunSummary:
 
 
 def default_run_dir(pipeline: Pipeline) -> Path:
-    return Path("runs") / pipeline.name
+    return Path(pipeline.output_dir) if pipeline.output_dir else Path("runs") / pipeline.name
 
 
 def run_pipeline(

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from rlaif.backends import BACKENDS, backend_class
 from rlaif.config import ConfigError, Located, Problem, apply_overrides, check_kind, closest, load_yaml
+from rlaif.config.output_dir import pipeline_output_dir
 from rlaif.models import hub_problem, reference_problem
 from rlaif.pipeline.graph import check_columns, topological_order
 from rlaif.pipeline.spec_values import bool_problems, option_problems, value_problems, with_hint
@@ -22,7 +23,7 @@ from rlaif.schema import sampling_problems
 from rlaif.steps.base import Step
 from rlaif.steps.registry import STEPS, step_class
 
-TOP_KEYS = ("name", "description", "seed", "models", "steps", "output", "max_quarantined")
+TOP_KEYS = ("name", "description", "seed", "models", "steps", "output", "output_dir", "max_quarantined")
 STEP_KEYS = ("name", "type", "from", "batch_size", "max_quarantined")
 # Per-request settings of a model. `lora` is a PEFT adapter directory applied to every request of this model name
 # (vLLM serves it as a LoRA request on the shared engine: two names, one with and one without, share one engine).
@@ -61,6 +62,7 @@ class Pipeline:
     output: dict[str, Any]
     columns: dict[str, set[str] | None]
     max_quarantined: float = 0.1  # a run is accepted while each step quarantines at most this share (outcome.py)
+    output_dir: str | None = None  # where the run writes (cache, stats, dataset/); None: runs/<name>
 
     def leaves(self) -> list[str]:
         used = {u for s in self.steps.values() for u in s.upstream}
@@ -76,6 +78,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     located = load_yaml(path, text)
     check_kind(located, "pipeline")
     apply_overrides(located, overrides or [])
+    pipeline_output_dir(located)  # output.save: the deprecated name, warned with its line
     return _Validator(located, path, text).run()
 
 
@@ -118,6 +121,8 @@ class _Validator:
                 f"outputs: {outputs}. Name one with output.steps: [name]",
             )
         self._share(("max_quarantined",), data.get("max_quarantined"))
+        if not isinstance(data.get("output_dir"), str | None):
+            self.add(("output_dir",), f"output_dir must be a directory path or null, got {data['output_dir']!r}")
         for path, message in value_problems(data):
             self.add(path, message)
         if self.problems:
@@ -125,7 +130,8 @@ class _Validator:
         ordered = {n: steps[n] for n in order}
         seed = data.get("seed", 0)
         limit = data.get("max_quarantined", 0.1)
-        return Pipeline(str(name), self.path, self.text, seed, models, ordered, output, columns, limit)
+        output_dir = data.get("output_dir")
+        return Pipeline(str(name), self.path, self.text, seed, models, ordered, output, columns, limit, output_dir)
 
     # -- models -----------------------------------------------------------------------------------------------
     def _models(self, raw: Any) -> dict[str, ModelSpec]:

@@ -19,29 +19,32 @@ __all__ = ["load_config", "train_app"]
 
 train_app = typer.Typer(no_args_is_help=True, help="QLoRA training: sft, rm, dpo (+ variants), kto on TRL; ppo.")
 
-ConfigArg = Annotated[Path, typer.Argument(help="Training YAML, e.g. pipelines/train/dpo.yaml.")]
-OverridesArg = Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. train.max_steps=10.")]
+OverridesArg = Annotated[
+    list[str] | None, typer.Argument(help="key=value overrides, e.g. train.max_steps=10 output_dir=runs/try.")
+]
 CpuOpt = Annotated[bool, typer.Option("--cpu", help="CPU profile: use_cpu, fp32, adamw_torch, small batches.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the last complete checkpoint.")]
 
 
 def _run(recipe: str, config: Path, overrides: list[str] | None, cpu: bool, resume: bool) -> None:
-    from rich.console import Console
-
+    from rlaif.cli_common import FAILED, USAGE, fail, log_to, out_console
     from rlaif.train.data import DataFormatError
     from rlaif.train.model import ChatTemplateError
 
-    console = Console(soft_wrap=True)  # paths and messages stay on one line (copy-pasteable, greppable)
     try:
         cfg = load_config(config, recipe, overrides or [], cpu=cpu)
+    except ConfigError as exc:
+        fail(str(exc), USAGE)
+    log_to(Path(cfg.train.output_dir))  # library logs (transformers, bitsandbytes, torch) -> OUTPUT_DIR/library.log
+    try:
         from rlaif.train.recipes import run_recipe
 
         result = run_recipe(cfg, resume=resume)
     except (ConfigError, DataFormatError, ChatTemplateError) as exc:
-        # markup off for the message: paths and YAML keys may contain [brackets]
-        console.print("[red]error:[/red] ", end="")
-        console.print(str(exc), highlight=False, markup=False)
-        raise typer.Exit(2) from exc
+        fail(str(exc), USAGE)
+    except KeyboardInterrupt:
+        fail("interrupted; continue with --resume", FAILED)
+    console = out_console()
     if result.resumed_from:
         console.print(f"resumed from {result.resumed_from}", highlight=False)
     console.print(f"adapter: {result.adapter_dir}", highlight=False)
@@ -49,6 +52,9 @@ def _run(recipe: str, config: Path, overrides: list[str] | None, cpu: bool, resu
         console.print(f"merged model: {result.merged_dir}", highlight=False)
     for key, value in result.metrics.items():
         console.print(f"  {key}: {value:.4f}", highlight=False)
+    from rlaif.report.cli import report_line
+
+    report_line(result.output_dir)  # OUTPUT_DIR/report.html; a failure to draw it is only a warning
     from rlaif.report.cli import report_line
 
     report_line(result.output_dir)  # OUTPUT_DIR/report.html; a failure to draw it is only a warning
@@ -67,13 +73,21 @@ RECIPE_HELP = {
 
 
 def _recipe_command(recipe: str) -> None:
-    def command(
-        config: ConfigArg, overrides: OverridesArg = None, cpu: CpuOpt = False, resume: ResumeOpt = False
-    ) -> None:
+    from rlaif.cli_common import with_verbosity
+
+    example = f"pipelines/train/{recipe}.yaml"
+    config_arg = Annotated[Path, typer.Argument(help=f"Training YAML with recipe: {recipe}, e.g. {example}.")]
+
+    def command(config: Path, overrides: OverridesArg = None, cpu: CpuOpt = False, resume: ResumeOpt = False) -> None:
         _run(recipe, config, overrides, cpu, resume)
 
-    command.__doc__ = RECIPE_HELP[recipe]
-    train_app.command(name=recipe)(command)
+    command.__annotations__["config"] = config_arg  # per recipe: its own example file
+
+    command.__doc__ = (
+        f"{RECIPE_HELP[recipe]}\n\nExample: rlaif train {recipe} {example} train.max_steps=10 --cpu\n\n"
+        "Writes OUTPUT_DIR/adapter, checkpoints and library.log (library logs). Exit 2 for a config or data error."
+    )
+    train_app.command(name=recipe)(with_verbosity(command))
 
 
 for _recipe in RECIPE_HELP:

@@ -21,6 +21,7 @@ from rlaif.config import (
     load_yaml,
     validation_problems,
 )
+from rlaif.config.output_dir import training_output_dir
 
 if TYPE_CHECKING:
     from rlaif.train.config import RecipeConfig
@@ -52,6 +53,7 @@ def _from_yaml(located: Located, recipe: str, overrides: list[str] | None, cpu: 
         message = f"recipe: {data['recipe']} cannot run as `rlaif train {recipe}`"
         raise ConfigError([located.problem(("recipe",), message)])
     apply_overrides(located, overrides or [])
+    training_output_dir(located)  # top-level output_dir -> train.output_dir (its deprecated alias, warned)
     if cpu:
         data["cpu"] = True
     return validate_config(located, recipe)

@@ -139,7 +139,7 @@ def test_judge_eval_prints_the_figures_and_json(tmp_path):
     assert "agreement" in result.output and "7/10" in result.output and "0.397" in result.output
     result = CliRunner().invoke(app, [*args, "--sample", "4", "--json"])
     assert result.exit_code == 0, result.output
-    figures = json.loads(result.output)
+    figures = json.loads(result.stdout)  # stdout: the JSON only (warnings go to stderr)
     assert figures["n"] == 4 and figures["consistency"]["rate"] == 1.0
 
 
