@@ -325,10 +325,6 @@ def run(
         from rlaif.report.cli import report_line
 
         report_line(summary.run_dir)
-    if dry_run is None:  # RUN/report.html (rlaif.report); a failure to draw it is a warning, never the run's
-        from rlaif.report.cli import report_line
-
-        report_line(summary.run_dir)
     colour = {"ok": "green", "partial": "yellow"}.get(summary.outcome.status, "red")
     for i, line in enumerate(outcome_lines(summary.outcome, summary.kept)):  # last: the outcome and why
         style = colour if i == 0 else None
@@ -491,9 +487,6 @@ def loop(
     except RunFailed as exc:  # a round's pipeline run failed (rlaif.pipeline.outcome): its outcome, exit 1
         out.print(str(exc), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(FAILED) from exc
-    from rlaif.report.cli import report_line
-
-    report_line(run_dir)  # RUN/report.html (rlaif.report); a failure to draw it is a warning, never the loop's
     from rlaif.report.cli import report_line
 
     report_line(run_dir)  # RUN/report.html (rlaif.report); a failure to draw it is a warning, never the loop's

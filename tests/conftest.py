@@ -6,13 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from engine_names import BUILTIN, TEST_MAX_MODEL_LEN
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-BUILTIN = "builtin:smollm2-135m-instruct"
-# Small enough that a context-overflow prompt is cheap to build, large enough for judge prompts later.
-TEST_MAX_MODEL_LEN = 2048
 
 # Fixtures that load or build a model, and the marker a test using one (directly or through another fixture:
 # item.fixturenames is the transitive closure) must carry, so `-m "not model and not engine and not slow"` (make

@@ -55,9 +55,6 @@ def _run(recipe: str, config: Path, overrides: list[str] | None, cpu: bool, resu
     from rlaif.report.cli import report_line
 
     report_line(result.output_dir)  # OUTPUT_DIR/report.html; a failure to draw it is only a warning
-    from rlaif.report.cli import report_line
-
-    report_line(result.output_dir)  # OUTPUT_DIR/report.html; a failure to draw it is only a warning
 
 
 # One command per recipe, alike but for the help text: `rlaif train sft|rm|dpo|ppo|kto CONFIG [k=v...]`.

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import BUILTIN, TEST_MAX_MODEL_LEN
+from engine_names import BUILTIN, TEST_MAX_MODEL_LEN
 
 from rlaif.backends import load_backend
 from rlaif.backends.openai_backend import OpenAIBackend, parse_retry_after

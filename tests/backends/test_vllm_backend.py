@@ -135,7 +135,7 @@ def test_close_ends_the_engine_processes_and_leaves_the_environment_alone(builti
     import os
 
     import psutil
-    from conftest import BUILTIN
+    from engine_names import BUILTIN
 
     from rlaif.backends.vllm_backend import CPU_ENGINE_ENV, VllmBackend
 
