@@ -14,7 +14,7 @@ every token ever sent. A judge check in a step's setup counts in the pass that r
 
 The check: before each batch (and each retry) that would call a model, a step stops when one of its models has
 reached a limit (spent >= limit). A batch already started always finishes, so the spend may pass the limit by at most
-one batch of that model.
+one batch of that model (under the Ray executor: by the batches in flight).
 """
 
 from __future__ import annotations

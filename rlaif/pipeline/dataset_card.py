@@ -13,6 +13,7 @@ import pyarrow as pa
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from rlaif import __version__
+from rlaif.pipeline.budget import run_usage, usd
 from rlaif.rates import counts_text, short
 from rlaif.secrets import scrub_secrets
 
@@ -53,6 +54,7 @@ def render_dataset_card(info: DatasetCardInfo) -> str:
         f'ds = load_dataset("{info.repo_id or "path/to/this/folder"}")\n```',
         f"## Pipeline\n\n{fence}yaml\n{info.pipeline_yaml.rstrip()}\n{fence}",
         "## Steps\n\n" + _steps_table(info.steps),
+        *_usage(info.steps),
         *_checks(info.steps),
         "## Models\n\n" + (_bullets(info.models) or "None."),
         "## File hashes (sha256)\n\n" + (_bullets(info.file_hashes) or "None."),
@@ -83,6 +85,29 @@ def _steps_table(steps: list[dict[str, Any]]) -> str:
     for step in steps:
         lines.append("| " + " | ".join(_cell(step.get(key)) for key in _STEP_COLUMNS) + " |")
     return "\n".join(lines)
+
+
+def _usage(steps: list[dict[str, Any]]) -> list[str]:
+    """ "## Tokens and cost": each model's prompt and generated tokens per step and in all, with the cost where the
+    model has a price (rlaif.pipeline.budget); none when no step called a model."""
+    rows = [(s.get("name"), model, e) for s in steps for model, e in (s.get("models") or {}).items()]
+    if not rows:
+        return []
+    totals = run_usage({str(i): s for i, s in enumerate(steps)})
+    rows += [("all steps", model, entry) for model, entry in totals.items()]
+    lines = ["| step | model | tokens in | tokens out | cost (USD) |", "| --- | --- | ---: | ---: | ---: |"]
+    for step, model, entry in rows:
+        cost = entry.get("cost_usd")
+        cells = (
+            step,
+            model,
+            entry.get("tokens_in", 0),
+            entry.get("tokens_out", 0),
+            None if cost is None else usd(cost),
+        )
+        lines.append("| " + " | ".join(_cell(v) for v in cells) + " |")
+    head = "## Tokens and cost\n\nAs the backends reported them; cost from the prices in the pipeline (`price:`).\n\n"
+    return [head + "\n".join(lines)]
 
 
 def _checks(steps: list[dict[str, Any]]) -> list[str]:

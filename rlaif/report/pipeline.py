@@ -124,7 +124,40 @@ def _cost(run: RunFiles) -> str:
     totals = (
         f"total: {sum(r[6] for r in rows):,} prompt tokens, {sum(r[7] for r in rows):,} generated, {total_s:.1f} s"
     )
-    return grid(charts) + note(totals)
+    return grid(charts) + note(totals) + _usage(run.stats)
+
+
+def _usage(stats: dict[str, dict[str, Any]]) -> str:
+    """Tokens and cost per model and step (the ``models`` of each step's stats, rlaif.pipeline.budget), a total per
+    model, and the budget that stopped the run, if one did."""
+    rows: list[list[Any]] = []
+    totals: dict[str, list[Any]] = {}
+    for name, s in stats.items():
+        models = s.get("models")
+        for model, e in models.items() if isinstance(models, dict) else ():
+            if not isinstance(e, dict):
+                continue
+            cost = e.get("cost_usd")
+            rows.append([name, model, int(e.get("tokens_in", 0)), int(e.get("tokens_out", 0)), cost])
+            total = totals.setdefault(model, ["all steps", model, 0, 0, None])
+            total[2], total[3] = total[2] + rows[-1][2], total[3] + rows[-1][3]
+            if isinstance(cost, int | float):
+                total[4] = (total[4] or 0.0) + cost
+    if not rows:
+        return ""
+    shown = [[*r[:4], _usd(r[4])] for r in [*rows, *totals.values()]]
+    parts = [table(["step", "model", "tokens in", "tokens out", "cost (USD)"], shown, numeric=[2, 3, 4])]
+    for name, s in stats.items():
+        stop = s.get("budget_stop")
+        if isinstance(stop, dict):
+            parts.append(
+                note(
+                    f"stopped at a budget in step {name}: model {stop.get('model')} reached {stop.get('kind')} "
+                    f"{stop.get('limit')} (spent {stop.get('spent')}); the steps after it did not run",
+                    "warn",
+                )
+            )
+    return "".join(parts)
 
 
 def _samples(run: RunFiles) -> str:
@@ -135,3 +168,10 @@ def _samples(run: RunFiles) -> str:
             blocks = "".join(record_block(r, f"record {i + 1}") for i, r in enumerate(records))
             parts.append(f"<details><summary>{esc(name)}: first {len(records)} records</summary>{blocks}</details>")
     return "".join(parts) or note("No step has output records.")
+
+
+def _usd(amount: Any) -> str:
+    # As rlaif.pipeline.budget.usd (this layer reads files and imports no pipeline code).
+    if not isinstance(amount, int | float):
+        return "-"
+    return f"{amount:,.2f}" if amount >= 1 else f"{amount:.6f}"
