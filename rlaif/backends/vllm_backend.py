@@ -14,7 +14,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from rlaif.backends.base import BackendBase, TokenizedPrompt, admit_prompts, tokenize_prompt, transient
+from rlaif.backends.base import (
+    BackendBase,
+    TokenizedPrompt,
+    admit_prompts,
+    context_problem,
+    tokenize_prompt,
+    transient,
+)
 from rlaif.models import resolve_model
 from rlaif.schema import Completion, GenerationParams, GenerationResult, LoraAdapter, Prompt, TokenLogprob
 
@@ -152,11 +159,28 @@ class VllmBackend(BackendBase):
     # -- generation -------------------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[GenerationResult]:
         results, items = admit_prompts(prompts, lambda p: tokenize_prompt(self._tokenizer, p), self.max_model_len)
+        return self._serve(results, items, params, len(prompts))
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], params: GenerationParams) -> list[GenerationResult]:
+        """``generate`` for prompts already tokenized (an RL trainer scores exactly these ids: no chat template, no
+        re-tokenization). A prompt that leaves no room in the context gets an error result, as in ``generate``."""
+        results: dict[int, GenerationResult] = {}
+        items = []
+        for index, ids in enumerate(prompts):
+            if problem := context_problem(len(ids), self.max_model_len):
+                results[index] = GenerationResult.failed(problem, prompt_tokens=len(ids))
+            else:
+                items.append(TokenizedPrompt(index, list(ids)))
+        return self._serve(results, items, params, len(prompts))
+
+    def _serve(
+        self, results: dict[int, GenerationResult], items: list[TokenizedPrompt], params: GenerationParams, count: int
+    ) -> list[GenerationResult]:
         self._restarts_left = self.max_restarts
         with torch_threads(self._serving_threads):
             for chunk in self._chunks(items, params):
                 results.update(self._run(chunk, params))
-        return [results[i] for i in range(len(prompts))]
+        return [results[i] for i in range(count)]
 
     def _chunks(self, items: list[TokenizedPrompt], params: GenerationParams) -> list[list[TokenizedPrompt]]:
         if params.seed is None or not items:

