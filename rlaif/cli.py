@@ -380,6 +380,8 @@ class PlanStage(enum.StrEnum):
     rm = "rm"
     dpo = "dpo"
     ppo = "ppo"
+    grpo = "grpo"
+    rloo = "rloo"
     all = "all"
 
 
@@ -406,6 +408,9 @@ def plan(
         4, "--batch-size", min=1, help="Per-device batch (pairs for rm/dpo, rollouts for ppo)."
     ),
     seq_len: int = typer.Option(1024, "--seq-len", min=1, help="Tokens per sequence (prompt + completion)."),
+    num_generations: int = typer.Option(
+        8, "--num-generations", min=1, help="grpo/rloo: completions per prompt, one group per micro-batch."
+    ),
     gradient_checkpointing: bool = typer.Option(
         True,
         "--gradient-checkpointing/--no-gradient-checkpointing",
@@ -442,7 +447,14 @@ def plan(
         if not model and not params:
             raise PlanError("name a model (Hub id, directory, builtin:NAME), or pass --params SIZE, or --list")
         settings = Settings(
-            quantize.value, lora_r, batch_size, seq_len, gradient_checkpointing, gpu_mem, max_model_len
+            quantize.value,
+            lora_r,
+            batch_size,
+            seq_len,
+            gradient_checkpointing,
+            gpu_mem,
+            max_model_len,
+            num_generations,
         )
         arch, source = resolve_arch(model or "", params)
     except PlanError as exc:

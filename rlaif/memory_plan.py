@@ -21,7 +21,8 @@ from rlaif.plan_models import (  # noqa: F401  (re-exported: the architectures a
 )
 from rlaif.schema import Quantize
 
-STAGES = ("sft", "rm", "dpo", "ppo")
+STAGES = ("sft", "rm", "dpo", "ppo", "grpo", "rloo")
+GROUP_STAGES = ("grpo", "rloo")  # online RL with a group of completions per prompt; the engine beside the trainer
 GIB = 2**30
 # Bytes per quantized weight. NF4 (QLoRA, Dettmers et al. 2023): 4-bit codes, an 8-bit absmax per 64 weights and an
 # fp32 constant per 256 absmaxes (double quantization, on in rlaif's model config): 4.127 bits. int8: LLM.int8's
@@ -48,12 +49,13 @@ class Settings:
     gradient_checkpointing: bool = True
     gpu_mem_gib: float = 24.0
     max_model_len: int | None = None  # vLLM's context; None: the model's max_position_embeddings (vLLM's default)
+    num_generations: int = 8  # grpo/rloo: completions per prompt (TRL's default), one group per micro-batch
 
     def __post_init__(self) -> None:
         if self.quantize not in WEIGHT_BYTES:
             raise PlanError(f"quantize {self.quantize!r}: choose one of {', '.join(WEIGHT_BYTES)}")
-        if min(self.lora_r, self.batch_size, self.seq_len) <= 0 or self.gpu_mem_gib <= 0:
-            raise PlanError("lora-r, batch-size, seq-len and gpu-mem must be positive")
+        if min(self.lora_r, self.batch_size, self.seq_len, self.num_generations) <= 0 or self.gpu_mem_gib <= 0:
+            raise PlanError("lora-r, batch-size, seq-len, num-generations and gpu-mem must be positive")
         if self.max_model_len is not None and self.max_model_len <= 0:
             raise PlanError(f"max-model-len {self.max_model_len}: must be a positive number of tokens")
 
@@ -113,6 +115,8 @@ def estimate(arch: Arch, stage: str, s: Settings, shared: bool = True) -> dict[s
     adapter = 4 if s.quantize != "none" else 8  # weight + grad: bf16 (TRL casts QLoRA adapters), else peft's fp32
     lm_head = stage != "rm"  # the reward model is a one-logit classifier: no LM head
     sequences = 2 * s.batch_size if stage in ("rm", "dpo") else s.batch_size  # chosen + rejected in one batch
+    if stage in GROUP_STAGES:  # one group per micro-batch; the engine generates (group_layouts): no KV cache here
+        sequences = s.num_generations
     trainable, frozen, heads, kv, ppo_logits = lora, 0, arch.hidden if stage == "rm" else 0, 0.0, 0.0
     if stage == "ppo":  # policy and value adapters train, the reward adapter is frozen; value and reward heads
         trainable, frozen, heads = 2 * lora, lora, 2 * arch.hidden + 1
@@ -155,10 +159,17 @@ def verdict(total_bytes: float, gpu_mem_gib: float) -> str:
     }[status(total_bytes, gpu_mem_gib)]
 
 
+def batch_field(stage: str) -> str:
+    """The setting a stage's batch is: grpo/rloo train on one group (num_generations completions) at a time."""
+    return "num_generations" if stage in GROUP_STAGES else "batch_size"
+
+
 def largest_batch(arch: Arch, stage: str, s: Settings, limit: int = 1024) -> int:
-    """The largest batch size whose estimate leaves the headroom free; 0 when even batch 1 does not."""
+    """The largest batch size (grpo/rloo: num_generations) whose estimate leaves the headroom free; 0 when even 1
+    does not."""
     budget = (1 - HEADROOM) * s.gpu_mem_gib * GIB
-    over = (b for b in range(1, limit + 1) if total(estimate(arch, stage, replace(s, batch_size=b))) > budget)
+    field = batch_field(stage)
+    over = (b for b in range(1, limit + 1) if total(estimate(arch, stage, replace(s, **{field: b}))) > budget)
     return next(over, limit + 1) - 1
 
 
@@ -230,3 +241,69 @@ def vllm_summary(arch: Arch, s: Settings) -> dict[str, object]:
             f"{longest} to check)"
         )
     return result
+
+
+# -- grpo/rloo: the rollout engine beside the trainer --------------------------------------------------------------
+def rollout_kv_bytes(arch: Arch, s: Settings) -> float:
+    """The rollout engine's KV cache: one group of num_generations sequences of seq_len tokens, and at least one
+    max_model_len sequence (vLLM refuses to start otherwise); max_model_len defaults to seq_len here, because a
+    rollout engine is started for prompt + completion (rlaif's ``vllm.max_model_len``, TRL's
+    ``vllm_max_model_length``), not the model's whole context."""
+    return max(
+        kv_cache_bytes(arch, 1, s.max_model_len or s.seq_len), kv_cache_bytes(arch, s.num_generations, s.seq_len)
+    )
+
+
+def merge_transient_bytes(arch: Arch, s: Settings) -> float:
+    """TRL's sync with a PEFT model merges the adapter into the base layer by layer: the largest linear weight
+    (h x i) dequantized to bf16 beside its LoRA delta B @ A in fp32; on a bf16 base only the delta."""
+    return arch.hidden * arch.intermediate * (6 if s.quantize != "none" else 4)
+
+
+def group_layouts(arch: Arch, s: Settings, stage: str = "grpo") -> dict[str, dict[str, object]]:
+    """GRPO/RLOO with a vLLM engine on the same GPU as the trainer, per layout: bytes of its two phases, generate
+    (the trainer's weights, adapters and optimizer states stay resident beside the awake engine) and update (the
+    trainer's step, :func:`estimate`, beside what the engine keeps), and the peak of the two. The trainer is the same
+    in every layout: the quantized base with the trained LoRA, the reference = that base with the adapter disabled.
+
+    - ``rlaif``: ONE engine (the loop's, or the recipe's own) loads the base as the model is named (bf16) with a LoRA
+      slot; the trained adapter is a LoRA request (no merge, nothing else pushed); it sleeps (level 1: weights to
+      host memory, KV cache freed) while the trainer steps.
+    - ``rlaif_4bit_engine``: the same with the engine's base in 4-bit (vLLM's bitsandbytes with LoRA) — not built by
+      rlaif yet: what the engine's bf16 copy costs.
+    - ``trl_colocate``: TRL's ``use_vllm``/``vllm_mode: colocate`` with a QLoRA model: vLLM loads its own bitsandbytes
+      4-bit copy (bf16 for ``quantize: none``; TRL refuses int8), the adapter is merged into the trainer's base, every
+      weight pushed and the merge undone each sync; with TRL's default ``vllm_enable_sleep_mode: false`` the engine
+      keeps its weights and KV cache through the update.
+    - ``trl_colocate_sleep``: the same with ``vllm_enable_sleep_mode: true`` (level 2: weights discarded during the
+      update, pushed again before the next generation).
+    """
+    train = estimate(arch, stage, s)
+    resident = train["weights"] + train["adapters"] + train["optimizer"]
+    kv, lora_slot = rollout_kv_bytes(arch, s), arch.lora_params(s.lora_r) * 2
+    four_bit = sum(weight_parts(arch, replace(s, quantize="nf4"), frozen=True))  # 4-bit linears, bf16 rest
+    engines: dict[str, dict[str, float]] = {
+        "rlaif": {"engine weights": arch.total_params() * 2, "engine LoRA slot": lora_slot, "engine kv cache": kv},
+        "rlaif_4bit_engine": {"engine weights": four_bit, "engine LoRA slot": lora_slot, "engine kv cache": kv},
+    }
+    if s.quantize != "int8":
+        trl_weights = four_bit if s.quantize == "nf4" else arch.total_params() * 2.0
+        trl = {
+            "engine weights": trl_weights,
+            "engine kv cache": kv,
+            "merge (transient)": merge_transient_bytes(arch, s),
+        }
+        engines["trl_colocate"] = engines["trl_colocate_sleep"] = trl
+    layouts: dict[str, dict[str, object]] = {}
+    for name, engine in engines.items():
+        awake = sum(engine.values())
+        # rlaif sleeps its engine and TRL's sleep mode discards it; TRL's default keeps weights and KV cache resident
+        kept = awake - engine.get("merge (transient)", 0.0) if name == "trl_colocate" else 0.0
+        phases = {"generate": resident + awake + OVERHEAD_BYTES, "update": total(train) + kept}
+        layouts[name] = {
+            "engine": engine,
+            "trainer_resident": resident,
+            "phases": phases,
+            "peak": max(phases.values()),
+        }
+    return layouts

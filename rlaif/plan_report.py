@@ -8,11 +8,14 @@ from typing import Any
 
 from rlaif.memory_plan import (
     GIB,
+    GROUP_STAGES,
     HEADROOM,
     VLLM_UTILIZATION,
     Arch,
     Settings,
+    batch_field,
     estimate,
+    group_layouts,
     largest_batch,
     status,
     total,
@@ -29,7 +32,21 @@ NOTES = {
     "extra weights, a transient no-grad pass (precompute_ref_log_probs saves its time, not memory).",
     "ppo": "ppo: ONE quantized base shared by the policy, value (+ head) and reward adapters, reference = adapters "
     "disabled; activations include the policy's fp32 response logits; kv cache = HF-generate rollouts.",
+    "grpo": "grpo: the trainer's update: quantized base + the trained LoRA + AdamW, activations of one group "
+    "(num_generations completions of seq-len tokens, TRL's fused LM head); reference = the base with the adapter "
+    "disabled (beta > 0), no value model; an RM adapter reward is a frozen second LoRA on the same base. Rollouts "
+    "come from a vLLM engine beside it: the layouts below.",
+    "rloo": "rloo: as grpo (TRL's RLOOTrainer: the same group, the leave-one-out baseline costs nothing).",
 }
+LAYOUTS = {
+    "rlaif": "rlaif, one engine (bf16 base + LoRA slot; the adapter is a LoRA request: no merge, no weight push; "
+    "engine asleep during the update)",
+    "rlaif_4bit_engine": "rlaif with a 4-bit engine (vLLM bitsandbytes + LoRA; not built by rlaif yet)",
+    "trl_colocate": "TRL QLoRA colocate (vLLM's own 4-bit copy; adapter merged, every weight pushed each step; "
+    "vllm_enable_sleep_mode false, TRL's default: engine resident during the update)",
+    "trl_colocate_sleep": "TRL colocate with vllm_enable_sleep_mode (weights discarded in the update, pushed again)",
+}
+STATUSES = {"fits": f"fits with {HEADROOM:.0%} headroom", "tight": "tight", "over": "does NOT fit"}
 QUANT_LABELS = {"nf4": "NF4 (double quant)", "int8": "int8", "none": "bf16 (not quantized)"}
 
 
@@ -72,6 +89,7 @@ def plan_data(model: str, arch: Arch, source: str, stages: tuple[str, ...], s: S
             "status": status(total(rows), s.gpu_mem_gib),
             "verdict": verdict(total(rows), s.gpu_mem_gib),
             "largest_batch": largest_batch(arch, stage, s),
+            "batch_setting": batch_field(stage),
         }
     if "ppo" in stages:
         naive = total(estimate(arch, "ppo", s, shared=False))
@@ -85,11 +103,32 @@ def plan_data(model: str, arch: Arch, source: str, stages: tuple[str, ...], s: S
             "refuses it unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1, and quality past the trained context is not assured"
         )
     data["vllm"] = vllm
+    if group := [stage for stage in stages if stage in GROUP_STAGES]:  # grpo and rloo: the same memory
+        data["group_layouts"] = _layouts(arch, s, group[0])
     if "ppo" in stages:  # PPO's trainer stays resident while vLLM generates its rollouts
         ppo = estimate(arch, "ppo", s)
         both = ppo["weights"] + ppo["adapters"] + ppo["optimizer"] + vllm["total_gib"] * GIB
         data["ppo_rollouts_through_vllm"] = {"total_gib": _gib(both), "verdict": verdict(both, s.gpu_mem_gib)}
     return data
+
+
+def _layouts(arch: Arch, s: Settings, stage: str) -> dict[str, Any]:
+    layouts = {}
+    for name, layout in group_layouts(arch, s, stage).items():
+        peak = float(layout["peak"])  # type: ignore[arg-type]
+        layouts[name] = {
+            "label": LAYOUTS[name],
+            "engine_gib": {k: _gib(v) for k, v in layout["engine"].items()},  # type: ignore[attr-defined]
+            "trainer_resident_gib": _gib(layout["trainer_resident"]),  # type: ignore[arg-type]
+            "phases_gib": {k: _gib(v) for k, v in layout["phases"].items()},  # type: ignore[attr-defined]
+            "peak_gib": _gib(peak),
+            "status": status(peak, s.gpu_mem_gib),
+            "verdict": verdict(peak, s.gpu_mem_gib),
+        }
+    for name in LAYOUTS:
+        # TRL's colocated vLLM quantizes in flight only to 4 bits: it refuses an int8 model
+        layouts.setdefault(name, {"status": "unsupported", "verdict": "TRL refuses int8 with vLLM (no 8-bit engine)"})
+    return layouts
 
 
 def _weights_explained(arch: Arch, s: Settings) -> dict[str, Any]:
@@ -128,8 +167,9 @@ def render(data: dict[str, Any], fmt: str = "text") -> str:
         data["weights_explained"]["text"],
     ]
     for stage, row in stages.items():
+        batch = "num_generations" if row["batch_setting"] == "num_generations" else "batch"
         lines.append(
-            f"{stage}: {row['total_gib']:.2f} of {s['gpu_mem_gib']:g} GiB, {row['verdict']}; largest batch with "
+            f"{stage}: {row['total_gib']:.2f} of {s['gpu_mem_gib']:g} GiB, {row['verdict']}; largest {batch} with "
             f"{HEADROOM:.0%} headroom: {row['largest_batch']}"
         )
     lines += ["", *(NOTES[stage] for stage in stages)]
@@ -138,7 +178,7 @@ def render(data: dict[str, Any], fmt: str = "text") -> str:
             f"ppo, naive 4-model setup (policy, reference, value and reward each load the base): "
             f"{naive['total_gib']:.2f} GiB, {naive['verdict']}"
         )
-    return "\n".join([*lines, "", *_vllm_lines(data)])
+    return "\n".join([*lines, "", *_vllm_lines(data), *_layout_lines(data)])
 
 
 def _arch_line(arch: dict[str, Any]) -> str:
@@ -198,6 +238,33 @@ def _vllm_lines(data: dict[str, Any]) -> list[str]:
             f"ppo rollouts through vLLM: the trainer's weights, adapters and optimizer stay resident: "
             f"{both['total_gib']:.2f} GiB, {both['verdict']}"
         )
+    return lines
+
+
+def _layout_lines(data: dict[str, Any]) -> list[str]:
+    layouts, s = data.get("group_layouts"), data["settings"]
+    if not layouts:
+        return []
+    lines = [
+        "",
+        f"grpo/rloo with the rollout engine beside the trainer on one {s['gpu_mem_gib']:g} GiB GPU (groups of "
+        f"{s['num_generations']} completions x {s['seq_len']} tokens; engine max_model_len "
+        f"{s['max_model_len'] or s['seq_len']}; peak = the larger of generate (trainer weights, adapters, optimizer "
+        "resident + the awake engine) and update (the grpo/rloo column + what the engine keeps), GiB:",
+    ]
+    for name in LAYOUTS:
+        layout = layouts[name]
+        if "phases_gib" not in layout:
+            lines.append(f"- {LAYOUTS[name]}: {layout['verdict']}")
+            continue
+        engine = " + ".join(f"{k.removeprefix('engine ')} {v:.2f}" for k, v in layout["engine_gib"].items())
+        phases = layout["phases_gib"]
+        lines.append(
+            f"- {layout['label']}: engine {engine}; generate {phases['generate']:.2f}, update {phases['update']:.2f}: "
+            f"peak {layout['peak_gib']:.2f} GiB, {layout['verdict']}"
+        )
+    by_status = {key: [LAYOUTS[n].split(" (")[0] for n in LAYOUTS if layouts[n]["status"] == key] for key in STATUSES}
+    lines.append("; ".join(f"{label}: {', '.join(by_status[key]) or '-'}" for key, label in STATUSES.items()))
     return lines
 
 

@@ -86,6 +86,80 @@ def test_ppo_by_hand_and_against_the_naive_four_model_setup():
     assert total(estimate(eight_b, "ppo", Settings())) < total(estimate(eight_b, "ppo", Settings(), shared=False))
 
 
+def test_grpo_trains_one_group_per_micro_batch_by_hand():
+    # a group of 2 completions x 16 tokens is sft's batch of 2 x 16; a group of 4 is dpo's 2 x (chosen, rejected)
+    assert estimate(TINY, "grpo", replace(SMALL, num_generations=2)) == estimate(TINY, "sft", SMALL)
+    four = estimate(TINY, "rloo", replace(SMALL, num_generations=4, batch_size=99))  # the batch setting is unused
+    assert four["activations"] == estimate(TINY, "dpo", SMALL)["activations"] and four["kv cache"] == 0
+    assert memory_plan.largest_batch(LLAMA_8B, "grpo", Settings()) == memory_plan.largest_batch(
+        LLAMA_8B, "rloo", Settings()
+    )
+
+
+def test_grpo_layouts_by_hand():
+    s = replace(SMALL, num_generations=2)
+    train = estimate(TINY, "grpo", s)
+    resident = train["weights"] + train["adapters"] + train["optimizer"]
+    layouts = memory_plan.group_layouts(TINY, s)
+    kv = 2 * 16 * 2 * 2 * 32 * 2  # the group: 2 sequences x 16 tokens x 2 layers x (K, V) x 32 x bf16
+    rlaif = layouts["rlaif"]
+    assert rlaif["engine"] == {
+        "engine weights": (122880 + 64320) * 2,
+        "engine LoRA slot": 22528 * 2,
+        "engine kv cache": kv,
+    }
+    assert rlaif["phases"] == {
+        "generate": resident + (122880 + 64320) * 2 + 22528 * 2 + kv + GIB,
+        "update": total(train),
+    }
+    four_bit = 63390 + 64320 * 2  # vLLM's bitsandbytes copy: NF4 linears, bf16 embeddings and norms
+    assert layouts["rlaif_4bit_engine"]["engine"]["engine weights"] == four_bit
+    trl = layouts["trl_colocate"]
+    merge = 64 * 256 * 6  # the largest linear dequantized to bf16 beside its fp32 LoRA delta
+    assert trl["engine"] == {"engine weights": four_bit, "engine kv cache": kv, "merge (transient)": merge}
+    # TRL's default keeps the engine's weights and KV cache through the update; with sleep mode they are discarded
+    assert trl["phases"] == {
+        "generate": resident + four_bit + kv + merge + GIB,
+        "update": total(train) + four_bit + kv,
+    }
+    assert layouts["trl_colocate_sleep"]["phases"]["update"] == total(train)
+    assert all(layout["peak"] == max(layout["phases"].values()) for layout in layouts.values())
+    assert set(memory_plan.group_layouts(TINY, replace(s, quantize="int8"))) == {"rlaif", "rlaif_4bit_engine"}
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ("1B", {"rlaif": "fits", "rlaif_4bit_engine": "fits", "trl_colocate": "fits", "trl_colocate_sleep": "fits"}),
+        ("3B", {"rlaif": "fits", "rlaif_4bit_engine": "fits", "trl_colocate": "fits", "trl_colocate_sleep": "fits"}),
+        ("8B", {"rlaif": "over", "rlaif_4bit_engine": "fits", "trl_colocate": "tight", "trl_colocate_sleep": "fits"}),
+    ],
+)
+def test_cli_grpo_on_24_gib_says_which_rollout_layout_fits(size, expected):
+    args = ["plan", "--params", size, "--stage", "grpo", "--gpu-mem", "24"]
+    data = json.loads(runner.invoke(app, [*args, "--json"]).output)
+    layouts = data["group_layouts"]
+    assert {name: layout["status"] for name, layout in layouts.items()} == expected
+    for layout in layouts.values():  # the peak is the larger phase; the update phase holds the grpo column
+        assert layout["peak_gib"] == max(layout["phases_gib"].values())
+        assert layout["phases_gib"]["update"] >= data["stages"]["grpo"]["total_gib"] - 1e-3
+    text = runner.invoke(app, args).output
+    assert "grpo/rloo with the rollout engine beside the trainer on one 24 GiB GPU" in text
+    over = [layouts[name]["label"].split(" (")[0] for name, status in expected.items() if status == "over"]
+    assert f"does NOT fit: {', '.join(over) or '-'}" in text
+
+
+def test_grpo_with_int8_says_trl_cannot_colocate():
+    data = json.loads(
+        runner.invoke(app, ["plan", "--params", "1B", "--stage", "rloo", "--quantize", "int8", "--json"]).output
+    )
+    assert data["group_layouts"]["trl_colocate"]["status"] == "unsupported"
+    assert (
+        data["group_layouts"]["rlaif"]["status"] == "fits"
+        and data["stages"]["rloo"]["batch_setting"] == "num_generations"
+    )
+
+
 def test_vllm_phase_by_hand():
     phase = memory_plan.vllm_phase(TINY, SMALL)
     assert phase["weights (bf16)"] == (122880 + 64320) * 2
@@ -116,7 +190,9 @@ def test_bad_settings_and_stages_are_refused():
     with pytest.raises(PlanError):
         Settings(batch_size=0)
     with pytest.raises(PlanError, match="unknown stage"):
-        estimate(TINY, "grpo", SMALL)
+        estimate(TINY, "kto", SMALL)
+    with pytest.raises(PlanError, match="num-generations"):
+        Settings(num_generations=0)
 
 
 # -- resolving the model -----------------------------------------------------------------------------------------
@@ -359,7 +435,7 @@ def test_text_md_and_json_formats_carry_the_same_numbers():
     data = json.loads(runner.invoke(app, [*base, "--json"]).output)
     assert json.loads(runner.invoke(app, [*base, "--format", "json"]).output) == data
     assert "| GiB |" not in text and re.search(r"^total\s+[\d.]+\s+[\d.]+", text, re.MULTILINE)
-    assert "| GiB | sft | rm | dpo | ppo |" in md
+    assert "| GiB | sft | rm | dpo | ppo | grpo | rloo |" in md
     assert data["estimate"] is True and list(data["stages"]) == list(STAGES)
     for row in data["stages"].values():
         assert f"{row['total_gib']:.2f}" in text and f"**{row['total_gib']:.2f}**" in md

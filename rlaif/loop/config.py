@@ -59,7 +59,11 @@ class PipelineRef(_Strict):
 class TrainRef(_Strict):
     """One training stage. A ``policy`` stage starts from the latest policy adapter (``model.adapter``) and its
     adapter becomes the policy; other stages (a reward model) train fresh on the base. In ``overrides``, ``{NAME}``
-    stands for the adapter directory of an earlier stage NAME of the same round (``reward.adapter={rm}``)."""
+    stands for the adapter directory of an earlier stage NAME of the same round (``reward.adapter={rm}``).
+
+    An online RL stage (``recipe: grpo``, ``rloo`` or ``ppo``) trains on the round's dataset as prompts and samples
+    its own completions: its data pipeline only makes prompts (``pipeline.policy: null``), and every other column of
+    a row (a verifier's ``constraints``, a math ``answer``) reaches its reward (pipelines/loop_grpo_verified.yaml)."""
 
     name: str = "train"
     file: str

@@ -4,6 +4,7 @@ wall time per phase — as one JSON row per round and a table."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ from rlaif.steps.registry import step_class
 
 # The loop's phases, in round order, as keys of a round's "seconds" (the round table writes hand_off as hand-off).
 PHASES = ("generate", "label", "filter", "train", "hand_off", "eval")
-# Training metrics worth a column, as TRL logs them (DPO and its family, RM, SFT, KTO, PPO).
+# Training metrics worth a column, as TRL logs them (DPO and its family, RM, SFT, KTO, PPO, GRPO/RLOO), and each
+# reward component of GRPO/RLOO (rewards/<name>/mean; DPO's rewards/chosen etc. have no /mean).
 TRAIN_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "accuracy", "kl", "objective/kl", "reward")
+COMPONENT = re.compile(r"^rewards/[^/]+/(mean|unverifiable)$")
 # Judge quarantine reasons that mean "the verdict could not be read", as the eval reports them.
 PARSE_FAILURES = (PARSE_FAILURE, NO_LOGPROBS)
 
@@ -74,7 +77,7 @@ def train_summary(output_dir: Path) -> dict[str, Any]:
     for line in lines:
         row = json.loads(line)
         steps = max(steps, int(row.get("step") or 0))
-        for key in TRAIN_KEYS:
+        for key in [*TRAIN_KEYS, *(k for k in row if COMPONENT.match(k))]:
             if isinstance(row.get(key), int | float):
                 sums[key] += row[key]
                 counts[key] += 1

@@ -19,7 +19,7 @@ from rlaif.train.data import TrainingData, load_training_data
 from rlaif.train.grpo_config import GroupRecipe
 from rlaif.train.model import build_model
 from rlaif.train.outputs import TrainResult, resume_checkpoint
-from rlaif.train.rl.group_rewards import reward_functions
+from rlaif.train.rl.group_rewards import GroupRewards
 
 TRAINERS = {"grpo": "trl.GRPOTrainer", "rloo": "trl.RLOOTrainer"}
 # Columns of preference/SFT rows that an online recipe never reads (it samples its own completions); dropped so a
@@ -31,11 +31,14 @@ def run_group(cfg: GroupRecipe, resume: bool, callbacks: list[Any], finish: Call
     """Train ``cfg`` (recipe grpo or rloo) with TRL's trainer and rlaif's reward spec. ``callbacks`` and ``finish``
     are the TRL recipes' own (rlaif.train.recipes: metrics.jsonl; train, evaluate, save), handed in."""
     data = load_training_data(cfg.data, cfg.recipe)  # bad rows fail here, before any model loads
-    funcs, weights = reward_functions(cfg.reward)
+    rewards = GroupRewards(cfg)  # model rewards' files, heads and bases checked here too, before any model loads
     checkpoint = resume_checkpoint(cfg, resume)
     args = trl_args(cfg)  # TRL checks option values (and the group shape again) here, still before the model loads
-    args.reward_weights = weights
-    built = build_model(cfg.model, cfg.lora, cpu=cfg.cpu, require_chat_template=data.conversational)
+    args.reward_weights = rewards.weights
+    built = build_model(
+        cfg.model, cfg.lora, cpu=cfg.cpu, require_chat_template=data.conversational, **rewards.model_kwargs()
+    )
+    funcs = rewards.bind(built)  # an RM adapter or the judge reads this model's base: no second copy
     data = chat_prompts(data, built.tokenizer)
     trainer = import_object(TRAINERS[cfg.recipe])(
         model=built.model,
@@ -47,6 +50,7 @@ def run_group(cfg: GroupRecipe, resume: bool, callbacks: list[Any], finish: Call
         peft_config=built.peft_config,
         callbacks=callbacks,
     )
+    rewards.policy_only_saves(trainer)
     return finish(trainer, cfg, built, data, checkpoint)
 
 

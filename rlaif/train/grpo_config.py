@@ -7,15 +7,17 @@ them summed with their weights::
       - {verifier: ifeval, weight: 1.0}
       - {function: length_penalty, kwargs: {target_chars: 400}, weight: 0.2, name: length}
 
-Rule functions and verifiers run as TRL reward functions (rlaif.train.rl.group_rewards). Reward models, RM adapters
-and LLM judges are PPO's for now: a GRPO config naming one fails at validation, before a model loads.
+Every source of PPO's spec works: rule functions and verifiers, an RM ``adapter`` on the policy's own base, a
+separately loaded reward ``model``, an LLM ``judge``'s expected score (d-RLAIF; the base with the adapter disabled
+unless ``judge.model`` names another). They run as TRL reward functions built from PPO's reward sources
+(rlaif.train.rl.group_rewards).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from rlaif.train.config_base import RecipeConfig, TrainConfig
 from rlaif.train.ppo_config import RewardConfig
@@ -28,25 +30,33 @@ GROUP_CPU_DEFAULTS: dict[str, Any] = {"num_generations": 2, "max_completion_leng
 
 class RewardSpec(RewardConfig):
     """One reward source (PPO's ``reward:`` keys) with its weight in the sum and the name it is logged under
-    (default: the verifier or function name)."""
+    (default: the verifier or function name; ``rm`` for an RM adapter, ``reward_model``, ``judge``)."""
 
     weight: float = 1.0
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
 
-    @model_validator(mode="after")
-    def _group_sources(self) -> RewardSpec:
-        for key in ("adapter", "model", "judge"):
-            if getattr(self, key) is not None:
-                raise ValueError(
-                    f"reward.{key}: grpo/rloo take verifier and function rewards for now (reward models, RM adapters "
-                    "and LLM judges are wired for ppo only)"
-                )
-        return self
-
     def label(self) -> str:
         """The name TRL logs this component under (``rewards/<label>/mean``)."""
-        source = self.verifier or self.function or "reward"
-        return self.name or source.replace(":", ".").rsplit(".", 1)[-1]
+        if self.name:
+            return self.name
+        source = self.verifier or self.function
+        if source:
+            return source.replace(":", ".").rsplit(".", 1)[-1]
+        return "rm" if self.adapter else "reward_model" if self.model else "judge"
+
+
+def spec_problem(specs: list[RewardSpec], lora: Any, adapter: str | None) -> str | None:
+    """Why the components cannot share the policy's base: one RM adapter at most, and a base to share (LoRA)."""
+    on_base = [i for i, s in enumerate(specs) if s.adapter or (s.judge is not None and s.judge.model is None)]
+    if len([s for s in specs if s.adapter]) > 1:
+        return "one RM adapter at most shares the policy's base; load another with `model:` (its own copy)"
+    if on_base and lora is None and adapter is None:
+        where = f"reward.{on_base[0]}" if len(specs) > 1 else "reward"
+        return (
+            f"{where} reads the policy's base with the adapter switched (RM adapter) or off (judge): set lora, or "
+            "give the judge its own `model:` / load the reward model with `model:`"
+        )
+    return None
 
 
 class GroupTrain(TrainConfig):
@@ -134,6 +144,15 @@ class GroupRecipe(RecipeConfig):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, dict) else value
+
+    @field_validator("reward")
+    @classmethod
+    def _shared_base(cls, specs: list[RewardSpec], info: ValidationInfo) -> list[RewardSpec]:
+        if "lora" not in info.data or "model" not in info.data:  # their own errors are reported; nothing to check
+            return specs
+        if problem := spec_problem(specs, info.data["lora"], info.data["model"].adapter):
+            raise ValueError(problem)
+        return specs
 
     @model_validator(mode="after")
     def _group(self) -> GroupRecipe:

@@ -1,5 +1,7 @@
-"""GRPO / RLOO: the reward spec as TRL reward functions (rlaif.train.rl.group_rewards), the configs (errors before any
-model loads, with file:line), and real runs of `rlaif train grpo|rloo --cpu` on the builtin model (TRL's trainers)."""
+"""GRPO / RLOO: the reward spec as TRL reward functions (rlaif.train.rl.group_rewards: PPO's reward sources adapted),
+the configs (errors before any model loads, with file:line), real runs of `rlaif train grpo|rloo --cpu` on the builtin
+model (TRL's trainers), and the model rewards (RM adapter on the policy's base, separate reward model, judge) on a
+tiny model."""
 
 from __future__ import annotations
 
@@ -86,7 +88,7 @@ def short(prompts, completions, **_):
 )
 def test_a_function_returning_a_bad_value_is_named(name, expected):
     fn = GroupReward(RewardSpec(function=f"test_grpo.{name}"))
-    with pytest.raises(ValueError, match=f"reward {name} \\(function test_grpo.{name}\\) {expected}"):
+    with pytest.raises(ValueError, match=f"reward function `test_grpo.{name}` {expected}"):
         _trl_call(fn, ["a", "b"])
 
 
@@ -134,7 +136,14 @@ train:
         (["train.num_generations=1"], False, "greater than or equal to 2"),
         (["reward=[{verifier: ifevall}]"], False, "unknown verifier 'ifevall' (did you mean 'ifeval'?)"),
         (["reward=[{function: lenght_penalty}]"], False, "unknown reward function 'lenght_penalty'"),
-        (["reward=[{judge: {}}]"], False, "reward.judge: grpo/rloo take verifier and function rewards for now"),
+        (
+            ["lora=null", "model.quantize=none", "reward=[{verifier: ifeval}, {judge: {}}]"],
+            False,
+            "reward.1 reads the policy's base with the adapter switched (RM adapter) or off (judge): set lora",
+        ),
+        (["reward=[{adapter: a, name: x}, {adapter: b}]"], False, "one RM adapter at most shares the policy's base"),
+        (["reward=[{model: m, kwargs: {a: 1}}]"], False, "reward.kwargs goes with reward.function or reward.verifier"),
+        (["reward=[{judge: {}}, {judge: {scale: [1, 5]}}]"], False, "two components are named 'judge'"),
         (["reward=[{verifier: ifeval}, {verifier: ifeval}]"], False, "two components are named 'ifeval'"),
         (["reward=[]"], False, "at least 1 item"),
         (["train.trl={reward_weights: [1, 2]}"], False, "trl.reward_weights is set by rlaif"),
@@ -237,3 +246,91 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert first.resumed_from is None and second.resumed_from == str(out / "checkpoint-1")
     starts = [row["step"] for row in _metrics(out) if row.get("event") == "train_begin"]
     assert starts == [0, 1] and [row["step"] for row in _metrics(out) if "loss" in row] == [1, 2]
+
+
+# -- model rewards: RM adapter on the policy's base, a separate reward model, the judge ------------------------
+def test_a_reward_adapter_that_cannot_load_is_named_before_a_model_loads(monkeypatch, tmp_path):
+    from rlaif.cli import app
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr("rlaif.train.grpo.build_model", no_model)
+    (tmp_path / "rm").mkdir()
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "grpo",
+            str(CONFIGS / "grpo.yaml"),
+            f"train.output_dir={tmp_path / 'out'}",
+            f"reward=[{{verifier: ifeval}}, {{adapter: {tmp_path / 'rm'}, weight: 0.5}}]",
+            "--cpu",
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "grpo.yaml" in result.output and f"reward.1.adapter {tmp_path / 'rm'}: not an adapter directory" in (
+        " ".join(result.output.split())
+    )
+
+
+@pytest.mark.model
+def test_model_rewards_read_the_policys_own_base_and_each_is_logged(tiny_model_dir, tmp_path):
+    from rlaif.train.model import build_model
+    from rlaif.train.recipes import run_recipe
+    from rlaif.train.rl.group_rewards import GroupRewards, TrainerBase
+    from rlaif.train.rl.reward_sources import AdapterReward
+
+    rm = run_recipe(
+        load_config(
+            CONFIGS / "rm.yaml",
+            "rm",
+            [f"model.name={tiny_model_dir}", f"data.path={FIXTURES / 'prefs.jsonl'}", "data.test_size=0",
+             f"train.output_dir={tmp_path / 'rm'}", "train.max_steps=2", "train.save_steps=1000", "lora.r=4",
+             "train.learning_rate=1.0e-2"],  # the first step warms up at lr 0; the second must move the scores
+            cpu=True,
+        )
+    )  # fmt: skip
+    reward = (
+        f"[{{adapter: {rm.adapter_dir}}}, {{model: {rm.adapter_dir}, name: separate}}, {{judge: {{}}, weight: 0.5}}]"
+    )
+    cfg = load_config(
+        CONFIGS / "grpo.yaml",
+        "grpo",
+        [f"model.name={tiny_model_dir}", "model.quantize=none", "lora.r=4", f"reward={reward}", "data.test_size=2",
+         f"train.output_dir={tmp_path / 'grpo'}", "train.max_steps=1", "train.max_completion_length=8"],
+        cpu=True,
+    )  # fmt: skip
+    rewards = GroupRewards(cfg)
+    built = build_model(cfg.model, cfg.lora, cpu=True, **rewards.model_kwargs())
+    built.model.train()
+    funcs = {fn.__name__: fn for fn in rewards.bind(built)}
+    assert list(funcs) == ["rm", "separate", "judge"] and rewards.weights == [1.0, 1.0, 0.5]
+    answers = ["Gladly! Apples are sweet and crisp.", "No."]
+    on_base, separate = _trl_call(funcs["rm"], answers)[0], _trl_call(funcs["separate"], answers)[0]
+    # the RM adapter switched in on the policy's base scores as the same adapter on its own copy of the base
+    assert on_base == pytest.approx(separate, abs=1e-4) and on_base[0] != pytest.approx(on_base[1])
+
+    class AdapterOff(TrainerBase):  # the score head on the bare base: what a switch that did nothing would read
+        def use(self, adapter):
+            return self.bare()
+
+    bare = AdapterReward(AdapterOff(built.model, built.tokenizer), rm.adapter_dir, 2, 256)
+    prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(2)]
+    assert bare(prompts, answers, [{}, {}]).tolist() != pytest.approx(on_base, abs=1e-3)
+    assert all(-1 <= s <= 1 for s in _trl_call(funcs["judge"], answers)[0])  # expected rating mapped to [-1, 1]
+    # scoring left the policy adapter active and trainable, the reward adapter frozen, the model in train mode
+    grads = {name: p.requires_grad for name, p in built.model.named_parameters() if "lora_" in name}
+    assert all(g for name, g in grads.items() if ".default." in name)
+    assert not any(g for name, g in grads.items() if ".reward." in name)
+    assert built.model.active_adapter == "default" and built.model.training
+
+    result = run_recipe(cfg)
+    [step] = [row for row in _metrics(result.output_dir) if "loss" in row]
+    parts = [step[f"rewards/{name}/mean"] for name in ("rm", "separate", "judge")]
+    assert step["reward"] == pytest.approx(parts[0] + parts[1] + 0.5 * parts[2], abs=1e-4)
+    evaluated = json.loads((result.output_dir / "eval.json").read_text())
+    assert {"eval_rewards/rm/mean", "eval_rewards/judge/mean"} <= set(evaluated)
+    # the RM adapter stays out of the trained adapter's folder and its checkpoints
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert not list(result.output_dir.rglob("reward/adapter_config.json"))

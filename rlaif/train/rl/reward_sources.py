@@ -4,11 +4,14 @@ Every source is called as ``source(prompts, completions, rows) -> tensor[B]`` (f
 prompt column values (string or messages), ``completions`` the decoded responses, ``rows`` the dataset rows (for
 functions and verifiers that read extra columns). Rule functions and their registry are in
 rlaif.train.reward_functions (TRL's reward-function convention, resolved by registry name first, dotted path second);
-verifiers in rlaif.verifiers.
+verifiers in rlaif.verifiers. PPO (rlaif.train.rl.ppo) and GRPO/RLOO (rlaif.train.rl.group_rewards, as TRL reward
+functions) build their sources here, from the same ``reward:`` spec; rule and verifier sources also give
+``optional_scores`` (None: cannot score), which TRL's trainers accept and PPO cannot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -26,7 +29,6 @@ if TYPE_CHECKING:
     import torch
 
     from rlaif.train.config import LoraConfig, ModelConfig, RewardConfig
-    from rlaif.train.rl.shared_base import SharedBase
 
 
 class RewardSource(Protocol):
@@ -35,6 +37,27 @@ class RewardSource(Protocol):
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
     ) -> torch.Tensor: ...
+
+
+class PolicyBase(Protocol):
+    """The policy's base as model-based rewards read it: PPO's SharedBase, or GRPO's trainer model
+    (rlaif.train.rl.group_rewards.TrainerBase). ``use(name)`` runs a block with adapter ``name`` active, ``bare()``
+    with every adapter disabled."""
+
+    model: Any
+    tokenizer: Any
+    device: Any
+
+    def use(self, adapter: str) -> contextlib.AbstractContextManager[None]: ...
+
+    def bare(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+
+
+def _columns(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The rows' columns other than the prompt, as lists aligned with the completions."""
+    return {key: [row.get(key) for row in rows] for key in (rows[0] if rows else {}) if key != "prompt"}
 
 
 # -- rule rewards -------------------------------------------------------------------------------------------------
@@ -49,20 +72,29 @@ class FunctionReward:
         self._any_column = any(p.kind is p.VAR_KEYWORD for p in parameters)
         self._named = {p.name for p in parameters}
 
+    def optional_scores(
+        self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
+    ) -> list[float | None]:
+        """One finite number per completion, or None where the function cannot score it (TRL's convention)."""
+        columns = {k: v for k, v in _columns(rows).items() if self._any_column or k in self._named}
+        values = list(self.fn([prompt_text(p) for p in prompts], list(completions), **{**columns, **self.kwargs}))
+        bad = [v for v in values if v is not None and not (isinstance(v, int | float) and math.isfinite(v))]
+        if len(values) != len(completions) or bad:
+            got = f"{len(values)} values" if len(values) != len(completions) else repr(bad[0])
+            raise ValueError(
+                f"reward {self.description} returned {got} for {len(completions)} completions: expected one finite "
+                "number per completion (or None: cannot score, for grpo/rloo)"
+            )
+        return [None if v is None else float(v) for v in values]
+
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
     ) -> torch.Tensor:
         import torch
 
-        columns = {key: [row.get(key) for row in rows] for key in (rows[0] if rows else {}) if key != "prompt"}
-        columns = {k: v for k, v in columns.items() if self._any_column or k in self._named}
-        scores = self.fn([prompt_text(p) for p in prompts], list(completions), **{**columns, **self.kwargs})
-        values = [float(s) for s in scores]
-        if len(values) != len(completions) or not all(math.isfinite(v) for v in values):
-            raise ValueError(
-                f"reward {self.description} returned {scores!r} for {len(completions)} completions: "
-                "expected one finite number per completion"
-            )
+        values = self.optional_scores(prompts, completions, rows)
+        if None in values:
+            raise ValueError(f"reward {self.description} returned None: ppo needs a number for every response")
         return torch.tensor(values, dtype=torch.float32)
 
 
@@ -84,20 +116,27 @@ class VerifierReward:
         extras = {**({"columns": columns} if columns else {}), **kwargs}
         self.description = f"verifier `{name}`" + (f" with {extras}" if extras else "")
 
-    def __call__(
+    def optional_scores(
         self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
-    ) -> torch.Tensor:
-        import torch
-
+    ) -> list[float | None]:
+        """The verifier's score per completion; None where it cannot check one."""
         from rlaif.verifiers import verify
 
-        columns = {key: [row.get(key) for row in rows] for key in (rows[0] if rows else {}) if key != "prompt"}
+        columns = _columns(rows)
         columns |= {ours: [row.get(theirs) for row in rows] for ours, theirs in self.columns.items()}
         columns |= {key: [value] * len(completions) for key, value in self.kwargs.items()}
         verdicts = verify(self.name, [prompt_text(p) for p in prompts], list(completions), columns)
         self.unverifiable.update(v.reason or "unverifiable" for v in verdicts if v.score is None)
         self.last_unverifiable = sum(v.score is None for v in verdicts)  # this batch's, for metrics.jsonl
-        return torch.tensor([0.0 if v.score is None else v.score for v in verdicts], dtype=torch.float32)
+        return [v.score for v in verdicts]
+
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict[str, Any]]
+    ) -> torch.Tensor:
+        import torch
+
+        scores = self.optional_scores(prompts, completions, rows)
+        return torch.tensor([0.0 if s is None else s for s in scores], dtype=torch.float32)
 
 
 # -- reward models ------------------------------------------------------------------------------------------------
@@ -136,7 +175,7 @@ class AdapterReward:
     """An RM adapter on the shared base: its LoRA shapes the trunk, its score head (applied here, in fp32) reads the
     pooled hidden state. No second copy of the base."""
 
-    def __init__(self, shared: SharedBase, adapter_dir: Path, batch_size: int, max_length: int) -> None:
+    def __init__(self, shared: PolicyBase, adapter_dir: Path, batch_size: int, max_length: int) -> None:
         import torch
 
         self.shared, self.batch_size, self.max_length = shared, batch_size, max_length
@@ -235,7 +274,7 @@ def reward_problem(cfg: RewardConfig, base: str) -> str | None:
             return f"reward.adapter {exc}"
         if trained_on != base and resolve_model(trained_on) != resolve_model(base):
             return (
-                f"reward.adapter {cfg.adapter} was trained on {trained_on}, but the PPO base is {base}: an "
+                f"reward.adapter {cfg.adapter} was trained on {trained_on}, but the policy's base is {base}: an "
                 "adapter fits only its own base (load it with reward.model instead)"
             )
     from rlaif.models import reference_problem
@@ -247,7 +286,7 @@ def reward_problem(cfg: RewardConfig, base: str) -> str | None:
 
 
 def build_reward(
-    cfg: RewardConfig, shared: SharedBase, model_cfg: ModelConfig, lora: LoraConfig, cpu: bool, max_length: int
+    cfg: RewardConfig, shared: PolicyBase, model_cfg: ModelConfig, lora: LoraConfig, cpu: bool, max_length: int
 ) -> RewardSource:
     """The configured reward source; model-based ones share ``shared``'s base unless they name their own model.
     ``lora``: what a separately loaded reward or judge model is built with (no adapter is trained on it; the builder
