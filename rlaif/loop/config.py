@@ -31,6 +31,8 @@ from rlaif.config import (
     load_yaml,
     validation_problems,
 )
+from rlaif.secrets import check_no_secrets
+from rlaif.train.trackers import missing_trackers, tracker_names
 
 
 class _Strict(BaseModel):
@@ -112,8 +114,23 @@ class LoopConfig(_Strict):
     eval: EvalRef | None = None
     output_dir: str | None = None  # default runs/<name>
     seed: int = 0
+    # Experiment trackers (rlaif.train.trackers: none, tensorboard, trackio, wandb, mlflow or a list) for every
+    # training stage and for the loop's own run of per-round figures; null: each stage keeps its file's report_to.
+    # Stage runs are named <name>-round-<k> (-<stage> when there are several) and grouped under <name>.
+    report_to: list[str] | None = None
+    project: str = Field("rlaif", min_length=1)  # the trackers' project (trackio, W&B) / experiment (MLflow)
     _base_dir: Path = PrivateAttr(default_factory=lambda: Path("."))
     _located: Located | None = PrivateAttr(default=None)  # the file as read, for the line of each key
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, value: Any) -> list[str] | None:
+        if value is None:
+            return None
+        names = tracker_names(value)
+        if problems := missing_trackers(names):
+            raise ValueError("; ".join(problems))
+        return names
 
     @field_validator("train", mode="before")
     @classmethod
@@ -154,6 +171,7 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
     apply_overrides(located, overrides or [])
     if not isinstance(located.data, dict):
         raise ConfigError([located.problem((), "expected a mapping with name, rounds, prompts, pipeline, train")])
+    check_no_secrets(located)  # credentials come from the environment only
     if slips := bool_slips(located, LoopConfig):
         raise ConfigError(slips)
     try:

@@ -35,6 +35,8 @@ from rlaif.config import ConfigError, Problem, load_yaml
 from rlaif.loop.config import LoopConfig, TrainRef, read_prompts
 from rlaif.loop.engines import EnginePool
 from rlaif.loop.report import base_row, round_row, train_summary, trained, win_rate
+from rlaif.loop.trackers import LoopTrackers, loop_env
+from rlaif.loop.trackers import stage_overrides as tracker_overrides
 from rlaif.loop.verifier_eval import POLICY_EVALS, against_base, policy_figures, verifier_pipeline
 from rlaif.pipeline.progress import Reporter
 from rlaif.pipeline.run import output_steps, run_pipeline
@@ -85,13 +87,15 @@ def run_loop(
     validate(cfg, run_dir, held_out)
     pool = EnginePool(backends)
     rows: list[dict[str, Any]] = [base_row()]  # round 0: the starting policy, round 1's baseline
+    trackers, undo_env = LoopTrackers(cfg, run_dir), loop_env(run_dir)  # report_to (rlaif.loop.trackers)
     try:
         if cfg.eval and cfg.eval.kind in POLICY_EVALS:  # the base measured alone, on the same held-out prompts
             rows[0]["eval"] = evaluate(cfg, round_paths(run_dir, 0), held_out, None, None, pool, reporter)
         previous: Path | None = None
         for k in range(1, cfg.rounds + 1):
             paths = round_paths(run_dir, k)
-            if paths.stats.is_file():
+            earlier = paths.stats.is_file()
+            if earlier:
                 row = json.loads(paths.stats.read_text())
                 log.info("round %d finished earlier: skipped", k)
             else:
@@ -101,10 +105,13 @@ def run_loop(
                 row["eval"]["vs_base"] = against_base(row["eval"], rows[0]["eval"])
             rows.append(row)
             (run_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+            if not earlier:
+                trackers.round_done(rows)
             if on_round:
                 on_round(rows)
     finally:
         pool.close()
+        undo_env()
     return rows
 
 
@@ -238,6 +245,7 @@ def stage_overrides(
             override = override.replace("{" + other.name + "}", str(adapter.resolve()))
         overrides.append(override)
     overrides += [
+        *tracker_overrides(cfg, paths.root, stage),  # the stage's tracker run: <loop>-round-<k>, group <loop>
         f"data.path={(dataset or paths.data / 'dataset').resolve()}",
         f"output_dir={stage_dir(cfg, paths, stage).resolve()}",
     ]

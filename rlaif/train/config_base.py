@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.util
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from rlaif.schema import Quantize
+from rlaif.train.trackers import missing_trackers, tracker_names
 
 
 class _Strict(BaseModel):
@@ -139,12 +140,28 @@ class TrainConfig(_Strict):
     save_steps: int = 100
     save_total_limit: int | None = 2
     seed: int = 42
-    report_to: list[str] = Field(default_factory=list)  # tensorboard, wandb, trackio... when installed
+    # Experiment trackers (rlaif.train.trackers): none, tensorboard, trackio, wandb, mlflow, or a list of them.
+    report_to: list[str] = Field(default_factory=list)
+    run_name: str | None = Field(None, min_length=1)  # the tracker run's name; default: output_dir's folder name
+    # trackio project; W&B project and MLflow experiment unless WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME are set
+    project: str = Field("rlaif", min_length=1)
+    group: str | None = Field(None, min_length=1)  # runs shown together (rlaif loop: the loop's name)
     trl: dict[str, Any] = Field(default_factory=dict)
 
     def trl_config_path(self) -> str:
         """Dotted path of the TRL config class this section becomes."""
         return self.trl_class
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, value: Any) -> list[str]:
+        names = tracker_names(value)
+        if problems := missing_trackers(names):  # checked here, before any model loads
+            raise ValueError("; ".join(problems))
+        return names
+
+    def tracker_run_name(self) -> str:
+        return self.run_name or Path(self.output_dir).name
 
     @field_validator(*_RANGES)
     @classmethod
@@ -156,7 +173,9 @@ class TrainConfig(_Strict):
 
     def trl_kwargs(self) -> dict[str, Any]:
         """The typed fields as TRL keyword arguments (recipes add loss-specific ones)."""
-        return self.model_dump(exclude={"trl"})
+        kwargs = self.model_dump(exclude={"trl", "group"})  # group: rlaif's (rlaif.train.trackers), not TRL's
+        kwargs["run_name"] = self.tracker_run_name()
+        return kwargs
 
     @model_validator(mode="after")
     def _check_pass_through(self, info: ValidationInfo) -> TrainConfig:
@@ -172,18 +191,9 @@ class TrainConfig(_Strict):
                 problems.append(f"trl.{key} is a typed field: set train.{key}")
             elif not light and key not in fields:
                 problems.append(f"trl.{key} is not an option of {self.trl_config_path().rsplit('.', 1)[-1]}")
-        problems += _report_to_problems(self.report_to)
         if problems:
             raise ValueError("; ".join(problems))
         return self
-
-
-def _report_to_problems(names: list[str]) -> list[str]:
-    return [
-        f"report_to {name!r} is not installed (pip install {name})"
-        for name in names
-        if name != "none" and importlib.util.find_spec(name) is None
-    ]
 
 
 class SFTTrain(TrainConfig):

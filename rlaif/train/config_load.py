@@ -22,6 +22,7 @@ from rlaif.config import (
     validation_problems,
 )
 from rlaif.config.output_dir import training_output_dir
+from rlaif.secrets import check_no_secrets
 
 if TYPE_CHECKING:
     from rlaif.train.config import RecipeConfig
@@ -56,6 +57,7 @@ def _from_yaml(located: Located, recipe: str, overrides: list[str] | None, cpu: 
     training_output_dir(located)  # top-level output_dir -> train.output_dir (its deprecated alias, warned)
     if cpu:
         data["cpu"] = True
+    check_no_secrets(located)  # credentials come from the environment only
     return validate_config(located, recipe)
 
 

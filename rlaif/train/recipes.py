@@ -23,6 +23,7 @@ from rlaif.train.config import PREFERENCE_LOSSES, PPORecipe, RecipeConfig, impor
 from rlaif.train.data import TrainingData, load_training_data, reward_margin, soft_label_column
 from rlaif.train.model import BuiltModel, Task, build_model, merge_adapter
 from rlaif.train.outputs import TrainResult, append_row, model_card, portable_base, push, resume_checkpoint
+from rlaif.train.trackers import adopt_trl, tracker_env
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,9 @@ def run_recipe(cfg: RecipeConfig, resume: bool = False) -> TrainResult:
 
     if not cfg.cpu and not torch.cuda.is_available():
         raise ConfigError("no CUDA GPU here: run with --cpu (or cpu: true) for the CPU profile")
-    return RECIPES[cfg.recipe](cfg, resume=resume)
+    train = cfg.train
+    with tracker_env(train.report_to, Path(train.output_dir), train.project, train.group):
+        return RECIPES[cfg.recipe](cfg, resume=resume)
 
 
 # -- shared steps of every TRL recipe ---------------------------------------------------------------------------
@@ -180,6 +183,7 @@ def train_and_save(
 ) -> TrainResult:
     """Train (from ``checkpoint`` if given), evaluate on the eval split, save adapter, card, eval.json; merge and
     push when asked."""
+    adopt_trl(trainer, cfg.train.group)  # the tracker run's group; trackio's prints off stdout
     _fp32_adapters_unless_bf16(trainer, built)
     trainer.train(resume_from_checkpoint=checkpoint)
     metrics = {k: v for k, v in trainer.evaluate().items() if _finite(v)} if data.eval is not None else {}

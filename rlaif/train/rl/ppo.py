@@ -12,7 +12,7 @@ LLM judge). Each step reads top to bottom:
    whitened advantages;
 3. update: ``num_ppo_epochs`` passes over the batch in ``num_mini_batches`` minibatches: clipped policy loss and
    clipped value loss (times ``vf_coef``), one optimizer over both adapters and the head;
-4. log one metrics.jsonl line; checkpoint every ``save_steps``.
+4. log one metrics.jsonl line (and the same row to the ``train.report_to`` trackers); checkpoint every ``save_steps``.
 
 Output: ``adapter/`` (policy adapter, tokenizer, model card), ``value/`` (value adapter + value_head.safetensors),
 ``metrics.jsonl``, ``eval.json`` (reward of policy vs reference samples on held-out prompts), ``checkpoint-N/``.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from rlaif.train.rl.reward_sources import build_reward, reward_problem
 from rlaif.train.rl.rollout import HFSampler, Rollout, Sampler, VllmSampler, prompt_ids, stop_token_ids, vllm_engine
 from rlaif.train.rl.shared_base import SharedBase, forward_rollout, hidden_size, load_value_head, new_value_head
 from rlaif.train.rl.state import Run
+from rlaif.train.trackers import MetricsFollower, Tracker
 
 log = logging.getLogger(__name__)
 TRAINED = ("policy", "value")
@@ -53,13 +55,18 @@ def ppo(cfg: PPORecipe, resume: bool = False, backend: Backend | None = None) ->
     if problem := reward_problem(cfg.reward, cfg.model.name):
         raise ConfigError.one(cfg._source, problem)
     checkpoint = resume_checkpoint(cfg, resume)
-    run = setup(cfg, data, checkpoint, backend)
-    output_dir = Path(cfg.train.output_dir)
-    try:
-        train_loop(run, output_dir)
-        metrics = evaluate(run)
-    finally:
-        run.sampler.close()
+    output_dir, train = Path(cfg.train.output_dir), cfg.train
+    # train.report_to: every metrics.jsonl row reaches the trackers too, under its own names (rlaif.train.trackers).
+    config = cfg.model_dump(mode="json")
+    with Tracker(train.report_to, output_dir, train.tracker_run_name(), train.project, train.group, config) as tracker:
+        follower = MetricsFollower(output_dir / "metrics.jsonl", tracker)
+        run = setup(cfg, data, checkpoint, backend)
+        try:
+            train_loop(run, output_dir, follower.pump)
+            metrics = evaluate(run)
+        finally:
+            run.sampler.close()
+            follower.pump()
     return finish(run, data, metrics, checkpoint)
 
 
@@ -169,8 +176,9 @@ def _fits(cfg: PPORecipe, tokenizer: Any, prompt: Any) -> bool:
 
 
 # -- the loop ---------------------------------------------------------------------------------------------------
-def train_loop(run: Run, output_dir: Path) -> None:
-    """PPO steps until the end of the run, one metrics.jsonl line each, a checkpoint every save_steps."""
+def train_loop(run: Run, output_dir: Path, on_row: Callable[[], None] = lambda: None) -> None:
+    """PPO steps until the end of the run, one metrics.jsonl line each (``on_row`` after each), a checkpoint every
+    save_steps."""
     train = run.cfg.train
     metrics_file = output_dir / "metrics.jsonl"
     append_row(metrics_file, {"event": "train_begin", "step": run.step, "max_steps": run.steps})
@@ -189,6 +197,7 @@ def train_loop(run: Run, output_dir: Path) -> None:
             **{"time/step_s": time.perf_counter() - started},
         )
         append_row(metrics_file, metrics)
+        on_row()
         if run.step % train.logging_steps == 0 or run.step == run.steps:
             log.info("ppo step %d/%d: %s", run.step, run.steps, _brief(metrics))
         if train.eval_steps and run.step % train.eval_steps == 0 and run.step < run.steps:
