@@ -104,9 +104,8 @@ def tracker_env(names: list[str], output_dir: Path, project: str, group: str | N
 
 
 def finish_trackio() -> None:
-    """Finish the trackio run left open, quietly. transformers' callback finishes its run at the end of training, but
-    the final evaluation logs again and reopens it (same name: the same run); trackio would finish it at exit, with
-    a print on stdout."""
+    """Finish the trackio run left open, quietly: the TRL recipes' run, kept open through the final evaluation
+    (:class:`_GroupedTrackio`), which trackio would otherwise finish at exit with a print on stdout."""
     trackio = sys.modules.get("trackio")
     if trackio is not None and trackio.context_vars.current_run.get() is not None:
         with quiet_stdout("trackio"):
@@ -274,8 +273,9 @@ class _GroupedTrackio:
             return self._module.init(**kwargs, group=self._group, embed=False)
 
     def finish(self) -> None:
-        with quiet_stdout("trackio"):
-            self._module.finish()
+        """Deferred to the end of the recipe (:func:`tracker_env` finishes the run): the final evaluation runs after
+        training ends, and TRL's GRPO/RLOO log their generation timings straight to ``trackio.log``, which fails
+        once the run is finished ("Call trackio.init() before trackio.log()")."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._module, name)

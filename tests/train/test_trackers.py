@@ -186,6 +186,25 @@ def test_the_loops_own_run_logs_each_rounds_figures_at_its_round(tmp_path, track
     assert (trackio_dir / "rlaif-test-loop.db").is_file()
 
 
+def test_the_trl_trackio_run_stays_open_through_the_final_evaluation(trackio_dir):
+    import trackio
+
+    from rlaif.train.trackers import _GroupedTrackio, finish_trackio
+
+    grouped = _GroupedTrackio(trackio, "g")  # what transformers' TrackioCallback calls, after adopt_trl
+    grouped.init(project="rlaif-test-open", name="r", resume="allow")
+    grouped.log({"train/loss": 1.0})
+    grouped.finish()  # on_train_end: deferred
+    trackio.log({"profiling/Time taken: generate": 0.5})  # what TRL's GRPO/RLOO log during the final evaluation
+    finish_trackio()  # the end of the recipe (tracker_env)
+    assert trackio.context_vars.current_run.get() is None
+    logs = _trackio_logs("rlaif-test-open", "r")
+    assert any("profiling/Time taken: generate" in row for row in logs) and any("train/loss" in row for row in logs)
+    from trackio.sqlite_storage import SQLiteStorage
+
+    assert SQLiteStorage.get_run_config("rlaif-test-open", "r")["_Group"] == "g"
+
+
 # -- real runs on the tiny model ----------------------------------------------------------------------------------
 @pytest.mark.model
 def test_a_trl_recipe_reports_to_tensorboard_and_trackio(tiny_model_dir, tmp_path, trackio_dir, capsys):
