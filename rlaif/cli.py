@@ -273,11 +273,24 @@ def run(
     retry_quarantined: bool = typer.Option(
         False, "--retry-quarantined", help="Retry every quarantined record, not only the transient failures."
     ),
+    executor: str | None = typer.Option(
+        None,
+        "--executor",
+        help="Where batches run: local (this process) or ray (a Ray cluster; see README 'Pipelines on Ray').",
+        show_default="the file's executor, else local",
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="The Ray cluster: auto (a running one), ray://HOST:PORT or HOST:PORT; implies --executor ray.",
+        show_default="RAY_ADDRESS, else a local cluster for the run",
+    ),
 ) -> None:
     """Validate, then run a pipeline: cached, resumable, every record accounted for. Ends with the outcome (ok,
     partial, failed); exit 0 only for ok or an accepted partial run, 1 when the run failed, 2 for a config error.
     A run that is not accepted leaves the previous dataset as it was. Library logs go to OUTPUT_DIR/library.log."""
     from rlaif.config import ConfigError
+    from rlaif.pipeline.executor import BatchLost, ExecutorError, choose_executor, local_run_dir
     from rlaif.pipeline.outcome import outcome_lines
     from rlaif.pipeline.progress import Reporter
     from rlaif.pipeline.push import PushError
@@ -293,9 +306,15 @@ def run(
         pipeline = load_pipeline(file, overrides or [])
     except ConfigError as exc:
         fail(str(exc), USAGE)
+    try:  # the executor and the run directory (a path or a file:// URL), before anything runs
+        chosen = choose_executor(pipeline.executor, executor, address)
+        output_dir = local_run_dir(output_dir) if output_dir is not None else None
+        where = output_dir or default_run_dir(pipeline)
+    except ExecutorError as exc:
+        fail(str(exc), USAGE, label="executor")
     quiet = verbosity() <= logs.QUIET
     if dry_run is None:
-        log_to(output_dir or default_run_dir(pipeline), bars=False)
+        log_to(where, bars=False)
     else:
         logs.setup(verbosity(), bars=False)
     out = out_console()
@@ -309,9 +328,14 @@ def run(
             reporter=reporter,
             allow_partial=allow_partial,
             retry_quarantined=retry_quarantined,
+            executor=chosen,
         )
     except PushError as exc:
         fail(str(exc), FAILED, label="push failed")
+    except ExecutorError as exc:  # ray missing, a cluster that cannot be reached: before any step ran
+        fail(str(exc), USAGE, label="executor")
+    except BatchLost as exc:  # finished batches are kept: a re-run resumes
+        fail(str(exc), FAILED, label="executor")
     if dry_run is not None:
         for name, records in summary.samples.items():
             out.rule(f"{name}: first records of {summary.rows[name]}")

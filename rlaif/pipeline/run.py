@@ -17,6 +17,7 @@ from rlaif import __version__
 from rlaif.backends import Backend
 from rlaif.pipeline.dataset_card import DatasetCardInfo
 from rlaif.pipeline.dataset_writer import recover_dataset, write_dataset
+from rlaif.pipeline.executor import ExecutorSpec, local_run_dir
 from rlaif.pipeline.fingerprint import adapter_digest, file_digest
 from rlaif.pipeline.outcome import Outcome, judge_run, outcome_lines
 from rlaif.pipeline.progress import Reporter
@@ -52,7 +53,7 @@ class RunSummary:
 
 
 def default_run_dir(pipeline: Pipeline) -> Path:
-    return Path(pipeline.output_dir) if pipeline.output_dir else Path("runs") / pipeline.name
+    return local_run_dir(pipeline.output_dir) if pipeline.output_dir else Path("runs") / pipeline.name
 
 
 def run_pipeline(
@@ -65,6 +66,7 @@ def run_pipeline(
     backends: dict[str, Backend] | None = None,
     allow_partial: bool = True,
     retry_quarantined: bool = False,
+    executor: ExecutorSpec | None = None,
 ) -> RunSummary:
     """Run with caching in ``run_dir`` (default ``runs/<name>``). A dry run uses a throwaway directory: the first
     ``dry_run`` records of each source through every step, nothing cached, nothing saved or pushed.
@@ -74,7 +76,8 @@ def run_pipeline(
     ``max_quarantined`` or with ``allow_partial``) replaces the saved datasets and pushes; any other leaves them as
     they were. A failed run is never accepted. ``allow_partial`` is on for library callers, which read the outcome
     themselves; ``rlaif run`` turns it off unless given ``--allow-partial``. A re-run retries records quarantined
-    for a transient reason (``retry_quarantined``: all of them)."""
+    for a transient reason (``retry_quarantined``: all of them). ``executor`` (default: the file's ``executor:``) says
+    where batches run (rlaif.pipeline.executor); the cache is shared: a run may resume on either executor."""
     reporter = reporter or Reporter(enabled=False)
     if dry_run is not None:
         with tempfile.TemporaryDirectory(prefix="rlaif-dry-run-") as tmp:
@@ -86,7 +89,7 @@ def run_pipeline(
             outcome = judge_run(pipeline, result, allow_partial, None)
             outcome.saves = False
             return RunSummary(Path(tmp), result.stats, {}, rows, samples=samples, outcome=outcome)
-    run_dir = run_dir or default_run_dir(pipeline)
+    run_dir = local_run_dir(run_dir) if run_dir else default_run_dir(pipeline)
     for target in dataset_dirs(pipeline, run_dir).values():
         if recover_dataset(target):  # a save killed between its renames: the previous dataset comes back first
             log.warning("restored %s from an interrupted save", target)
@@ -95,7 +98,8 @@ def run_pipeline(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "pipeline.yaml").write_text(pipeline.text)
     runtime = EngineRuntime(pipeline.models, pipeline.seed, backends)
-    result = run_steps(pipeline, run_dir, reporter=reporter, runtime=runtime, retry_all=retry_quarantined)
+    chosen = executor or pipeline.executor
+    result = _run_steps(pipeline, run_dir, reporter, runtime, retry_quarantined, chosen, set(backends or ()))
     outcome = judge_run(pipeline, result, allow_partial, run_dir / "quarantine")
     (run_dir / "stats.json").write_text(json.dumps(result.stats, indent=2))
     _save_quarantine(result)
@@ -110,6 +114,28 @@ def run_pipeline(
         [dataset_dir] = datasets.values()  # validation allows a push only with one output step
         summary.pushed = push_dataset(dataset_dir, push["repo_id"], private=bool(push.get("private")), run_dir=run_dir)
     return summary
+
+
+def _run_steps(
+    pipeline: Pipeline,
+    run_dir: Path,
+    reporter: Reporter,
+    runtime: EngineRuntime,
+    retry_all: bool,
+    executor: ExecutorSpec,
+    provided: set[str],
+) -> RunResult:
+    """``run_steps`` on the chosen executor. Ray is imported only here, only when asked for; a cluster that cannot
+    be reached fails (``ExecutorError``) before any step runs. Dry runs always run locally."""
+    if executor.type != "ray":
+        return run_steps(pipeline, run_dir, reporter=reporter, runtime=runtime, retry_all=retry_all)
+    from rlaif.pipeline.ray_executor import RayExecutor
+
+    ray = RayExecutor(pipeline, executor, provided)
+    try:
+        return run_steps(pipeline, run_dir, reporter=reporter, runtime=runtime, retry_all=retry_all, executor=ray)
+    finally:
+        ray.close()
 
 
 def output_steps(pipeline: Pipeline) -> list[str]:

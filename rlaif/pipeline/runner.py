@@ -13,10 +13,10 @@ import logging
 import pickle
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rlaif.backends.base import is_transient_exception, is_transient_reason
 from rlaif.pipeline.fingerprint import step_fingerprint
@@ -50,14 +50,17 @@ def run_steps(
     runtime: EngineRuntime | None = None,
     reporter: Reporter | None = None,
     retry_all: bool = False,
+    executor: Executor | None = None,
 ) -> RunResult:
     """Run (or reuse from cache) every step; ``limit`` caps what each source reads (dry runs).
 
     A step is reused when it finished with nothing left to retry and its upstream steps still hold what it was built
     from. Otherwise it runs again, keeping every batch whose input is unchanged and retrying, in those batches, the
     records quarantined for a transient reason (``retry_all``: every quarantined record). The run stops after a step
-    whose every input record was quarantined (a failed step; it is never cached as complete)."""
+    whose every input record was quarantined (a failed step; it is never cached as complete). ``executor`` runs the
+    batches (default: a ``LocalExecutor``, in this process; whoever made it closes it)."""
     runtime = runtime or EngineRuntime(pipeline.models, pipeline.seed)
+    executor = executor or LocalExecutor()
     reporter = reporter or Reporter(enabled=False)
     result = RunResult(run_dir)
     try:
@@ -74,7 +77,7 @@ def run_steps(
             else:
                 inputs = [result.stores[u] for u in spec.upstream]
                 total = sum(result.stats[u]["records_out"] for u in spec.upstream) if inputs else None
-                run = _StepRun(spec, store, runtime, reporter, retry_all)
+                run = _StepRun(spec, store, runtime, reporter, retry_all, executor=executor)
                 stats = run.run(inputs, total, limit, upstream)
             result.stats[name] = stats
             if stats.get("failed"):
@@ -94,11 +97,13 @@ class _StepRun:
     runtime: EngineRuntime
     reporter: Reporter
     retry_all: bool
+    executor: Executor = field(default_factory=lambda: LocalExecutor())  # where batches run (run_job)
 
     def run(self, inputs: list[StepStore], total: int | None, limit: int | None, upstream: dict[str, str]) -> dict:
         spec, store, step = self.spec, self.store, self.spec.step
-        step.setup(self.runtime.context(spec.name))
-        report = step.setup_report()  # measured in setup (a judge check): kept with the step's stats, for the card
+        if self.executor.start(self):  # the batches run in this process: set the step up here
+            step.setup(self.runtime.context(spec.name))
+        report = self.executor.setup_report(self)  # measured in setup (a judge check): for the stats and card
         done = store.done_batches()
         previous = store.previous_stats() or {}
         if done and (step.stateful or previous.get("failed")):
@@ -116,12 +121,13 @@ class _StepRun:
                 seen.add(index)
                 digest = None if isinstance(batch, BatchResult) else _digest(batch)
                 if index in done and done[index].get("input_digest", digest) == digest:
-                    if retry:
-                        retried += self._retry(index, done)
+                    if retry and _retryable(done[index], self.retry_all):
+                        job = BatchJob(index, stats=done[index])
+                        retried += self._finished(self.executor.submit(job), done, advance)
                     advance(done[index]["records_in"])
                     continue
-                done[index] = self._first_pass(index, batch, digest)
-                advance(done[index]["records_in"])
+                retried += self._finished(self.executor.submit(BatchJob(index, batch, digest)), done, advance)
+            retried += self._finished(self.executor.drain(), done, advance)
         for stale in set(done) - seen:  # the upstream now yields fewer batches
             store.forget(stale)
             del done[stale]
@@ -133,6 +139,17 @@ class _StepRun:
         _check_accounting(spec.name, "step", stats)
         stats["failed"] = stats["records_in"] > 0 and sum(stats["quarantined"].values()) == stats["records_in"]
         return store.finish(stats, upstream, complete=not (stats["failed"] or stats["transient"]))
+
+    def _finished(self, results: Iterable[BatchDone], done: dict[int, Any], advance: Callable[[int], None]) -> int:
+        """Take in the batches an executor finished (in any order); returns how many records were retried. A retried
+        batch was counted in the progress when it was found in the cache."""
+        retried = 0
+        for out in results:
+            done[out.index] = out.stats
+            retried += out.retried
+            if out.first:
+                advance(out.stats["records_in"])
+        return retried
 
     def _first_pass(self, index: int, batch: list[Record] | BatchResult, digest: str | None) -> dict[str, Any]:
         step, ctx = self.spec.step, self.runtime.context(self.spec.name, index)
@@ -169,6 +186,90 @@ class _StepRun:
         self.store.write_retry(index, outcome, kept + quarantine_rows(outcome), merged)
         done[index] = merged
         return len(chosen)
+
+
+@dataclass
+class BatchJob:
+    """One unit of a step's work: batch ``index``'s first pass (``batch``: its input records, or a source's
+    ``BatchResult``; ``digest``: of that input, taken where the job runs when None) or, given the batch's ``stats``,
+    a retry of its quarantined records."""
+
+    index: int
+    batch: list[Record] | BatchResult | None = None
+    digest: str | None = None
+    stats: dict[str, Any] | None = None
+
+
+@dataclass
+class BatchDone:
+    """A finished job: the batch's stats as its completion marker now holds them, how many records were retried,
+    whether it was a first pass, and what the step's setup measured where it ran (remote executors report it)."""
+
+    index: int
+    stats: dict[str, Any]
+    retried: int = 0
+    first: bool = True
+    setup: dict[str, Any] = field(default_factory=dict)
+
+
+def run_job(run: _StepRun, job: BatchJob) -> BatchDone:
+    """The per-batch work, the same for every executor wherever it runs (this process, a Ray task, an engine actor):
+    the step's hook, quarantine, accounting, then the batch's shards and its completion marker written to the step's
+    store. ``run`` is the step's pass with a runtime of the process that runs the job, its step set up there."""
+    if job.stats is not None:
+        done = {job.index: job.stats}
+        retried = run._retry(job.index, done)
+        return BatchDone(job.index, done[job.index], retried, first=False)
+    assert job.batch is not None
+    digest = job.digest
+    if digest is None and not isinstance(job.batch, BatchResult):
+        digest = _digest(job.batch)
+    return BatchDone(job.index, run._first_pass(job.index, job.batch, digest))
+
+
+class Executor(Protocol):
+    """Runs a step's batches through ``run_job``. ``start`` is called once per step pass, before its jobs, and says
+    whether they run in this process (the runner then sets the step up here); ``submit`` takes a job and returns the
+    jobs finished meanwhile, ``drain`` the rest; ``setup_report`` is what the step's setup measured."""
+
+    def start(self, run: _StepRun) -> bool: ...
+
+    def submit(self, job: BatchJob) -> Iterable[BatchDone]: ...
+
+    def drain(self) -> Iterable[BatchDone]: ...
+
+    def setup_report(self, run: _StepRun) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """The default executor: every batch in this process, in order, as it is submitted."""
+
+    def __init__(self) -> None:
+        self._run: _StepRun | None = None
+
+    def start(self, run: _StepRun) -> bool:
+        self._run = run
+        return True
+
+    def submit(self, job: BatchJob) -> Iterable[BatchDone]:
+        assert self._run is not None, "start() first"
+        return [run_job(self._run, job)]
+
+    def drain(self) -> Iterable[BatchDone]:
+        return []
+
+    def setup_report(self, run: _StepRun) -> dict[str, Any]:
+        return run.spec.step.setup_report()
+
+    def close(self) -> None:
+        pass
+
+
+def _retryable(stats: dict[str, Any], retry_all: bool) -> bool:
+    """Whether a kept batch has quarantined records to retry (transient ones; any with ``retry_all``)."""
+    return bool(stats.get("transient") or (retry_all and sum(stats["quarantined"].values())))
 
 
 def _merge_retry(

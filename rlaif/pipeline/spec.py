@@ -16,6 +16,7 @@ from rlaif.backends import BACKENDS, backend_class
 from rlaif.config import ConfigError, Located, Problem, apply_overrides, check_kind, closest, load_yaml
 from rlaif.config.output_dir import pipeline_output_dir
 from rlaif.models import hub_problem, reference_problem
+from rlaif.pipeline.executor import ExecutorSpec, executor_problems
 from rlaif.pipeline.graph import check_columns, topological_order
 from rlaif.pipeline.spec_values import bool_problems, option_problems, value_problems, with_hint
 from rlaif.registry import UnknownComponent
@@ -23,7 +24,7 @@ from rlaif.schema import sampling_problems
 from rlaif.steps.base import Step
 from rlaif.steps.registry import STEPS, step_class
 
-TOP_KEYS = ("name", "description", "seed", "models", "steps", "output", "output_dir", "max_quarantined")
+TOP_KEYS = ("name", "description", "seed", "models", "steps", "output", "output_dir", "max_quarantined", "executor")
 STEP_KEYS = ("name", "type", "from", "batch_size", "max_quarantined")
 # Per-request settings of a model. `lora` is a PEFT adapter directory applied to every request of this model name
 # (vLLM serves it as a LoRA request on the shared engine: two names, one with and one without, share one engine).
@@ -63,6 +64,7 @@ class Pipeline:
     columns: dict[str, set[str] | None]
     max_quarantined: float = 0.1  # a run is accepted while each step quarantines at most this share (outcome.py)
     output_dir: str | None = None  # where the run writes (cache, stats, dataset/); None: runs/<name>
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)  # where batches run (rlaif.pipeline.executor)
 
     def leaves(self) -> list[str]:
         used = {u for s in self.steps.values() for u in s.upstream}
@@ -79,7 +81,10 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     check_kind(located, "pipeline")
     apply_overrides(located, overrides or [])
     pipeline_output_dir(located)  # output.save: the deprecated name, warned with its line
-    return _Validator(located, path, text).run()
+    validator = _Validator(located, path, text)
+    pipeline = validator.run()
+    pipeline.executor = validator.executor
+    return pipeline
 
 
 def _closest(word: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -123,7 +128,8 @@ class _Validator:
         self._share(("max_quarantined",), data.get("max_quarantined"))
         if not isinstance(data.get("output_dir"), str | None):
             self.add(("output_dir",), f"output_dir must be a directory path or null, got {data['output_dir']!r}")
-        for path, message in value_problems(data):
+        self.executor, wrong = executor_problems(data.get("executor"))
+        for path, message in [*value_problems(data), *wrong]:
             self.add(path, message)
         if self.problems:
             raise ConfigError(self.problems)

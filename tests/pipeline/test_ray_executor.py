@@ -1,0 +1,257 @@
+"""The Ray executor on a real local Ray cluster: the same dataset and accounting as the local executor, a worker
+killed mid-run (Ray reruns its batch; without retries a re-run resumes), the real vLLM engine inside an engine actor,
+and the bad inputs (unknown executor, replicas 0, a cluster that cannot be reached, an object-store run dir)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from rlaif.cli import app
+from rlaif.config import ConfigError
+from rlaif.pipeline.executor import BatchLost, ExecutorSpec
+from rlaif.pipeline.run import run_pipeline
+from rlaif.pipeline.spec import load_pipeline
+
+TESTS_DIR = Path(__file__).parents[1]
+RAY = ExecutorSpec(type="ray", workers=2, replicas=2, max_retries=3)
+
+# Every kind of step: a source and dedup (stateful) in the driver, plugin filters as Ray tasks, a generation step on
+# two engine actors (the judge plugin answers "A" to a plain prompt), a length filter as tasks after it; a side
+# branch records which process ran its batches (pid).
+MIXED = """\
+name: mixed
+models:
+  echo: {backend: plugins.AlphabeticalJudge, model: builtin:smollm2-135m-instruct}
+steps:
+  - {name: src, type: load, path: data.jsonl, batch_size: 8}
+  - {name: upper, type: plugins.Upper, from: src, batch_size: 8}
+  - {name: flaky, type: plugins.Flaky, from: upper, batch_size: 8}
+  - {name: odd, type: plugins.DropOdd, from: flaky, batch_size: 8}
+  - {name: where, type: plugins.Slow, from: odd, seconds: 0, batch_size: 4}
+  - {name: gen, type: generate_responses, from: odd, model: echo, prompt_column: text, n: 2, batch_size: 4}
+  - {name: dedup, type: dedup, from: gen, column: upper, batch_size: 5}
+  - {name: short, type: length, from: dedup, column: text, unit: chars, max: 8, batch_size: 3}
+"""
+
+
+def write(tmp_path: Path, text: str, records: int = 48) -> Path:
+    with (tmp_path / "data.jsonl").open("w") as handle:
+        for i in range(records):
+            text_i = f"record {i % 30}" + (
+                " boom" if i == 12 else ""
+            )  # repeats for dedup; one record Flaky quarantines
+            handle.write(json.dumps({"id": i, "text": text_i}) + "\n")
+    path = tmp_path / "pipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def rows(dataset: Path) -> list[dict]:
+    return [r for f in sorted((dataset / "data").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+def accounted(stats: dict) -> bool:
+    """in = out (inputs that gave output) + dropped + quarantined."""
+    return stats["records_in"] == stats["inputs_emitted"] + sum(stats["dropped"].values()) + sum(
+        stats["quarantined"].values()
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real local Ray cluster, 2 CPUs, a small object store; its workers import the test plugins."""
+    import ray
+
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), old) if p)  # workers inherit it
+    ray.init(
+        num_cpus=2,
+        object_store_memory=200 * 1024**2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield ray
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = old
+
+
+@pytest.mark.slow
+def test_ray_gives_the_local_dataset_row_for_row_and_the_same_accounting(cluster, tmp_path):
+    path = write(tmp_path, MIXED)
+    local = run_pipeline(load_pipeline(path), run_dir=tmp_path / "local")
+    # The run directory as an fsspec file:// URL: the same local files.
+    remote = run_pipeline(load_pipeline(path), run_dir=Path(f"file://{tmp_path}/ray"), executor=RAY)
+    assert remote.run_dir == tmp_path / "ray" and (tmp_path / "ray" / "steps" / "gen" / "COMPLETE").is_file()
+    assert local.outcome.status == remote.outcome.status
+    expected, got = rows(local.datasets["short"]), rows(remote.datasets["short"])
+    assert got == expected and 0 < len(got) < 48
+    keys = ("records_in", "records_out", "inputs_emitted", "dropped", "quarantined", "tokens_in", "tokens_out")
+    for name, stats in local.stats.items():
+        assert {k: remote.stats[name][k] for k in keys} == {k: stats[k] for k in keys}, name
+        assert accounted(remote.stats[name]), name
+    assert remote.stats["flaky"]["quarantined"] == {"step raised RuntimeError": 1}
+    assert remote.stats["dedup"]["dropped"] and remote.stats["gen"]["records_out"] == 24 - 1
+    # The same shard + marker layout: one marker per batch, the same batch numbers.
+    for name in local.stats:
+        mine = sorted(p.name for p in (tmp_path / "local" / "steps" / name).glob("batch-*.done"))
+        assert sorted(p.name for p in (tmp_path / "ray" / "steps" / name).glob("batch-*.done")) == mine
+    # The plugin filter's batches ran in Ray worker processes, not in this one.
+    pids = {r["pid"] for r in pq.read_table(tmp_path / "ray" / "steps" / "where" / "batch-000000.parquet").to_pylist()}
+    assert pids and os.getpid() not in pids
+    # The cache is the executor's neither: the local executor reuses every step the Ray run made.
+    again = run_pipeline(load_pipeline(path), run_dir=tmp_path / "ray")
+    assert all(s.get("cached") for s in again.stats.values())
+
+
+SLOW = """\
+name: slow
+steps:
+  - {name: src, type: load, path: data.jsonl, batch_size: 4}
+  - {name: slow, type: plugins.Slow, from: src, seconds: 0.6, batch_size: 4}
+"""
+
+
+def _kill_a_task_worker(killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the first Ray worker seen running a batch of a task (its process title is ray::_task)."""
+    import psutil
+
+    while not stop.is_set() and not killed:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or ())
+            if cmdline.startswith("ray::") and "_task" in cmdline and proc.info["pid"] != os.getpid():
+                time.sleep(0.2)  # mid-batch: the step sleeps 0.6 s per batch
+                os.kill(proc.info["pid"], signal.SIGKILL)
+                killed.append(proc.info["pid"])
+                return
+        time.sleep(0.05)
+
+
+def _run_with_a_kill(path: Path, run_dir: Path, spec: ExecutorSpec) -> tuple[list[int], object]:
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_a_task_worker, args=(killed, stop))
+    killer.start()
+    try:
+        return killed, run_pipeline(load_pipeline(path), run_dir=run_dir, executor=spec)
+    except BatchLost as exc:
+        return killed, exc
+    finally:
+        stop.set()
+        killer.join()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_costs_only_its_batch(cluster, tmp_path):
+    path = write(tmp_path, SLOW, records=40)
+    # Ray reruns the killed worker's batch: the dataset is whole, nothing twice, accounting holds.
+    killed, summary = _run_with_a_kill(path, tmp_path / "retried", RAY)
+    assert killed and not isinstance(summary, Exception)
+    ids = [r["id"] for r in rows(summary.datasets["slow"])]
+    assert ids == list(range(40))
+    stats = summary.stats["slow"]
+    assert stats["records_in"] == stats["records_out"] == 40 and accounted(stats)
+    assert len(list((tmp_path / "retried" / "steps" / "slow").glob("batch-*.done"))) == 10
+
+    # Without retries the run stops with a named error; the finished batches stay, and a re-run redoes only the
+    # batches that have no marker.
+    killed, lost = _run_with_a_kill(path, tmp_path / "resumed", ExecutorSpec(type="ray", workers=2, max_retries=0))
+    assert killed and isinstance(lost, BatchLost) and "run again to resume" in str(lost)
+    step_dir = tmp_path / "resumed" / "steps" / "slow"
+    kept = {p.name: p.read_text() for p in step_dir.glob("batch-*.done")}
+    assert len(kept) < 10
+    resumed = run_pipeline(load_pipeline(path), run_dir=tmp_path / "resumed", executor=RAY)
+    assert [r["id"] for r in rows(resumed.datasets["slow"])] == list(range(40))
+    assert all((step_dir / name).read_text() == text for name, text in kept.items())  # not redone
+    assert resumed.stats["slow"]["records_out"] == 40 and accounted(resumed.stats["slow"])
+
+
+GENERATE = """\
+name: actor
+models:
+  policy:
+    backend: vllm
+    model: builtin:smollm2-135m-instruct
+    max_model_len: 1024
+    kv_cache_gib: 1
+    temperature: 0.0
+    max_tokens: 8
+steps:
+  - name: prompts
+    type: inline
+    records:
+      - {prompt: "Name a colour."}
+      - {prompt: "Say hello."}
+      - {prompt: "Count to three."}
+  - {name: gen, type: generate_responses, from: prompts, model: policy, n: 1}
+"""
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_the_real_vllm_engine_runs_in_an_engine_actor(cluster, tmp_path, monkeypatch):
+    from rlaif.backends import vllm_backend
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("the engine must start in the actor, not in the driver")
+
+    path = tmp_path / "gen.yaml"
+    path.write_text(GENERATE)
+    pipeline = load_pipeline(path)
+    monkeypatch.setattr(vllm_backend.VllmBackend, "__init__", not_here)  # this process only: the actor is another
+    summary = run_pipeline(pipeline, run_dir=tmp_path / "run", executor=ExecutorSpec(type="ray"))
+    stats = summary.stats["gen"]
+    assert stats["records_out"] == 3 and not stats["quarantined"] and stats["tokens_out"] > 0
+    responses = [r["responses"][0] for r in rows(summary.datasets["gen"])]
+    assert len(responses) == 3 and all(text.strip() for text in responses)
+
+
+# -- bad input --------------------------------------------------------------------------------------------------
+BASE = "name: t\nsteps:\n  - {name: src, type: inline, records: [{text: a}]}\n"
+
+
+@pytest.mark.parametrize(
+    ("executor", "message"),
+    [
+        ("executor: rey\n", r"pipe\.yaml:4: unknown executor 'rey' \(did you mean 'ray'\?\)"),
+        ("executor: {type: ray, replicas: 0}\n", r"pipe\.yaml:4: executor\.replicas must be an integer >= 1"),
+        ("executor: {type: ray, address: 'http://x'}\n", r"executor\.address must be auto, ray://HOST:PORT"),
+        ("executor: {type: ray, worker: 2}\n", r"unknown executor key 'worker' \(did you mean 'workers'\?\)"),
+        ("executor: {type: local, replicas: 2}\n", r"apply to type: ray only"),
+    ],
+)
+def test_a_bad_executor_is_named_with_its_line(tmp_path, executor, message):
+    path = tmp_path / "pipe.yaml"
+    path.write_text(BASE + executor)
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline(path)
+
+
+def test_the_command_line_refuses_a_bad_executor_choice_before_running(tmp_path):
+    path = tmp_path / "pipe.yaml"
+    path.write_text(BASE)
+    runner = CliRunner()
+    out = str(tmp_path / "out")
+    unknown = runner.invoke(app, ["run", str(path), "--executor", "rey", "--output-dir", out])
+    assert unknown.exit_code == 2 and "unknown executor 'rey' (did you mean 'ray'?)" in unknown.output
+    both = runner.invoke(app, ["run", str(path), "--executor", "local", "--address", "auto", "--output-dir", out])
+    assert both.exit_code == 2 and "use it with --executor ray" in both.output
+    bucket = runner.invoke(app, ["run", str(path), "--output-dir", "s3://bucket/run"])
+    assert bucket.exit_code == 2 and "s3:// is not supported" in bucket.output
+    # Nothing listens on port 9: a named error in seconds, before any step ran.
+    started = time.monotonic()
+    down = runner.invoke(app, ["run", str(path), "--address", "ray://127.0.0.1:9", "--output-dir", out])
+    assert down.exit_code == 2 and "cannot reach the Ray cluster at 'ray://127.0.0.1:9'" in down.output
+    assert time.monotonic() - started < 30 and not (tmp_path / "out" / "steps").exists()
