@@ -23,7 +23,7 @@ OPTION_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_restarts": (lambda v: v >= 0, ">= 0"),
     "batch_size": (lambda v: v >= 1, ">= 1"),
     "max_concurrency": (lambda v: v >= 1, ">= 1"),
-    "max_retries": (lambda v: v >= 0, ">= 0"),
+    "max_retries": (lambda v: v >= 1, ">= 1 (attempts per record, the first included)"),
     "timeout_s": (lambda v: v > 0, "> 0 (seconds)"),
     "backoff_base_s": (lambda v: v >= 0, ">= 0 (seconds)"),
     "backoff_max_s": (lambda v: v >= 0, ">= 0 (seconds)"),
