@@ -221,3 +221,33 @@ class LongerAnswerJudge(AlphabeticalJudge):
     @staticmethod
     def verdict(a: str, b: str) -> str:
         return "A" if len(a) > len(b) else "B" if len(a) < len(b) else "tie"
+
+
+class SlowEcho:
+    """A generation backend that takes ``seconds`` per call and answers "echo: <prompt>" (n times): a test can kill
+    the process running it mid-batch (the Ray executor's engine actors)."""
+
+    name = "slow-echo"
+
+    def __init__(self, model: str, seconds: float = 0.5) -> None:
+        self.model, self.seconds = model, seconds
+
+    def generate(self, prompts, params):
+        from rlaif.schema import Completion, GenerationResult
+
+        time.sleep(self.seconds)
+        results = []
+        for prompt in prompts:
+            text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+            completion = Completion(text=f"echo: {text}", completion_tokens=2, finish_reason="stop")
+            results.append(GenerationResult(completions=[completion] * params.n, prompt_tokens=len(text.split())))
+        return results
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

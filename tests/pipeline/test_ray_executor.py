@@ -178,6 +178,49 @@ def test_a_killed_worker_costs_only_its_batch(cluster, tmp_path):
     assert resumed.stats["slow"]["records_out"] == 24 and accounted(resumed.stats["slow"])
 
 
+ECHO = """\
+name: echo
+models:
+  echo: {backend: plugins.SlowEcho, model: builtin:smollm2-135m-instruct, seconds: 0.6}
+steps:
+  - {name: src, type: load, path: data.jsonl, batch_size: 4}
+  - {name: gen, type: generate_responses, from: src, model: echo, prompt_column: text, n: 1, batch_size: 4}
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_engine_actor_is_restarted_and_its_batch_rerun(cluster, tmp_path):
+    import psutil
+
+    path = write(tmp_path, ECHO, records=16)
+    killed: list[int] = []
+
+    def kill_the_actor() -> None:
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if " ".join(proc.info["cmdline"] or ()).startswith("ray::_EngineWorker.run"):
+                    time.sleep(0.2)  # mid-batch: a generate call takes 0.6 s
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                    killed.append(proc.info["pid"])
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_actor)
+    killer.start()
+    try:
+        spec = ExecutorSpec(type="ray", replicas=1, max_retries=3)
+        summary = run_pipeline(load_pipeline(path), run_dir=tmp_path / "run", executor=spec)
+    finally:
+        killer.join()
+    assert killed
+    got = rows(summary.datasets["gen"])
+    assert [r["id"] for r in got] == list(range(16))  # every record once, in order
+    assert all(r["responses"] == [f"echo: {r['text']}"] for r in got)
+    stats = summary.stats["gen"]
+    assert stats["records_in"] == stats["records_out"] == 16 and accounted(stats)
+
+
 GENERATE = """\
 name: actor
 models:
