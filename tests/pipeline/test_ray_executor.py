@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -282,7 +283,7 @@ def test_a_bad_executor_is_named_with_its_line(tmp_path, executor, message):
         load_pipeline(path)
 
 
-def test_the_command_line_refuses_a_bad_executor_choice_before_running(tmp_path):
+def test_the_command_line_refuses_a_bad_executor_choice_before_running(tmp_path, monkeypatch):
     path = tmp_path / "pipe.yaml"
     path.write_text(BASE)
     runner = CliRunner()
@@ -298,3 +299,6 @@ def test_the_command_line_refuses_a_bad_executor_choice_before_running(tmp_path)
     down = runner.invoke(app, ["run", str(path), "--address", "ray://127.0.0.1:9", "--output-dir", out])
     assert down.exit_code == 2 and "cannot reach the Ray cluster at 'ray://127.0.0.1:9'" in down.output
     assert time.monotonic() - started < 30 and not (tmp_path / "out" / "steps").exists()
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed: `import ray` fails
+    missing = runner.invoke(app, ["run", str(path), "--executor", "ray", "--output-dir", out])
+    assert missing.exit_code == 2 and "needs the ray package" in missing.output
