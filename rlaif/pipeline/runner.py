@@ -119,7 +119,8 @@ class _StepRun:
             batches = _batches(step, self.runtime.context(spec.name), inputs, spec.batch_size, limit)
             for index, batch in enumerate(batches):
                 seen.add(index)
-                digest = None if isinstance(batch, BatchResult) else _digest(batch)
+                # Hashed here only for a kept batch (is its input unchanged?); a new one where it runs (run_job).
+                digest = None if isinstance(batch, BatchResult) or index not in done else _digest(batch)
                 if index in done and done[index].get("input_digest", digest) == digest:
                     if retry and _retryable(done[index], self.retry_all):
                         job = BatchJob(index, stats=done[index])
