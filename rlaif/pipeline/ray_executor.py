@@ -56,6 +56,7 @@ def _ray() -> Any:
 def connect(spec: ExecutorSpec) -> bool:
     """Join (or start) the cluster; True when this call started Ray (and so must shut it down)."""
     ray = _ray()
+    _route_ray_logs()
     address = spec.address or os.environ.get("RAY_ADDRESS")
     if address and address not in ("auto", "local"):
         _reachable(address)  # before all else: a wrong --address is named even where Ray already runs
@@ -68,12 +69,24 @@ def connect(spec: ExecutorSpec) -> bool:
             address=address or "local",  # no address: a new cluster for this run, never a stale one found on disk
             include_dashboard=False,
             log_to_driver=False,  # workers' logs (vLLM's) stay in the session's log directory: stdout is for results
-            logging_level=logging.WARNING,
+            configure_logging=False,  # Ray's messages go through logging: to library.log with rlaif's CLI, like vLLM's
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "a new local cluster"
         raise ExecutorError(f"cannot start the Ray executor on {where}: {exc}") from exc
     return True
+
+
+def _route_ray_logs() -> None:
+    """Under rlaif's CLI logging (``rlaif.logs.setup``) Ray's records go where other libraries' do: the run's
+    library.log, stderr only with -v. Ray gives its logger a stderr handler of its own at import."""
+    from rlaif.logs import LogFileHandler, StderrHandler
+
+    if any(isinstance(h, StderrHandler | LogFileHandler) for h in logging.getLogger().handlers):
+        ray_logger = logging.getLogger("ray")
+        for handler in list(ray_logger.handlers):
+            ray_logger.removeHandler(handler)
+        ray_logger.propagate = True
 
 
 def _use_token_if_any() -> None:
