@@ -130,10 +130,23 @@ class _Spool:
         self._stack.close()
 
     def tables(self) -> Iterator[pa.Table]:
-        # Memory-mapped reads are zero-copy: a spool file's rows stay on disk until a slice of them is cast.
+        """The spooled rows as tables of one row group each (the last of a file may be shorter). Read, not
+        memory-mapped, batch by batch: a mapped file's pages stayed resident as its rows were written out (saving 800k
+        rows of ~260 bytes peaked at 361 MB that way, 203 MB this way)."""
         for path in self.files:
-            with pa.memory_map(str(path)) as source:
-                yield ipc.open_file(source).read_all()
+            with pa.OSFile(str(path)) as source:
+                reader = ipc.open_file(source)
+                pending: list[pa.RecordBatch] = []
+                rows = 0
+                for i in range(reader.num_record_batches):
+                    pending.append(reader.get_batch(i))
+                    rows += pending[-1].num_rows
+                    while rows >= _ROW_GROUP_ROWS:
+                        table = pa.Table.from_batches(pending)
+                        yield table.slice(0, _ROW_GROUP_ROWS)
+                        pending, rows = table.slice(_ROW_GROUP_ROWS).to_batches(), rows - _ROW_GROUP_ROWS
+                if rows:
+                    yield pa.Table.from_batches(pending)
 
 
 def _unify(schema: pa.Schema, new: pa.Schema, split: str, index: int) -> pa.Schema:

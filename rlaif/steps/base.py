@@ -196,6 +196,11 @@ class Step:
     def setup(self, ctx: StepContext) -> None:
         """One-time work before the first batch of a run (load a model, build an index); the default does nothing."""
 
+    def teardown(self) -> None:
+        """Free what ``setup`` and the batches built (an index, a lookup table) once the step's last batch is done:
+        the runner calls it before the next step starts, so a step's state does not add to the next one's memory. The
+        default does nothing; a step must still work if ``process`` is called again after it."""
+
     def setup_report(self) -> dict[str, Any]:
         """Figures ``setup`` measured (a judge's check against human labels, ``{"judge_check": {...}}``): the runner
         records them in the step's stats under "setup", and the dataset card prints them. The default: none."""

@@ -104,6 +104,9 @@ class Decontaminate(Step):
         self.contaminated.clear()
         self._build_index()
 
+    def teardown(self) -> None:
+        self._grams = None  # rebuilt by process() if it is called again
+
     def _build_index(self) -> None:
         n, min_words = self.params.ngram, self.params.min_words
         hashes, sources = [np.zeros(0, dtype=np.uint64)], [np.zeros((0, 2), dtype=np.int64)]
