@@ -287,7 +287,8 @@ def run(
     ),
 ) -> None:
     """Validate, then run a pipeline: cached, resumable, every record accounted for. Ends with the outcome (ok,
-    partial, failed); exit 0 only for ok or an accepted partial run, 1 when the run failed, 2 for a config error.
+    partial, failed, stopped); exit 0 only for ok or an accepted partial run, 1 when the run failed, 2 for a config
+    error, 3 when a model reached its budget (raise it and re-run to continue from the cache).
     A run that is not accepted leaves the previous dataset as it was. Library logs go to OUTPUT_DIR/library.log."""
     from rlaif.config import ConfigError
     from rlaif.pipeline.executor import BatchLost, ExecutorError, choose_executor, local_run_dir
@@ -349,7 +350,7 @@ def run(
         from rlaif.report.cli import report_line
 
         report_line(summary.run_dir)
-    colour = {"ok": "green", "partial": "yellow"}.get(summary.outcome.status, "red")
+    colour = {"ok": "green", "partial": "yellow", "stopped": "yellow"}.get(summary.outcome.status, "red")
     for i, line in enumerate(outcome_lines(summary.outcome, summary.kept)):  # last: the outcome and why
         style = colour if i == 0 else None
         out.print(line, style=style, highlight=False, markup=False, soft_wrap=True)

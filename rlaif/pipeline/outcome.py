@@ -1,11 +1,14 @@
-"""How a run ended: ok, partial or failed, and whether that is accepted (exit 0, the dataset saved).
+"""How a run ended: ok, partial, failed or stopped, and whether that is accepted (exit 0, the dataset saved).
 
 - ok: no record quarantined anywhere.
 - partial: some records quarantined. Accepted while every step's quarantined share is at most its
   ``max_quarantined`` (the step's key, else the pipeline's, default 0.1), or always with ``allow_partial``.
 - failed: a step quarantined every record it got (nothing of it can be trusted); never accepted.
+- stopped: a model reached its token or cost budget (rlaif.pipeline.budget): no batch started after that, the steps
+  after the stopped one did not run; never accepted (the data is incomplete), exit 3, so a script can tell "raise the
+  budget and re-run to continue from the cache" from a failure.
 
-A run that is not accepted exits 1 and leaves the previous dataset in place.
+A run that is not accepted exits 1 (3 when stopped at a budget) and leaves the previous dataset in place.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from rlaif.pipeline.runner import RunResult
 from rlaif.pipeline.spec import Pipeline
 
 DEFAULT_MAX_QUARANTINED = 0.1
+STOPPED_EXIT = 3  # a run stopped at a budget: resumable by raising it (docs/cli.md lists every exit code)
 TOP_REASONS = 5
 
 
@@ -34,7 +38,7 @@ class Reason:
 
 @dataclass
 class Outcome:
-    status: str  # ok | partial | failed
+    status: str  # ok | partial | failed | stopped
     accepted: bool
     problems: list[str] = field(default_factory=list)  # one line per step that quarantined records
     reasons: list[Reason] = field(default_factory=list)  # the most frequent first
@@ -44,7 +48,9 @@ class Outcome:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.accepted else 1
+        if self.accepted:
+            return 0
+        return STOPPED_EXIT if self.status == "stopped" else 1
 
 
 def max_quarantined(pipeline: Pipeline, step_name: str) -> float:
@@ -78,12 +84,37 @@ def judge_run(pipeline: Pipeline, result: RunResult, allow_partial: bool, quaran
         if skipped:
             problems.append(f"not run after the failure: {', '.join(skipped)}")
     accepted = status == "ok" or (status == "partial" and (allow_partial or not over))
+    if result.stopped is not None and status != "failed":
+        status, accepted = "stopped", False
+        problems[:0] = budget_lines(pipeline, result)
     outcome = Outcome(status, accepted, problems)
     outcome.reasons, outcome.transient = _reasons(result)
     if quarantine_dir is not None:
         steps = dict.fromkeys(reason.step for reason in outcome.reasons)
         outcome.quarantine_files = [quarantine_dir / f"{step}.jsonl" for step in steps]
     return outcome
+
+
+def budget_lines(pipeline: Pipeline, result: RunResult) -> list[str]:
+    """Why a stopped run stopped: the budget (model, kind, limit, spent), what was kept, what did not run, and how
+    to go on."""
+    stop = result.stopped
+    if stop is None:
+        return []
+    step = next(reversed(result.stats))  # the stopped step is the last one that ran
+    kept = len(result.stores[step].done_batches()) if step in result.stores else 0
+    skipped = [n for n in pipeline.steps if n not in result.stats]
+    lines = [
+        f"budget reached: {stop.message()}",
+        f"step {step!r} stopped between batches: {kept} finished batch{'' if kept == 1 else 'es'} kept in the cache",
+    ]
+    if skipped:
+        lines.append(f"not run after the stop: {', '.join(skipped)}")
+    lines += [
+        f"to go on, raise it and re-run (e.g. models.{stop.model}.budget.{stop.kind}=...):",
+        "the finished batches are reused, and their tokens count toward the budget",
+    ]
+    return lines
 
 
 def _reasons(result: RunResult) -> tuple[list[Reason], int]:
@@ -105,7 +136,8 @@ def _reasons(result: RunResult) -> tuple[list[Reason], int]:
 def outcome_lines(outcome: Outcome, kept: list[Path] | None = None) -> list[str]:
     """What the CLI prints last: the outcome, why, where the quarantine is, its top reasons with one example each,
     what a re-run would retry, and the datasets a rejected run left untouched."""
-    lines = [f"run {outcome.status}" + ("" if outcome.accepted or outcome.status == "failed" else " (not accepted)")]
+    plain = outcome.accepted or outcome.status in ("failed", "stopped")
+    lines = [f"run {outcome.status}" + ("" if plain else " (not accepted)")]
     lines += [f"  {problem}" for problem in outcome.problems]
     if outcome.quarantine_files:
         lines.append("quarantine: " + ", ".join(str(path) for path in outcome.quarantine_files))

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rlaif.backends.base import is_transient_exception, is_transient_reason
+from rlaif.backends.server_pool import failure_lines, usage_since
+from rlaif.pipeline.budget import BudgetStop, BudgetTracker, add_usage, usage_of
 from rlaif.pipeline.fingerprint import step_fingerprint
 from rlaif.pipeline.progress import Reporter
 from rlaif.pipeline.runtime import EngineRuntime
@@ -40,6 +42,7 @@ class RunResult:
     stores: dict[str, StepStore] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     failed_step: str | None = None  # the step whose every record was quarantined; the steps after it did not run
+    stopped: BudgetStop | None = None  # the budget the run reached (rlaif.pipeline.budget); later steps did not run
 
 
 def run_steps(
@@ -63,6 +66,7 @@ def run_steps(
     executor = executor or LocalExecutor()
     reporter = reporter or Reporter(enabled=False)
     result = RunResult(run_dir)
+    budget = BudgetTracker(getattr(pipeline, "budgets", None))  # the spend counts cached batches too
     try:
         for name, spec in pipeline.steps.items():
             fingerprint = step_fingerprint(pipeline, spec, [result.fingerprints[u] for u in spec.upstream])
@@ -73,15 +77,20 @@ def run_steps(
                 stats = {**store.stats(), "cached": True}
                 if "content" not in stats:  # stats.json from before content tokens
                     stats["content"] = store.content()
+                stats = budget.priced(stats)
                 reporter.cached(name, stats)
             else:
                 inputs = [result.stores[u] for u in spec.upstream]
                 total = sum(result.stats[u]["records_out"] for u in spec.upstream) if inputs else None
-                run = _StepRun(spec, store, runtime, reporter, retry_all, executor=executor)
+                run = _StepRun(spec, store, runtime, reporter, retry_all, budget, executor=executor)
                 stats = run.run(inputs, total, limit, upstream)
             result.stats[name] = stats
+            budget.settle(stats)
             if stats.get("failed"):
                 result.failed_step = name
+                break
+            if stats.get("budget_stop"):  # the step kept its finished batches; raising the budget continues it
+                result.stopped = BudgetStop.from_dict(stats["budget_stop"])
                 break
     finally:
         runtime.close()
@@ -97,13 +106,12 @@ class _StepRun:
     runtime: EngineRuntime
     reporter: Reporter
     retry_all: bool
+    budget: BudgetTracker = field(default_factory=BudgetTracker)
+    stop: BudgetStop | None = None  # a budget this step reached: no batch starts after it
     executor: Executor = field(default_factory=lambda: LocalExecutor())  # where batches run (run_job)
 
     def run(self, inputs: list[StepStore], total: int | None, limit: int | None, upstream: dict[str, str]) -> dict:
         spec, store, step = self.spec, self.store, self.spec.step
-        if self.executor.start(self):  # the batches run in this process: set the step up here
-            step.setup(self.runtime.context(spec.name))
-        report = self.executor.setup_report(self)  # measured in setup (a judge check): for the stats and card
         done = store.done_batches()
         previous = store.previous_stats() or {}
         if done and (step.stateful or previous.get("failed")):
@@ -112,34 +120,65 @@ class _StepRun:
             log.info("step %s: redoing it from its first batch", spec.name)
             store.reset()
             done = {}
+        servers = self.runtime.server_stats(step.model_names())  # each server's counters before this step
+        self.budget.begin_step(done)  # batches kept from earlier passes count toward the budgets
+        # A step whose model has spent its budget starts nothing, not even its setup (a judge check calls the model).
+        self.stop, report, setup_usage = self.budget.check(step.model_names()), {}, {}
+        if self.stop is None:
+            before = self.runtime.meter.snapshot()
+            if self.executor.start(self):  # the batches run in this process: set the step up here
+                step.setup(self.runtime.context(spec.name))
+            report = self.executor.setup_report(self)  # measured in setup (a judge check): for the stats and card
+            setup_usage = self.runtime.meter.since(before)
+            self.budget.add_setup(setup_usage)
         retry = not (step.stateful or step.is_source)
         started = time.perf_counter()
         seen, retried = set(), 0
         with self.reporter.step(spec.name, total) as advance:
             batches = _batches(step, self.runtime.context(spec.name), inputs, spec.batch_size, limit)
-            for index, batch in enumerate(batches):
+            for index, batch in enumerate(batches if self.stop is None else ()):
                 seen.add(index)
                 # Hashed here only for a kept batch (is its input unchanged?); a new one where it runs (run_job).
                 digest = None if isinstance(batch, BatchResult) or index not in done else _digest(batch)
                 if index in done and done[index].get("input_digest", digest) == digest:
                     if retry and _retryable(done[index], self.retry_all):
+                        self.stop = self.budget.check(step.model_names())
+                        if self.stop:
+                            break  # a retry calls the model too: none starts past a budget
                         job = BatchJob(index, stats=done[index])
                         retried += self._finished(self.executor.submit(job), done, advance)
+                    if self.stop:
+                        break
                     advance(done[index]["records_in"])
                     continue
+                self.stop = self.budget.check(step.model_names())
+                if self.stop:
+                    break  # between batches: the batch that reached the limit finished, no other starts
                 retried += self._finished(self.executor.submit(BatchJob(index, batch, digest)), done, advance)
             retried += self._finished(self.executor.drain(), done, advance)
-        for stale in set(done) - seen:  # the upstream now yields fewer batches
+        step.teardown()  # every batch is done: a stateful step's index (dedup's) need not outlive them
+        for stale in set(done) - seen if self.stop is None else ():  # the upstream now yields fewer batches
             store.forget(stale)
             del done[stale]
         if retried:
             self.reporter.note(f"{spec.name}: retried {retried} quarantined records")
         stats = _step_stats(spec, done.values(), time.perf_counter() - started)
+        if models := add_usage(usage_of(done.values()), setup_usage):
+            stats["models"] = models  # per model name, the setup's judge check included
+        stats = self.budget.priced(stats)
+        if used := usage_since(servers, self.runtime.server_stats(step.model_names())):
+            stats["servers"] = used  # per server of an openai pool: requests, failures, tokens, seconds, taken out
+            for line in failure_lines(spec.name, used):
+                self.reporter.note(line)
         if report:
             stats["setup"] = report
         _check_accounting(spec.name, "step", stats)
         stats["failed"] = stats["records_in"] > 0 and sum(stats["quarantined"].values()) == stats["records_in"]
-        return store.finish(stats, upstream, complete=not (stats["failed"] or stats["transient"]))
+        if self.stop:
+            stats["budget_stop"] = self.stop.as_dict()
+            self.reporter.note(f"{spec.name}: stopped, {self.stop.message()}; kept {len(done)} finished batches")
+        complete = not (stats["failed"] or stats["transient"] or self.stop)
+        return store.finish(stats, upstream, complete=complete)
 
     def _finished(self, results: Iterable[BatchDone], done: dict[int, Any], advance: Callable[[int], None]) -> int:
         """Take in the batches an executor finished (in any order); returns how many records were retried. A retried
@@ -147,6 +186,7 @@ class _StepRun:
         retried = 0
         for out in results:
             done[out.index] = out.stats
+            self.budget.set_batch(out.index, out.stats)
             retried += out.retried
             if out.first:
                 advance(out.stats["records_in"])
@@ -155,10 +195,13 @@ class _StepRun:
     def _first_pass(self, index: int, batch: list[Record] | BatchResult, digest: str | None) -> dict[str, Any]:
         step, ctx = self.spec.step, self.runtime.context(self.spec.name, index)
         batch_started = time.perf_counter()
+        before = self.runtime.meter.snapshot()
         outcome = batch if isinstance(batch, BatchResult) else _process(step, batch, ctx)
         _classify(outcome, step.is_source)
         records_in = _count(outcome) if isinstance(batch, BatchResult) else len(batch)
         stats = _batch_stats(records_in, outcome, time.perf_counter() - batch_started)
+        if models := self.runtime.meter.since(before):
+            stats["models"] = models  # tokens per model name: what budgets count, cached with the batch
         if digest is not None:
             stats["input_digest"] = digest
         _check_accounting(self.spec.name, f"batch {index}", stats)
@@ -178,14 +221,17 @@ class _StepRun:
         kept = [row for row in rows if not (self.retry_all or row.get("transient"))]
         started = time.perf_counter()
         records = [json.loads(row["record"]) for row in chosen]
+        before = self.runtime.meter.snapshot()
         outcome = _process(self.spec.step, records, self.runtime.context(self.spec.name, index))
         _classify(outcome, False)
         again = _batch_stats(len(records), outcome, time.perf_counter() - started)
+        again["models"] = self.runtime.meter.since(before)
         _check_accounting(self.spec.name, f"batch {index} retry", again)
         merged = _merge_retry(stats, chosen, kept, again)
         _check_accounting(self.spec.name, f"batch {index}", merged)
         self.store.write_retry(index, outcome, kept + quarantine_rows(outcome), merged)
         done[index] = merged
+        self.budget.set_batch(index, merged)
         return len(chosen)
 
 
@@ -290,6 +336,8 @@ def _merge_retry(
         retries=stats.get("retries", 0) + 1,
         retried=stats.get("retried", 0) + len(chosen),
     )
+    if models := add_usage(usage_of([stats]), again.get("models")):
+        merged["models"] = models
     return merged
 
 

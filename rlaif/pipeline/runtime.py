@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.backends import Backend
+from rlaif.backends.server_pool import sum_stats
+from rlaif.pipeline.budget import Meter, MeteredEngines
 from rlaif.pipeline.engines import EnginePool
 from rlaif.pipeline.fingerprint import adapter_digest
 from rlaif.pipeline.spec import ModelSpec
@@ -35,10 +37,12 @@ class EngineRuntime:
         self.pipeline_seed = pipeline_seed
         self._pool = EnginePool(provided)
         self._adapters: dict[str, LoraAdapter] = {}  # by path: an adapter is hashed once per run, not per batch
+        self.meter = Meter()  # tokens per model name, for the run's stats and budgets (rlaif.pipeline.budget)
+        self._metered = MeteredEngines(self, self.meter)  # what step contexts get: every generate call counted
 
     def context(self, step_name: str, batch_index: int = 0) -> StepContext:
         """What a step's hook gets for one batch: these engines, the step's name, the batch index and its seed."""
-        return StepContext(step_name, batch_index, self.pipeline_seed, self)
+        return StepContext(step_name, batch_index, self.pipeline_seed, self._metered)
 
     def backend(self, model_name: str) -> Backend:
         return self._pool.engine(model_name, self.models[model_name])
@@ -58,6 +62,12 @@ class EngineRuntime:
 
     def model_reference(self, model_name: str) -> str:
         return self.models[model_name].model
+
+    def server_stats(self, model_names: list[str]) -> dict[str, dict[str, float]]:
+        """Cumulative per-server counters (rlaif.backends.server_pool) of the engines behind ``model_names``, each
+        engine once; empty for backends without servers. A runner diffs two of these to get a step's share."""
+        engines = {id(e): e for e in (self._pool.engine(n, self.models[n]) for n in model_names if n in self.models)}
+        return sum_stats(stats() for e in engines.values() if (stats := getattr(e, "server_stats", None)))
 
     def close(self) -> None:
         """Close the engines this run started (never the provided ones)."""

@@ -16,6 +16,7 @@ from rlaif.backends import BACKENDS, backend_class
 from rlaif.config import ConfigError, Located, Problem, apply_overrides, check_kind, closest, load_yaml
 from rlaif.config.output_dir import pipeline_output_dir
 from rlaif.models import hub_problem, reference_problem
+from rlaif.pipeline.budget import ModelBudget, budget_problems, model_budget
 from rlaif.pipeline.executor import ExecutorSpec, executor_problems
 from rlaif.pipeline.graph import check_columns, topological_order
 from rlaif.pipeline.spec_values import bool_problems, option_problems, value_problems, with_hint
@@ -29,6 +30,8 @@ STEP_KEYS = ("name", "type", "from", "batch_size", "max_quarantined")
 # Per-request settings of a model. `lora` is a PEFT adapter directory applied to every request of this model name
 # (vLLM serves it as a LoRA request on the shared engine: two names, one with and one without, share one engine).
 SAMPLING_KEYS = ("n", "temperature", "top_p", "max_tokens", "seed", "stop", "logprobs", "lora")
+# Run accounting of a model, not sent to it: token and cost limits and its price (rlaif.pipeline.budget).
+BUDGET_MODEL_KEYS = ("budget", "price")
 OUTPUT_KEYS = ("save", "steps", "jsonl", "push_to_hub")
 PUSH_KEYS = ("repo_id", "private", "split")
 
@@ -64,6 +67,7 @@ class Pipeline:
     columns: dict[str, set[str] | None]
     max_quarantined: float = 0.1  # a run is accepted while each step quarantines at most this share (outcome.py)
     output_dir: str | None = None  # where the run writes (cache, stats, dataset/); None: runs/<name>
+    budgets: dict[str, ModelBudget] = field(default_factory=dict)  # by model name: limits and prices
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)  # where batches run (rlaif.pipeline.executor)
 
     def leaves(self) -> list[str]:
@@ -100,6 +104,7 @@ class _Validator:
         # Steps that could not be built (unknown type, bad parameters, a repeated name): their problem is reported
         # once, and steps that name them get no follow-on "unknown upstream" or missing-column errors.
         self.broken: set[str] = set()
+        self.budgets: dict[str, ModelBudget] = {}  # models with a budget or a price
 
     def add(self, where: tuple, message: str) -> None:
         self.problems.append(self.located.problem(where, message))
@@ -137,7 +142,9 @@ class _Validator:
         seed = data.get("seed", 0)
         limit = data.get("max_quarantined", 0.1)
         output_dir = data.get("output_dir")
-        return Pipeline(str(name), self.path, self.text, seed, models, ordered, output, columns, limit, output_dir)
+        return Pipeline(
+            str(name), self.path, self.text, seed, models, ordered, output, columns, limit, output_dir, self.budgets
+        )
 
     # -- models -----------------------------------------------------------------------------------------------
     def _models(self, raw: Any) -> dict[str, ModelSpec]:
@@ -161,10 +168,10 @@ class _Validator:
             self.add((*where, "backend"), with_hint(str(exc), backend, BACKENDS))
             return None
         accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model")]
-        options = {k: v for k, v in cfg.items() if k not in ("backend", "model", *SAMPLING_KEYS)}
+        options = {k: v for k, v in cfg.items() if k not in ("backend", "model", *SAMPLING_KEYS, *BUDGET_MODEL_KEYS)}
         for key in options:
             if key not in accepted:
-                choices = [*SAMPLING_KEYS, *accepted]
+                choices = [*SAMPLING_KEYS, *BUDGET_MODEL_KEYS, *accepted]
                 self.add(
                     (*where, key),
                     f"unknown option {key!r} for backend {backend!r}{_closest(key, choices)}; "
@@ -177,6 +184,11 @@ class _Validator:
         sampling = {k: cfg[k] for k in SAMPLING_KEYS if k in cfg}
         for key, message in sampling_problems(sampling).items():
             self.add((*where, key), f"model {name!r}: {message}")
+        if wrong := budget_problems(cfg):
+            for path, message in wrong:
+                self.add((*where, *path), f"model {name!r}: {message}")
+        elif (budget := model_budget(cfg)) is not None:
+            self.budgets[name] = budget
         if sampling.get("lora") is None:
             sampling.pop("lora", None)
         else:
