@@ -86,6 +86,7 @@ class NumpyIndex:
         self._band_salt = rng.integers(0, 1 << 63, size=self.bands, dtype=np.uint64)  # one key space for all bands
         self._hasher = WordHasher()
         self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted band keys, kept-doc number of each)
+        self._filter = KeyFilter(1 << 16)
         # The kept docs' signatures (num_perm x 4 bytes each, most of the index) go to an unlinked temporary file:
         # the page cache holds them, not this process, and only candidates are read back.
         self._spill = tempfile.TemporaryFile(prefix="rlaif-dedup-")  # noqa: SIM115 - lives as long as the index
@@ -138,17 +139,20 @@ class NumpyIndex:
     def _earlier_candidates(self, keys: np.ndarray) -> dict[int, set[int]]:
         """Doc in batch -> kept docs of earlier batches sharing a band key with it."""
         found: dict[int, set[int]] = {}
-        # Searched in key order: numpy narrows each search of ascending keys from the last one's place, so the
-        # binary searches walk the run's memory forward (7x faster on a run of 16M keys, the run of 1M records).
-        order = np.argsort(keys)
-        ordered = keys[order]
+        # Only keys the filter cannot rule out are searched (the hits and ~1 in 10 others), in key order: numpy
+        # narrows each search of ascending keys from the last one's place, so the searches walk each run forward.
+        where = np.flatnonzero(self._filter.maybe(keys))
+        wanted = keys[where]
+        order = np.argsort(wanted)
+        ordered = wanted[order]
         for run_keys, run_docs in self._runs:
             low = np.empty_like(order)
             low[order] = np.searchsorted(run_keys, ordered)
-            hits = np.flatnonzero(run_keys[low.clip(max=len(run_keys) - 1)] == keys)  # few: search "right" for them
-            counts = np.searchsorted(run_keys, keys[hits], "right") - low[hits]
+            hits = np.flatnonzero(run_keys[low.clip(max=len(run_keys) - 1)] == wanted)  # few: search "right" for them
+            counts = np.searchsorted(run_keys, wanted[hits], "right") - low[hits]
             at = np.repeat(low[hits] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-            for i, kept in zip((np.repeat(hits, counts) // self.bands).tolist(), run_docs[at].tolist(), strict=True):
+            docs = np.repeat(where[hits], counts) // self.bands
+            for i, kept in zip(docs.tolist(), run_docs[at].tolist(), strict=True):
                 found.setdefault(i, set()).add(kept)
         return found
 
@@ -177,6 +181,11 @@ class NumpyIndex:
         run_docs = np.repeat(np.arange(first, first + len(kept), dtype=np.uint32), self.bands)
         order = np.argsort(run_keys, kind="stable")
         self._runs.append((run_keys[order], run_docs[order]))
+        self._filter.add(run_keys)
+        if self._filter.full():  # rebuilt from every key kept, at 8-16 bits per key
+            self._filter = KeyFilter(self._filter.count)
+            for keys_of_run, _ in self._runs:
+                self._filter.add(keys_of_run)
         # Merge while the newest run is at least as long as its predecessor (a binary counter): O(log n) runs to
         # search, and each key is merged O(log n) times in all. A merge holds both runs and their merge at once, so
         # runs stop growing at _MAX_RUN_KEYS: at 1M records the last merge held 2 x 200 MB; now a few runs of
@@ -187,6 +196,36 @@ class NumpyIndex:
     def _signature(self, doc: int) -> np.ndarray:
         data = os.pread(self._spill.fileno(), self._row_bytes, doc * self._row_bytes)
         return np.frombuffer(data, dtype=np.uint32)
+
+
+class KeyFilter:
+    """One bit per slot of a key's low bits, set for every key of the index: a clear bit proves a key absent, so most
+    of a batch's lookups never reach the runs' binary searches (the ones that cost more as the runs grow). At least
+    8 bits per key when built for ``capacity`` keys (1 absent key in 9 passes), ``full`` below 4 (1 in 4.5): 0.5 to
+    2 bytes per key (16 MB for the 16M keys of 1M records)."""
+
+    def __init__(self, capacity: int) -> None:
+        slots = 1 << max(16, int(8 * capacity - 1).bit_length())
+        self.bits = np.zeros(slots // 8, dtype=np.uint8)
+        self.mask = np.uint64(slots - 1)
+        self.count = 0
+
+    def add(self, keys: np.ndarray) -> None:
+        slots = keys & self.mask
+        np.bitwise_or.at(
+            self.bits, (slots >> np.uint64(3)).astype(np.intp), _BIT[(slots & np.uint64(7)).astype(np.intp)]
+        )
+        self.count += len(keys)
+
+    def maybe(self, keys: np.ndarray) -> np.ndarray:
+        slots = keys & self.mask
+        return (self.bits[(slots >> np.uint64(3)).astype(np.intp)] & _BIT[(slots & np.uint64(7)).astype(np.intp)]) > 0
+
+    def full(self) -> bool:
+        return self.count * 4 > len(self.bits) * 8
+
+
+_BIT = np.array([1 << k for k in range(8)], dtype=np.uint8)
 
 
 def merge_runs(older: tuple[np.ndarray, np.ndarray], newer: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
@@ -287,10 +326,10 @@ class Dedup(Step):
 
     State spans batches (the engine calls ``process`` in order on one instance; ``setup`` resets it, ``teardown``
     frees it after the last batch). The step is ``stateful``: a run resumed after a kill redoes it from its first
-    batch, so the index is always complete. Memory (tests/steps/test_dedup_scale.py, bench/scale.py): ~390 bytes
-    per kept record at the defaults — its 20 band keys in the index's sorted runs (12 bytes each), its label and its
-    exact-text key — plus num_perm*4 bytes of MinHash signature per kept record in a temporary file (disk and page
-    cache, not the process), read back only for candidates.
+    batch, so the index is always complete. Memory (tests/steps/test_dedup_scale.py, bench/scale.py): ~410 bytes
+    per kept record at the defaults — its 20 band keys in the index's sorted runs (12 bytes each) and their filter
+    bits, its label and its exact-text key — plus num_perm*4 bytes of MinHash signature per kept record in a
+    temporary file (disk and page cache, not the process), read back only for candidates.
     """
 
     Params = DedupParams
