@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.rlaif-setup-stamp
 # Where pip finds torch 2.13.0+cpu when no local wheel directory (pip's find-links) provides it.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup test test-fast demo lint bench clean-venv
+.PHONY: setup browser test test-fast demo lint bench clean-venv
 
 setup: $(STAMP)
 
@@ -23,7 +23,19 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(VENV)/bin/rlaif models pull builtin:smollm2-135m-instruct
 	touch $(STAMP)
 
-test: setup
+# The headless browser the report tests open pages in (Debian's chromium; tests/report/test_report_browser.py):
+# installed once when missing on a root Debian/Ubuntu machine (about 2 minutes), for those tests only; elsewhere
+# they skip and say why. Never fails the build: the report's own tests do not need it.
+browser:
+	@command -v chromium >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "browser: installing chromium (apt-get) for the report's browser tests"; \
+	  { timeout 600 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 900 \
+	    apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+	  || echo "browser: chromium could not be installed: the browser tests will skip"; \
+	else echo "browser: chromium is not installed (needs root and apt-get): the browser tests will skip"; fi
+
+test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The fast tier: no model, no vLLM engine, nothing over 10 s (markers in pyproject.toml; tests/conftest.py fails a
