@@ -64,8 +64,8 @@ RECIPE_HELP = {
     "dpo": "DPO and its loss family (ipo, robust, ..., orpo, simpo) on preference pairs; reports reward margins.",
     "ppo": "PPO on prompts with a rule, RM-adapter, reward-model or LLM-judge reward; one shared quantized base.",
     "kto": "KTO on unpaired good/bad completions (paired rows are unpaired first).",
-    "grpo": "GRPO (TRL GRPOTrainer; loss_type dapo, dr_grpo, grpo, bnpo...) on prompts with verifier/rule rewards.",
-    "rloo": "RLOO (TRL RLOOTrainer) on prompts with verifier/rule rewards.",
+    "grpo": "GRPO (TRL GRPOTrainer; loss_type dapo, dr_grpo, grpo, bnpo) on prompts: verifier/rule/RM/judge reward.",
+    "rloo": "RLOO (TRL RLOOTrainer) on prompts with any reward: verifier, rule, reward model, judge.",
 }
 
 
