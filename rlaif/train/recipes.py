@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from rlaif.config import ConfigError
 from rlaif.train.config import PREFERENCE_LOSSES, PPORecipe, RecipeConfig, import_object, trl_args
@@ -160,6 +162,31 @@ class MetricsJsonl(TrainerCallback):
             self._write({"step": state.global_step, "epoch": state.epoch, **logs})
 
 
+class StderrProgress(ProgressCallback):
+    """transformers' progress bar, with its per-log metric dicts on stderr: stdout carries only results (the
+    adapter path, the final metrics); every logged value is in metrics.jsonl and the report."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in logs.items() if k != "total_flos"}
+            self.training_bar.write(str(shown), file=sys.stderr)
+
+
+class StderrPrinter(PrinterCallback):
+    """transformers' printer (used when bars are off), on stderr for the same reason."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and logs:
+            print({k: v for k, v in logs.items() if k != "total_flos"}, file=sys.stderr)
+
+
+def logs_to_stderr(trainer: Any) -> None:
+    """Swap the trainer's stdout printers (ProgressCallback, PrinterCallback) for their stderr versions."""
+    for printer, replacement in ((ProgressCallback, StderrProgress), (PrinterCallback, StderrPrinter)):
+        if trainer.pop_callback(printer) is not None:
+            trainer.add_callback(replacement)
+
+
 def callbacks(cfg: RecipeConfig) -> list[TrainerCallback]:
     return [MetricsJsonl(Path(cfg.train.output_dir) / "metrics.jsonl")]
 
@@ -184,6 +211,7 @@ def train_and_save(
     """Train (from ``checkpoint`` if given), evaluate on the eval split, save adapter, card, eval.json; merge and
     push when asked."""
     adopt_trl(trainer, cfg.train.group)  # the tracker run's group; trackio's prints off stdout
+    logs_to_stderr(trainer)
     _fp32_adapters_unless_bf16(trainer, built)
     trainer.train(resume_from_checkpoint=checkpoint)
     metrics = {k: v for k, v in trainer.evaluate().items() if _finite(v)} if data.eval is not None else {}

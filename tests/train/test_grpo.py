@@ -202,6 +202,8 @@ def test_train_from_the_shipped_config_logs_each_reward_component(recipe, tmp_pa
     ]
     result = CliRunner().invoke(app, ["train", recipe, str(CONFIGS / f"{recipe}.yaml"), *overrides, "--cpu"])
     assert result.exit_code == 0, result.output
+    # stdout carries results only: the trainer's per-step dicts go to stderr (rlaif.train.recipes.logs_to_stderr)
+    assert "'loss'" not in result.stdout and "'loss'" in result.stderr and "adapter: " in result.stdout
     steps = [row for row in _metrics(out) if "loss" in row]
     assert [row["step"] for row in steps] == [1, 2]
     for row in steps:
