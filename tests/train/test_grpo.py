@@ -6,11 +6,7 @@ tiny model."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -242,30 +238,16 @@ def test_bad_input_exits_2_before_a_model_loads(monkeypatch, tmp_path):
 def test_grpo_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(tmp_path):
     """A process killed mid-run (after a complete checkpoint and the step after it) continues with --resume from
     that checkpoint; a half-written later checkpoint is ignored, and a re-run without --resume is refused."""
+    from killing import run_and_kill
+
     from rlaif.cli import app
-    from rlaif.train.outputs import complete_checkpoints
 
     out = tmp_path / "grpo"
     overrides = [f"output_dir={out}", "train.save_steps=1", "train.save_total_limit=null", "train.max_steps=4"]
     overrides += ["train.max_completion_length=8", "data.test_size=0", "model.quantize=none"]
     overrides += ["reward={verifier: ifeval}"]
     command = [sys.executable, "-m", "rlaif.cli", "train", "grpo", str(CONFIGS / "grpo.yaml"), *overrides, "--cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while True:  # kill once a checkpoint is complete and the step after it is logged
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        done = complete_checkpoints(out) if out.is_dir() else []
-        if done and (out / "metrics.jsonl").is_file():
-            last = int(done[-1].name.split("-")[1])
-            if any(row.get("step") == last + 1 and "loss" in row for row in _metrics(out)):
-                break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (out / "adapter").exists(), "the run finished before it was killed"
-    last = complete_checkpoints(out)[-1]
+    last = run_and_kill(command, ROOT, out, loss_key="loss")
     resumed_step = json.loads((last / "trainer_state.json").read_text())["global_step"]
     (out / "checkpoint-9").mkdir()  # half-written: no trainer_state.json, must be ignored
     refused = CliRunner().invoke(app, ["train", "grpo", str(CONFIGS / "grpo.yaml"), *overrides, "--cpu"])

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -573,8 +569,9 @@ def test_ppo_rolls_out_on_vllm_with_the_policy_adapter_hot_swapped(vllm_backend,
 @pytest.mark.model
 @pytest.mark.slow
 def test_ppo_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(tiny_model_dir, tmp_path):
+    from killing import run_and_kill
+
     from rlaif.cli import app
-    from rlaif.train.outputs import complete_checkpoints
 
     out = tmp_path / "out"
     args = [
@@ -596,22 +593,7 @@ def test_ppo_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(tiny_
         "train.num_ppo_epochs=1",
         "--cpu",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while True:  # kill once a checkpoint is complete and the step after it is logged
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        done = complete_checkpoints(out) if out.is_dir() else []
-        if done and (out / "metrics.jsonl").is_file():
-            last = int(done[-1].name.split("-")[1])
-            if any(row.get("step") == last + 1 and "loss/policy_avg" in row for row in _metrics(out)):
-                break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (out / "adapter").exists(), "the run finished before it was killed"
-    last = complete_checkpoints(out)[-1]
+    last = run_and_kill(args, ROOT, out, loss_key="loss/policy_avg")
     resumed_step = json.loads((last / "trainer_state.json").read_text())["global_step"]
     before_kill = {row["step"]: row for row in _steps(out)}
     (out / "checkpoint-11" / "policy").mkdir(parents=True)  # half-written: no marker, must be ignored

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -508,19 +505,9 @@ def test_training_killed_with_sigkill_resumes_from_its_last_checkpoint(tiny_mode
         "train.save_total_limit=null",
         "--cpu",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not list(out.glob("checkpoint-*/trainer_state.json")):
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (out / "adapter").exists(), "the run finished before it was killed"
-    from rlaif.train.outputs import complete_checkpoints
+    from killing import run_and_kill
 
-    last = complete_checkpoints(out)[-1]
+    last = run_and_kill(args, ROOT, out)
     resumed_step = json.loads((last / "trainer_state.json").read_text())["global_step"]
     assert 2 <= resumed_step < 12
     from rlaif.cli import app
