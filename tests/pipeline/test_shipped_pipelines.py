@@ -4,6 +4,7 @@ reward-model scorer on the builtin model."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from trl.data_utils import is_conversational, maybe_apply_chat_template
 
 from rlaif.pipeline.run import run_pipeline
 from rlaif.pipeline.spec import load_pipeline
+from rlaif.report import write_report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,6 +45,13 @@ def test_quickstart_end_to_end_on_the_builtin_model(vllm_backend, builtin_model_
         assert is_conversational(row) and row["chosen"] != row["rejected"]
         assert maybe_apply_chat_template(row, tokenizer)["chosen"]
     assert "quickstart" in (tmp_path / "dataset" / "README.md").read_text()
+    # The run's report (rlaif.report) from this real run: the funnel, and the builtin judge's consistency figures
+    html = write_report(tmp_path / "run").read_text()
+    for section in ('id="steps"', 'id="cost"', 'id="samples"', 'id="judges"', 'id="pairs"'):
+        assert section in html, section
+    consistent = sum(bool(r["consistent"]) for r in judged)
+    row = re.search(r"position consistency \(both orders agree\)</td>(.*?)</tr>", html, re.S)
+    assert row and f">{consistent}/{len(judged)}<" in row.group(1)
 
 
 def summary_store(summary, tmp_path: Path, step: str):
