@@ -17,11 +17,12 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import Field, field_validator
 
+from rlaif.steps import key_index
 from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
+from rlaif.steps.key_index import KeyIndex, LabelStore
 from rlaif.steps.ngrams import WordHasher, ngram_hashes, tokens
 
 _CHUNK = 4096  # n-grams per (permutations x n-grams) block: fastest measured (fits in cache)
-_MAX_RUN_KEYS = 1 << 22  # band keys per sorted run of the index (48 MB), beyond which runs are no longer merged
 
 
 # -- text ------------------------------------------------------------------------------------------------------
@@ -57,21 +58,24 @@ def optimal_bands(threshold: float, num_perm: int, false_positive_weight: float 
 
 
 # -- near-duplicate indexes (backends) -------------------------------------------------------------------------
-Match = tuple[Any, float]  # (label of the kept record, estimated Jaccard similarity)
+Match = tuple[int, float]  # (number of the kept doc: 0, 1, ... in the order kept, estimated Jaccard similarity)
 
 
 class NearIndex(Protocol):
-    """Holds the sketches of kept docs. ``match`` answers, for each doc of a batch in order, which earlier kept doc
-    (of this or an earlier batch) it near-duplicates, or None, in which case the doc is kept and indexed."""
+    """Holds the sketches of kept docs, numbered 0, 1, ... in the order kept. ``match`` answers, for each doc of a
+    batch in order, which earlier kept doc (of this or an earlier batch) it near-duplicates, or None, in which case
+    the doc is kept and indexed under the next number."""
 
-    def match(self, docs: list[list[str]], labels: list[Any]) -> list[Match | None]: ...
+    def match(self, docs: list[list[str]]) -> list[Match | None]: ...
+
+    def close(self) -> None: ...
 
 
 class NumpyIndex:
     """Our MinHash-LSH, vectorized per batch: all n-grams x all permutations in numpy blocks, min-reduced per doc;
-    band keys looked up by binary search in sorted runs of the kept docs' keys (merged as they grow, like an LSM
-    tree) instead of a dict per band, so lookups need no Python loop and memory is ~12 bytes per band and doc.
-    Candidates are verified on the signatures; only docs with a candidate reach Python code.
+    band keys looked up in a KeyIndex (sorted runs in memory, then on disk, behind a Bloom filter: no Python loop per
+    key, and ~4 bytes of memory per band key). Candidates are verified on the signatures; only docs with a candidate
+    reach Python code.
 
     The permutations are multiply-add-shift hashes h(x) = ((a*x + b) mod 2^64) >> 32 of the 32-bit n-gram hash x
     (Dietzfelbinger: 2-independent, like (a*x+b) mod p, but the mod is free in uint64 and, since the shift is
@@ -85,15 +89,14 @@ class NumpyIndex:
         self._band_mix = rng.integers(1, 1 << 63, size=self.rows, dtype=np.uint64) | np.uint64(1)
         self._band_salt = rng.integers(0, 1 << 63, size=self.bands, dtype=np.uint64)  # one key space for all bands
         self._hasher = WordHasher()
-        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted band keys, kept-doc number of each)
-        self._filter = KeyFilter(1 << 16)
-        # The kept docs' signatures (num_perm x 4 bytes each, most of the index) go to an unlinked temporary file:
-        # the page cache holds them, not this process, and only candidates are read back.
+        self._index = KeyIndex()  # band key -> number of the kept doc
+        # The kept docs' signatures (num_perm x 4 bytes each) go to an unlinked temporary file: the page cache holds
+        # them, not this process, and only candidates are read back.
         self._spill = tempfile.TemporaryFile(prefix="rlaif-dedup-")  # noqa: SIM115 - lives as long as the index
         self._row_bytes = num_perm * 4
-        self._labels: list[Any] = []
+        self._kept = 0
 
-    def match(self, docs: list[list[str]], labels: list[Any]) -> list[Match | None]:
+    def match(self, docs: list[list[str]]) -> list[Match | None]:
         if not docs:
             return []
         hashes, doc, _ = ngram_hashes(self._hasher, docs, self.ngram, whole_short=True)
@@ -101,22 +104,26 @@ class NumpyIndex:
         bands = signatures[:, : self.bands * self.rows].reshape(len(docs), self.bands, self.rows)
         keys = ((bands.astype(np.uint64) * self._band_mix).sum(axis=2) ^ self._band_salt).ravel()  # doc-major
         earlier, within = self._earlier_candidates(keys), self._batch_candidates(keys)
-        matches: list[Match | None] = [None] * len(docs)
+        best: list[tuple[int, int, int] | None] = [None] * len(docs)  # (agreeing permutations, earlier?, which)
         for i in sorted(earlier.keys() | within.keys()):
+            # Candidates in a fixed order (earlier batches by number, then this batch's by position), so that a
+            # tie goes to the first kept doc whatever order the index returned them in.
             scored = [
-                (np.count_nonzero(self._signature(c) == signatures[i]), self._labels[c]) for c in earlier.get(i, ())
+                (np.count_nonzero(self._signature(c) == signatures[i]), 1, c) for c in sorted(earlier.get(i, ()))
             ]
             scored += [
-                (np.count_nonzero(signatures[j] == signatures[i]), labels[j])
-                for j in within.get(i, ())
-                if matches[j] is None
+                (np.count_nonzero(signatures[j] == signatures[i]), 0, j) for j in within.get(i, ()) if best[j] is None
             ]  # only docs kept so far count
-            best = max(scored, key=lambda pair: pair[0], default=(0, None))
-            if best[0] >= self.threshold * self.num_perm:
-                matches[i] = (best[1], best[0] / self.num_perm)
-        kept = [i for i, m in enumerate(matches) if m is None]
-        self._add(np.asarray(kept, dtype=np.int64), keys, signatures, [labels[i] for i in kept])
-        return matches
+            top = max(scored, key=lambda entry: entry[0], default=(0, 0, 0))
+            if top[0] >= self.threshold * self.num_perm:
+                best[i] = top
+        kept = [i for i, found in enumerate(best) if found is None]
+        number = {i: self._kept + rank for rank, i in enumerate(kept)}  # this batch's kept docs, numbered in order
+        self._add(np.asarray(kept, dtype=np.int64), keys, signatures)
+        return [
+            None if found is None else (found[2] if found[1] else number[found[2]], found[0] / self.num_perm)
+            for found in best
+        ]
 
     def signatures(self, x: np.ndarray, doc: np.ndarray, count: int) -> np.ndarray:
         """(count, num_perm) uint32 MinHash signatures; ``x`` (32-bit n-gram hashes) sorted by ``doc``, every doc
@@ -139,21 +146,9 @@ class NumpyIndex:
     def _earlier_candidates(self, keys: np.ndarray) -> dict[int, set[int]]:
         """Doc in batch -> kept docs of earlier batches sharing a band key with it."""
         found: dict[int, set[int]] = {}
-        # Only keys the filter cannot rule out are searched (the hits and ~1 in 10 others), in key order: numpy
-        # narrows each search of ascending keys from the last one's place, so the searches walk each run forward.
-        where = np.flatnonzero(self._filter.maybe(keys))
-        wanted = keys[where]
-        order = np.argsort(wanted)
-        ordered = wanted[order]
-        for run_keys, run_docs in self._runs:
-            low = np.empty_like(order)
-            low[order] = np.searchsorted(run_keys, ordered)
-            hits = np.flatnonzero(run_keys[low.clip(max=len(run_keys) - 1)] == wanted)  # few: search "right" for them
-            counts = np.searchsorted(run_keys, wanted[hits], "right") - low[hits]
-            at = np.repeat(low[hits] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-            docs = np.repeat(where[hits], counts) // self.bands
-            for i, kept in zip(docs.tolist(), run_docs[at].tolist(), strict=True):
-                found.setdefault(i, set()).add(kept)
+        at, kept = self._index.lookup(keys)
+        for i, number in zip((at // self.bands).tolist(), kept.tolist(), strict=True):
+            found.setdefault(i, set()).add(number)
         return found
 
     def _batch_candidates(self, keys: np.ndarray) -> dict[int, list[int]]:
@@ -171,75 +166,21 @@ class NumpyIndex:
                 found.setdefault(docs[k], []).extend(docs[:k])
         return found
 
-    def _add(self, kept: np.ndarray, keys: np.ndarray, signatures: np.ndarray, labels: list[Any]) -> None:
+    def _add(self, kept: np.ndarray, keys: np.ndarray, signatures: np.ndarray) -> None:
         if not len(kept):
             return
-        first = len(self._labels)
-        os.pwrite(self._spill.fileno(), np.ascontiguousarray(signatures[kept]), first * self._row_bytes)
-        self._labels.extend(labels)
-        run_keys = keys.reshape(-1, self.bands)[kept].ravel()
-        run_docs = np.repeat(np.arange(first, first + len(kept), dtype=np.uint32), self.bands)
-        order = np.argsort(run_keys, kind="stable")
-        self._runs.append((run_keys[order], run_docs[order]))
-        self._filter.add(run_keys)
-        if self._filter.full():  # rebuilt from every key kept, at 8-16 bits per key
-            self._filter = KeyFilter(self._filter.count)
-            for keys_of_run, _ in self._runs:
-                self._filter.add(keys_of_run)
-        # Merge while the newest run is at least as long as its predecessor (a binary counter): O(log n) runs to
-        # search, and each key is merged O(log n) times in all. A merge holds both runs and their merge at once, so
-        # runs stop growing at _MAX_RUN_KEYS: at 1M records the last merge held 2 x 200 MB; now a few runs of
-        # 50-100 MB each, searched in key order (cheap), and the transient stays bounded whatever the corpus size.
-        while len(self._runs) > 1 and _MAX_RUN_KEYS > len(self._runs[-2][0]) <= len(self._runs[-1][0]):
-            self._runs.append(merge_runs(self._runs.pop(-2), self._runs.pop()))
+        os.pwrite(self._spill.fileno(), np.ascontiguousarray(signatures[kept]), self._kept * self._row_bytes)
+        numbers = np.repeat(np.arange(self._kept, self._kept + len(kept), dtype=np.uint32), self.bands)
+        self._index.add(keys.reshape(-1, self.bands)[kept].ravel(), numbers)
+        self._kept += len(kept)
 
     def _signature(self, doc: int) -> np.ndarray:
         data = os.pread(self._spill.fileno(), self._row_bytes, doc * self._row_bytes)
         return np.frombuffer(data, dtype=np.uint32)
 
-
-class KeyFilter:
-    """One bit per slot of a key's low bits, set for every key of the index: a clear bit proves a key absent, so most
-    of a batch's lookups never reach the runs' binary searches (the ones that cost more as the runs grow). At least
-    8 bits per key when built for ``capacity`` keys (1 absent key in 9 passes), ``full`` below 4 (1 in 4.5): 0.5 to
-    2 bytes per key (16 MB for the 16M keys of 1M records)."""
-
-    def __init__(self, capacity: int) -> None:
-        slots = 1 << max(16, int(8 * capacity - 1).bit_length())
-        self.bits = np.zeros(slots // 8, dtype=np.uint8)
-        self.mask = np.uint64(slots - 1)
-        self.count = 0
-
-    def add(self, keys: np.ndarray) -> None:
-        slots = keys & self.mask
-        np.bitwise_or.at(
-            self.bits, (slots >> np.uint64(3)).astype(np.intp), _BIT[(slots & np.uint64(7)).astype(np.intp)]
-        )
-        self.count += len(keys)
-
-    def maybe(self, keys: np.ndarray) -> np.ndarray:
-        slots = keys & self.mask
-        return (self.bits[(slots >> np.uint64(3)).astype(np.intp)] & _BIT[(slots & np.uint64(7)).astype(np.intp)]) > 0
-
-    def full(self) -> bool:
-        return self.count * 4 > len(self.bits) * 8
-
-
-_BIT = np.array([1 << k for k in range(8)], dtype=np.uint8)
-
-
-def merge_runs(older: tuple[np.ndarray, np.ndarray], newer: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
-    """Two sorted (keys, docs) runs as one, ``older``'s entries first among equal keys (what a stable sort of the
-    two, concatenated, gives). Linear: each entry of ``newer`` lands after the ``older`` keys <= it; no argsort, and
-    no temporaries but the positions of ``newer`` and a mask (the sort held 3 copies of the merged run at once)."""
-    (k1, d1), (k2, d2) = older, newer
-    at = np.searchsorted(k1, k2, side="right") + np.arange(len(k2))
-    rest = np.ones(len(k1) + len(k2), dtype=bool)
-    rest[at] = False
-    keys, docs = np.empty(len(rest), dtype=k1.dtype), np.empty(len(rest), dtype=d1.dtype)
-    keys[at], keys[rest] = k2, k1
-    docs[at], docs[rest] = d2, d1
-    return keys, docs
+    def close(self) -> None:
+        self._index.close()
+        self._spill.close()
 
 
 class DatasketchIndex:
@@ -252,24 +193,23 @@ class DatasketchIndex:
         self._minhash = MinHash
         self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=bands)
         self._kept: list[Any] = []
-        self._labels: list[Any] = []
 
-    def match(self, docs: list[list[str]], labels: list[Any]) -> list[Match | None]:
+    def match(self, docs: list[list[str]]) -> list[Match | None]:
         n = self.ngram
         shingles = [[" ".join(d[i : i + n]).encode() for i in range(max(1, len(d) - n + 1))] for d in docs]
         matches: list[Match | None] = []
-        for sketch, label in zip(
-            self._minhash.bulk(shingles, num_perm=self.num_perm, seed=self.seed), labels, strict=True
-        ):
-            scored = [(sketch.jaccard(self._kept[c]), c) for c in self._lsh.query(sketch)]
-            if scored and (best := max(scored))[0] >= self.threshold:
-                matches.append((self._labels[best[1]], float(best[0])))
+        for sketch in self._minhash.bulk(shingles, num_perm=self.num_perm, seed=self.seed):
+            scored = [(sketch.jaccard(self._kept[c]), -c) for c in self._lsh.query(sketch)]
+            if scored and (best := max(scored))[0] >= self.threshold:  # a tie goes to the first kept
+                matches.append((-best[1], float(best[0])))
                 continue
             self._lsh.insert(len(self._kept), sketch, check_duplication=False)
             self._kept.append(sketch)
-            self._labels.append(label)
             matches.append(None)
         return matches
+
+    def close(self) -> None:
+        self._kept = []
 
 
 NEAR_BACKENDS: dict[str, Callable[..., NearIndex]] = {"numpy": NumpyIndex, "datasketch": DatasketchIndex}
@@ -326,10 +266,12 @@ class Dedup(Step):
 
     State spans batches (the engine calls ``process`` in order on one instance; ``setup`` resets it, ``teardown``
     frees it after the last batch). The step is ``stateful``: a run resumed after a kill redoes it from its first
-    batch, so the index is always complete. Memory (tests/steps/test_dedup_scale.py, bench/scale.py): ~410 bytes
-    per kept record at the defaults — its 20 band keys in the index's sorted runs (12 bytes each) and their filter
-    bits, its label and its exact-text key — plus num_perm*4 bytes of MinHash signature per kept record in a
-    temporary file (disk and page cache, not the process), read back only for candidates.
+    batch, so the index is always complete. Memory (tests/steps/test_dedup_scale.py, bench/scale.py): the indexes
+    (band keys and exact-text keys -> kept record, rlaif/steps/key_index.py) keep their newest entries in memory
+    (up to 12 MB each) and the rest in sorted files, with ~2 bytes per key in memory (Bloom filter and fences): ~45
+    bytes per kept record at the defaults beyond the first ~50k, plus 8 bytes for its label (any label that is not
+    a position: pickled to a file). The MinHash signatures (num_perm*4 bytes per kept record) are in a temporary
+    file too, read back only for candidates. Disk: ~750 bytes per kept record, freed when the step ends.
     """
 
     Params = DedupParams
@@ -340,7 +282,8 @@ class Dedup(Step):
 
     def __init__(self, name: str, params: StepParams, base_dir: Path) -> None:
         super().__init__(name, params, base_dir)
-        self._exact: dict[bytes, Any] | None = None  # normalized-text digest -> label; built on first use
+        self._exact: KeyIndex | None = None  # normalized-text hash -> number of the kept record it copies
+        self._labels: LabelStore | None = None  # number of a kept record -> its label
         self._index: NearIndex | None = None
         self._seen = 0
 
@@ -348,49 +291,69 @@ class Dedup(Step):
         self._reset()
 
     def _reset(self) -> None:
+        self.teardown()
         p = self.params
-        self._exact, self._seen, self._index = {}, 0, None
+        self._exact, self._labels = (
+            KeyIndex(memory_keys=key_index.MEMORY_KEYS // 4),
+            LabelStore(integers=not p.id_column),
+        )
         if p.near:
             backend = AUTO_BACKEND if p.backend == "auto" else p.backend
             bands = optimal_bands(p.threshold, p.num_perm)
             self._index = NEAR_BACKENDS[backend](p.threshold, p.num_perm, p.ngram, bands, p.seed)
 
     def teardown(self) -> None:
-        # The index of a million records is hundreds of MB: freed once the step's batches are done.
-        self._exact, self._index, self._seen = None, None, 0
+        # The indexes of a million records are tens of MB of memory and hundreds on disk: freed when the step ends.
+        for state in (self._exact, self._labels, self._index):
+            if state is not None:
+                state.close()
+        self._exact, self._labels, self._index, self._seen = None, None, None, 0
 
     def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
-        if self._exact is None:
+        if self._exact is None or self._labels is None:
             self._reset()
-        assert self._exact is not None
+        exact, labels = self._exact, self._labels
+        assert exact is not None and labels is not None
         result = BatchResult()
         readable = read_texts(records, [self.params.column], result)
         words = [tokens(texts[0]) for _, texts in readable]
-        keys = [hashlib.blake2b(" ".join(doc).encode(), digest_size=16).digest() for doc in words]
-        labels = [
-            records[p].get(self.params.id_column) if self.params.id_column else self._seen + p for p, _ in readable
+        digests = b"".join(hashlib.blake2b(" ".join(doc).encode(), digest_size=8).digest() for doc in words)
+        keys = np.frombuffer(digests, dtype=np.uint64)
+        # Exact copies first (of an earlier batch's text, or of an earlier doc in this one); the rest go to the index.
+        at, copied = exact.lookup(keys)
+        copy_of = dict(zip(at.tolist(), copied.tolist(), strict=True))  # doc -> kept record its text copies
+        first_in_batch: dict[int, int] = {}
+        fresh = [
+            i for i, key in enumerate(keys.tolist()) if i not in copy_of and first_in_batch.setdefault(key, i) == i
         ]
-        # Exact duplicates first (of earlier batches, or of an earlier doc in this one); the rest go to the index.
-        first_in_batch: dict[bytes, int] = {}
-        fresh = [i for i, key in enumerate(keys) if key not in self._exact and first_in_batch.setdefault(key, i) == i]
         matches: list[Match | None] = [None] * len(fresh)
         if self._index is not None:
-            matches = self._index.match([words[i] for i in fresh], [labels[i] for i in fresh])
+            matches = self._index.match([words[i] for i in fresh])
         near = dict(zip(fresh, matches, strict=True))  # fresh doc -> its near match, or None: kept
-        for key in keys:  # exact copies point at the kept record, never at a dropped one
-            if key not in self._exact:
-                match = near.get(first_in_batch[key])
-                self._exact[key] = match[0] if match else labels[first_in_batch[key]]
+        # Kept records are numbered in the order kept, as the near index numbers them.
+        kept = [i for i in fresh if near[i] is None]
+        number = {i: len(labels) + rank for rank, i in enumerate(kept)}
+        positions = [readable[i][0] for i in kept]
+        id_column = self.params.id_column
+        labels.append([records[p].get(id_column) if id_column else self._seen + p for p in positions])
+        target = {i: number[i] if near[i] is None else near[i][0] for i in fresh}  # type: ignore[index]
+        # An exact copy points at the kept record, never at a dropped one: a near-duplicate's text at its match.
+        exact.add(keys[fresh], np.array([target[i] for i in fresh], dtype=np.uint32))
+        duplicate_of: dict[int, int] = {}  # dropped doc -> the kept record's number
+        for i, key in enumerate(keys.tolist()):
+            if i in near and near[i] is None:
+                continue
+            duplicate_of[i] = copy_of[i] if i in copy_of else target[first_in_batch[key]]
+        label_of = dict(zip(duplicate_of, labels.get(list(duplicate_of.values())), strict=True))
         for i, (position, _) in enumerate(readable):
             record, match = records[position], near.get(i)
             if match is not None:
-                result.dropped.append(
-                    ({**record, "_duplicate_of": match[0], "_similarity": round(match[1], 4)}, "near-duplicate")
-                )
+                dropped = {**record, "_duplicate_of": label_of[i], "_similarity": round(match[1], 4)}
+                result.dropped.append((dropped, "near-duplicate"))
             elif i in near:
                 result.records.append(record)
             else:
-                dropped = {**record, "_duplicate_of": self._exact[keys[i]], "_similarity": 1.0}
+                dropped = {**record, "_duplicate_of": label_of[i], "_similarity": 1.0}
                 result.dropped.append((dropped, "duplicate (exact)"))
         self._seen += len(records)
         return result

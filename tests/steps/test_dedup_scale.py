@@ -1,7 +1,7 @@
-"""What keeps dedup's memory small as data grows (bench/scale.py measures the whole pipeline): the index merges its
-runs in linear time without sorting copies, keeps the signatures on disk, and holds a few hundred bytes per record
-kept. Memory is counted with tracemalloc (numpy reports its buffers to it): deterministic for a given input, no
-timing."""
+"""What keeps dedup's memory flat as data grows (bench/scale.py measures the whole pipeline): its indexes
+(rlaif/steps/key_index.py) write older entries to sorted files and keep ~2 bytes a key in memory, its labels and
+signatures sit in files too, and the answers are the same whether the index is in memory or on disk. Memory is
+counted with tracemalloc (numpy reports its buffers to it): deterministic for a given input, no timing."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import rlaif.steps.dedup as dedup_module
+import rlaif.steps.key_index as key_index
 from rlaif.steps.base import StepContext
-from rlaif.steps.dedup import Dedup, DedupParams, merge_runs
+from rlaif.steps.dedup import Dedup, DedupParams
+from rlaif.steps.key_index import BloomFilter, KeyIndex, LabelStore, merge_runs
 
 
 def test_merge_runs_equals_a_stable_sort_of_both_runs() -> None:
@@ -21,11 +22,53 @@ def test_merge_runs_equals_a_stable_sort_of_both_runs() -> None:
     for older, newer in [(0, 5), (5, 0), (100, 37), (1000, 1000), (3, 2000)]:
         k1, k2 = (np.sort(rng.integers(0, 40, n).astype(np.uint64)) for n in (older, newer))  # many equal keys
         d1, d2 = (rng.integers(0, 1 << 31, n).astype(np.uint32) for n in (older, newer))
-        keys, docs = merge_runs((k1, d1), (k2, d2))
+        keys, values = merge_runs((k1, d1), (k2, d2))
         order = np.argsort(np.concatenate([k1, k2]), kind="stable")
         assert np.array_equal(keys, np.concatenate([k1, k2])[order])
-        assert np.array_equal(docs, np.concatenate([d1, d2])[order])
-        assert keys.dtype == np.uint64 and docs.dtype == np.uint32
+        assert np.array_equal(values, np.concatenate([d1, d2])[order])
+        assert keys.dtype == np.uint64 and values.dtype == np.uint32
+
+
+def test_bloom_filter_never_misses_a_key_and_passes_few_others() -> None:
+    rng = np.random.default_rng(1)
+    keys, others = (rng.integers(0, 1 << 63, n, dtype=np.uint64) * np.uint64(2) for n in (50_000, 200_000))
+    bloom = BloomFilter(50_000)
+    bloom.add(keys)
+    assert bloom.maybe(keys).all()
+    assert 0 < bloom.maybe(others + np.uint64(1)).mean() < 0.03  # 10 bits a key, 3 hashes: ~1.7% at capacity
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 18])
+def test_key_index_answers_like_a_dict_with_entries_in_memory_and_on_disk(monkeypatch, chunk) -> None:
+    """Small memory budget and merge chunks, so entries go through memory runs, disk runs and chunked merges of
+    disk runs; keys repeated up to 150 times (past a disk lookup's 2-block window) and keys never added."""
+    monkeypatch.setattr(key_index, "_MERGE_CHUNK", chunk)
+    rng = np.random.default_rng(2)
+    index, expected = KeyIndex(memory_keys=300), {}
+    common = rng.integers(0, 1 << 63, 20, dtype=np.uint64)
+    for batch in range(40):
+        keys = np.concatenate([rng.integers(0, 1 << 63, 60, dtype=np.uint64), rng.choice(common, 40)])
+        values = np.arange(batch * 100, batch * 100 + 100, dtype=np.uint32)
+        wanted = np.concatenate([keys[:30], rng.choice(common, 10), rng.integers(0, 1 << 63, 30, dtype=np.uint64)])
+        at, found = index.lookup(wanted)
+        got = sorted(zip(at.tolist(), found.tolist(), strict=True))
+        assert got == sorted((i, v) for i, key in enumerate(wanted.tolist()) for v in expected.get(key, []))
+        index.add(keys, values)
+        for key, value in zip(keys.tolist(), values.tolist(), strict=True):
+            expected.setdefault(key, []).append(value)
+    assert len(index._disk) >= 1 and len(index) == 4000
+    assert max(len(v) for v in expected.values()) > 2 * key_index.FENCE
+    index.close()
+
+
+def test_label_store_keeps_positions_and_any_label_by_number() -> None:
+    positions, named = LabelStore(integers=True), LabelStore(integers=False)
+    positions.append(list(range(5000)))
+    named.append(["a", None, {"id": 3}, 7.5])
+    named.append(["é" * 1000])
+    assert positions.get([4999, 0, 17]) == [4999, 0, 17]
+    assert named.get([4, 2, 1, 0]) == ["é" * 1000, {"id": 3}, None, "a"]
+    named.close()
 
 
 def corpus(count: int, seed: int = 0) -> list[dict]:
@@ -43,7 +86,34 @@ def corpus(count: int, seed: int = 0) -> list[dict]:
             row = texts[i // 2].split()
             row[5] = "changed"
         texts.append(" ".join(row))
-    return [{"prompt": text} for text in texts]
+    return [{"prompt": text, "id": f"r{i}"} for i, text in enumerate(texts)]
+
+
+def run_dedup(records: list[dict], batch: int, **params) -> tuple[list, int]:
+    step = Dedup("dedup", DedupParams(column="prompt", **params), Path("."))
+    step.setup(StepContext())
+    dropped, kept = [], 0
+    for first in range(0, len(records), batch):
+        result = step.process(records[first : first + batch], StepContext())
+        dropped += result.dropped
+        kept += len(result.records)
+    step.teardown()
+    return dropped, kept
+
+
+@pytest.mark.parametrize("id_column", [None, "id"])
+def test_an_index_on_disk_finds_the_same_duplicates(monkeypatch, id_column) -> None:
+    records = corpus(6000)
+    in_memory = run_dedup(records, 500, id_column=id_column)
+    monkeypatch.setattr(key_index, "MEMORY_KEYS", 4000)  # ~200 kept records' band keys, then to disk
+    on_disk = run_dedup(records, 500, id_column=id_column)
+    assert on_disk == in_memory and len(in_memory[0]) > 1000
+    reasons = {reason for _, reason in in_memory[0]}
+    assert reasons == {"duplicate (exact)", "near-duplicate"}
+    # every dropped record points at a kept one
+    dropped_ids = {record["id"] for record, _ in in_memory[0]}
+    targets = [record["_duplicate_of"] for record, _ in in_memory[0]]
+    assert not dropped_ids & {target if id_column else f"r{target}" for target in targets}
 
 
 def dedup_memory(count: int) -> tuple[int, int, int]:
@@ -60,35 +130,19 @@ def dedup_memory(count: int) -> tuple[int, int, int]:
         held, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    step.teardown()
     return held - start, peak - start, kept
 
 
-def test_dedup_holds_a_few_hundred_bytes_per_record_kept() -> None:
-    small_held, _, small_kept = dedup_memory(4000)
-    held, peak, kept = dedup_memory(16000)
-    assert 0.8 * 16000 < kept < 16000  # the planted copies are dropped
-    # What one more kept record costs (fixed costs, such as the word-hash cache, cancel out): its band keys in the
-    # runs (20 x 12 bytes) and their filter bits, its label and its exact key. Its signature (128 x 4 bytes) is on
-    # disk, not here (the old in-memory index took ~900 bytes).
+def test_dedup_holds_a_few_dozen_bytes_per_record_kept_once_its_index_is_on_disk(monkeypatch) -> None:
+    monkeypatch.setattr(key_index, "MEMORY_KEYS", 20_000)  # ~1,000 kept records' band keys in memory
+    small_held, _, small_kept = dedup_memory(8000)
+    held, peak, kept = dedup_memory(24000)
+    assert 0.8 * 24000 < kept < 24000  # the planted copies are dropped
+    # What one more kept record costs once its keys are on disk (fixed costs, such as the word-hash cache and the
+    # in-memory runs, cancel out): Bloom filter and fence bits for its 20 band keys and its exact key, and its
+    # label. The in-memory index took ~410 bytes (its keys, a dict entry, a Python int).
     per_record = (held - small_held) / (kept - small_kept)
-    assert 250 < per_record < 550, per_record
-    # the transient peak above what is held: a batch's working set and one merge, not copies of every run
+    assert per_record < 80, per_record
+    # the transient peak above what is held: a batch's working set and one merge's chunks
     assert peak - held < 24_000_000, (peak, held)
-
-
-def test_runs_capped_in_size_find_the_same_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
-    records = corpus(6000)
-
-    def run() -> tuple[list, int]:
-        step = Dedup("dedup", DedupParams(column="prompt"), Path("."))
-        step.setup(StepContext())
-        dropped = []
-        for first in range(0, len(records), 500):
-            dropped += step.process(records[first : first + 500], StepContext()).dropped
-        return dropped, len(step._index._runs)  # type: ignore[union-attr]
-
-    uncapped, few = run()
-    monkeypatch.setattr(dedup_module, "_MAX_RUN_KEYS", 20_000)  # ~1,000 kept records' band keys
-    capped, many = run()
-    assert capped == uncapped and len(uncapped) > 1000
-    assert many > few
