@@ -1,7 +1,7 @@
 """A learning check (not a test): does GRPO with verifier rewards (``rollout: vllm``) raise the builtin model's
 held-out pass rate on constrained prompts?
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/grpo_learning.py [--steps 40] [--lr 3e-4]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/grpo_learning.py [--steps 60] [--lr 5e-4]
 
 Prompts: pipelines/data/verified_topics.jsonl, each with one seeded IFEval-family constraint of the 7 types
 pipelines/loop/verified.yaml draws (as its add_constraints step does); the last 48 are held out. Pass rate: greedy
@@ -65,8 +65,8 @@ def pass_flags(backend, rows: list[dict], adapter: Path | None) -> list[bool]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
