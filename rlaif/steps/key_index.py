@@ -48,8 +48,12 @@ class BloomFilter:
         return slots
 
     def add(self, keys: np.ndarray) -> None:
+        # One pass per bit position instead of np.bitwise_or.at (7 of dedup's 53 s at 1M records): within a pass
+        # every write sets the same bit, so repeated bytes in a fancy-indexed |= come out right.
         for byte, bit in self._slots(keys):
-            np.bitwise_or.at(self.bits, byte, bit)
+            for mask in _BIT:
+                chosen = byte[bit == mask]
+                self.bits[chosen] |= mask
         self.count += len(keys)
 
     def maybe(self, keys: np.ndarray) -> np.ndarray:
