@@ -319,13 +319,12 @@ class Dedup(Step):
         words = [tokens(texts[0]) for _, texts in readable]
         digests = b"".join(hashlib.blake2b(" ".join(doc).encode(), digest_size=8).digest() for doc in words)
         keys = np.frombuffer(digests, dtype=np.uint64)
+        key_list = keys.tolist()  # Python ints, for the dicts below
         # Exact copies first (of an earlier batch's text, or of an earlier doc in this one); the rest go to the index.
         at, copied = exact.lookup(keys)
         copy_of = dict(zip(at.tolist(), copied.tolist(), strict=True))  # doc -> kept record its text copies
         first_in_batch: dict[int, int] = {}
-        fresh = [
-            i for i, key in enumerate(keys.tolist()) if i not in copy_of and first_in_batch.setdefault(key, i) == i
-        ]
+        fresh = [i for i, key in enumerate(key_list) if i not in copy_of and first_in_batch.setdefault(key, i) == i]
         matches: list[Match | None] = [None] * len(fresh)
         if self._index is not None:
             matches = self._index.match([words[i] for i in fresh])
@@ -340,7 +339,7 @@ class Dedup(Step):
         # An exact copy points at the kept record, never at a dropped one: a near-duplicate's text at its match.
         exact.add(keys[fresh], np.array([target[i] for i in fresh], dtype=np.uint32))
         duplicate_of: dict[int, int] = {}  # dropped doc -> the kept record's number
-        for i, key in enumerate(keys.tolist()):
+        for i, key in enumerate(key_list):
             if i in near and near[i] is None:
                 continue
             duplicate_of[i] = copy_of[i] if i in copy_of else target[first_in_batch[key]]
