@@ -3,7 +3,9 @@
 Where each step runs:
 
 - sources and ``stateful`` steps (dedup: its index spans batches) run in the driver, in order, like the local
-  executor; steps whose model the caller provided as a live backend too (it cannot travel);
+  executor; steps whose model the caller provided as a live backend too (it cannot travel). A stateful step that
+  ``prepares`` (dedup: words, hashes, MinHash signatures) has that part of each batch run as Ray tasks, up to
+  ``workers`` batches ahead, while the driver runs the part that needs the state on the batches in order;
 - steps that use a model (generate, judge, score...) run on a pool of engine actors, ``replicas`` per distinct set of
   engines, each actor owning its engines (built lazily by its own ``EngineRuntime``) with ``num_gpus``/``num_cpus``;
 - every other step runs its batches as Ray tasks, at most ``workers`` at once.
@@ -25,6 +27,7 @@ import copy
 import logging
 import os
 import socket
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,12 +38,14 @@ from rlaif.pipeline.progress import Reporter
 from rlaif.pipeline.runner import BatchDone, BatchJob, LocalExecutor, _StepRun, run_job
 from rlaif.pipeline.runtime import EngineRuntime
 from rlaif.pipeline.spec import ModelSpec, Pipeline
+from rlaif.steps.base import Record, Step
 
 log = logging.getLogger(__name__)
 ENGINE_CALLS_PER_ACTOR = 2  # one running, one queued: the actor never waits for the driver to cut the next batch
 # A Ray worker process serves many tasks of a run: the step it set up (decontaminate's index, a tokenizer) is kept
 # for the next batch of the same step pass instead of being built per batch. Keyed by the pass's object id.
 _PREPARED: dict[str, tuple[_StepRun, dict[str, Any]]] = {}
+_STEPS: dict[str, Step] = {}  # the same for the steps whose batches a worker prepares (keyed by object id)
 
 
 def _ray() -> Any:
@@ -145,6 +150,15 @@ def _task(refs: list[Any], job: BatchJob, models: dict[str, ModelSpec], seed: in
     return replace(run_job(run, job), setup=report)
 
 
+def _prepare_task(refs: list[Any], records: list[Record]) -> Any:
+    """A stateful step's ``prepare`` of one batch (``refs``: the step, unresolved, kept per process like a pass)."""
+    key = refs[0].hex()
+    if key not in _STEPS:
+        _STEPS.clear()  # one step prepares at a time
+        _STEPS[key] = _ray().get(refs[0])
+    return _STEPS[key].prepare(records)
+
+
 class _EngineWorker:
     """An engine actor: its own ``EngineRuntime`` (engines start on the first batch that needs them) and the step
     pass it set up. Restarted by Ray after a crash; the batch it was running is then retried on it."""
@@ -186,10 +200,15 @@ class RayExecutor:
         self._pools: dict[tuple[str, ...], list[Any]] = {}
         self._inflight: dict[Any, tuple[int, Any]] = {}  # object ref -> (batch index, actor or None)
         self._mode = "driver"
+        self.reads_inputs = False  # the runner hands tasks shard slices, which they read themselves
         self._refs: list[Any] = []
         self._report: dict[str, Any] = {}
         self._step_name, self._current_pool = "", []
         self._task = ray.remote(_task).options(num_cpus=1, max_retries=spec.max_retries, retry_exceptions=False)
+        self._prepare = ray.remote(_prepare_task).options(
+            num_cpus=1, max_retries=spec.max_retries, retry_exceptions=False
+        )
+        self._queue: deque[tuple[BatchJob, Any]] = deque()  # prepared mode: (job, its prepare task or None), in order
 
     # -- the executor protocol -------------------------------------------------------------------------------
     def start(self, run: _StepRun) -> bool:
@@ -198,13 +217,17 @@ class RayExecutor:
         self._report, self._step_name = {}, run.spec.name
         self._release_pools_after(run.spec.name)
         if step.is_source or step.stateful or any(m in self.provided for m in models):
-            self._mode = "driver"
+            self._mode, self.reads_inputs = "driver", False
+            if step.stateful and step.prepares and not step.is_source:
+                self._mode = "prepared"
+                self._refs = [_ray().put(step)]  # not set up yet: prepare needs no state
             return self._local.start(run)
         store = copy.copy(run.store)
         store.root = Path(store.root).resolve()  # the same files from any working directory
         shipped = replace(run, store=store, runtime=None, reporter=None, executor=None)
         self._refs = [_ray().put(shipped)]
         self._mode = "actors" if models else "tasks"
+        self.reads_inputs = self._mode == "tasks"
         if models:  # set up on every actor now: a failed judge check stops the step before any batch, as locally
             pool = self._pool(models)
             reports = self._get([actor.prepare.remote(self._refs) for actor in pool], -1)
@@ -214,6 +237,12 @@ class RayExecutor:
     def submit(self, job: BatchJob) -> list[BatchDone]:
         if self._mode == "driver":
             return list(self._local.submit(job))
+        if self._mode == "prepared":
+            task = None
+            if job.stats is None and isinstance(job.batch, list):
+                task = self._prepare.remote(self._refs, job.batch)
+            self._queue.append((job, task))
+            return self._apply_prepared(keep=self.workers)
         finished = []
         if self._mode == "tasks":
             while len(self._inflight) >= self.workers:
@@ -232,13 +261,15 @@ class RayExecutor:
         return finished
 
     def drain(self) -> list[BatchDone]:
+        if self._mode == "prepared":
+            return self._apply_prepared(keep=0)
         finished = []
         while self._inflight:
             finished += self._wait()
         return finished
 
     def setup_report(self, run: _StepRun) -> dict[str, Any]:
-        return self._local.setup_report(run) if self._mode == "driver" else self._report
+        return self._local.setup_report(run) if self._mode in ("driver", "prepared") else self._report
 
     def close(self) -> None:
         for key in list(self._pools):
@@ -280,6 +311,19 @@ class RayExecutor:
         self._current_pool = self._pools[key]
         return self._current_pool
 
+    def _apply_prepared(self, keep: int) -> list[BatchDone]:
+        """Run here, in batch order, the queued batches whose ``prepare`` is back; wait for the oldest while more
+        than ``keep`` are queued (so that at most ``keep`` prepare tasks run beside this process's work)."""
+        finished = []
+        while self._queue:
+            job, task = self._queue[0]
+            if task is not None and len(self._queue) <= keep and not _ray().wait([task], timeout=0)[0]:
+                break
+            self._queue.popleft()
+            prepared = None if task is None else self._get([task], job.index)[0]
+            finished += self._local.submit(replace(job, prepared=prepared))
+        return finished
+
     def _wait(self) -> list[BatchDone]:
         ready, _ = _ray().wait(list(self._inflight), num_returns=1)
         finished = []
@@ -315,6 +359,7 @@ class RayExecutor:
             with contextlib.suppress(Exception):  # already finished
                 ray.cancel(ref, force=actor is None)
         self._inflight.clear()
+        self._queue.clear()
 
 
 def _check_capacity(ray: Any, spec: ExecutorSpec) -> None:

@@ -25,7 +25,7 @@ from rlaif.pipeline.fingerprint import step_fingerprint
 from rlaif.pipeline.progress import Reporter
 from rlaif.pipeline.runtime import EngineRuntime
 from rlaif.pipeline.spec import Pipeline, StepSpec
-from rlaif.pipeline.store import StepStore, quarantine_rows
+from rlaif.pipeline.store import InputSlices, StepStore, input_slices, quarantine_rows
 from rlaif.steps.base import BatchResult, Quarantined, Record, Step, StepContext
 
 log = logging.getLogger(__name__)
@@ -135,11 +135,19 @@ class _StepRun:
         started = time.perf_counter()
         seen, retried = set(), 0
         with self.reporter.step(spec.name, total) as advance:
-            batches = _batches(step, self.runtime.context(spec.name), inputs, spec.batch_size, limit)
+            # An executor whose workers read their own input (Ray tasks) gets each batch as shard slices.
+            slices = getattr(self.executor, "reads_inputs", False) and not step.is_source
+            batches = (
+                input_slices(inputs, spec.batch_size)
+                if slices
+                else _batches(step, self.runtime.context(spec.name), inputs, spec.batch_size, limit)
+            )
             for index, batch in enumerate(batches if self.stop is None else ()):
                 seen.add(index)
+                if index in done and isinstance(batch, InputSlices):
+                    batch = batch.read()  # a kept batch: is its input unchanged?
                 # Hashed here only for a kept batch (is its input unchanged?); a new one where it runs (run_job).
-                digest = None if isinstance(batch, BatchResult) or index not in done else _digest(batch)
+                digest = None if not isinstance(batch, list) or index not in done else _digest(batch)
                 if index in done and done[index].get("input_digest", digest) == digest:
                     if retry and _retryable(done[index], self.retry_all):
                         self.stop = self.budget.check(step.model_names())
@@ -192,8 +200,10 @@ class _StepRun:
                 advance(out.stats["records_in"])
         return retried
 
-    def _first_pass(self, index: int, batch: list[Record] | BatchResult, digest: str | None) -> dict[str, Any]:
-        step, ctx = self.spec.step, self.runtime.context(self.spec.name, index)
+    def _first_pass(
+        self, index: int, batch: list[Record] | BatchResult, digest: str | None, prepared: Any = None
+    ) -> dict[str, Any]:
+        step, ctx = self.spec.step, replace(self.runtime.context(self.spec.name, index), prepared=prepared)
         batch_started = time.perf_counter()
         before = self.runtime.meter.snapshot()
         outcome = batch if isinstance(batch, BatchResult) else _process(step, batch, ctx)
@@ -242,9 +252,10 @@ class BatchJob:
     a retry of its quarantined records."""
 
     index: int
-    batch: list[Record] | BatchResult | None = None
+    batch: list[Record] | BatchResult | InputSlices | None = None
     digest: str | None = None
     stats: dict[str, Any] | None = None
+    prepared: Any = None  # what the step's ``prepare`` made of ``batch`` elsewhere (a Ray worker), if it did
 
 
 @dataclass
@@ -268,10 +279,11 @@ def run_job(run: _StepRun, job: BatchJob) -> BatchDone:
         retried = run._retry(job.index, done)
         return BatchDone(job.index, done[job.index], retried, first=False)
     assert job.batch is not None
+    batch = job.batch.read() if isinstance(job.batch, InputSlices) else job.batch
     digest = job.digest
-    if digest is None and not isinstance(job.batch, BatchResult):
-        digest = _digest(job.batch)
-    return BatchDone(job.index, run._first_pass(job.index, job.batch, digest))
+    if digest is None and not isinstance(batch, BatchResult):
+        digest = _digest(batch)
+    return BatchDone(job.index, run._first_pass(job.index, batch, digest, job.prepared))
 
 
 class Executor(Protocol):
@@ -391,7 +403,7 @@ def _process(step: Step, batch: list[Record], ctx: StepContext) -> BatchResult:
         return step.process(batch, ctx)
     except Exception as exc:  # noqa: BLE001 - any failure of user or model code must become a quarantine reason
         log.warning("step %s failed on a batch of %d (%s); retrying record by record", step.name, len(batch), exc)
-    merged = BatchResult()
+    merged, ctx = BatchResult(), replace(ctx, prepared=None)  # what was prepared was for the whole batch
     for record in batch:
         try:
             one = step.process([record], ctx)

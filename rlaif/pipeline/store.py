@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,11 @@ class StepStore:
             for batch in pq.ParquetFile(shard).iter_batches(batch_size=1000):
                 yield batch.to_pylist()
 
+    def shard_rows(self) -> Iterator[tuple[Path, int]]:
+        """Each output shard, in the order ``records`` reads them, with its row count (from the Parquet footer)."""
+        for shard in self._shards(".parquet"):
+            yield shard, pq.ParquetFile(shard).metadata.num_rows
+
     def tables(self) -> Iterator[pa.Table]:
         """The same output as Arrow tables, one per shard: saving needs no round trip through Python dicts."""
         for shard in self._shards(".parquet"):
@@ -156,6 +162,39 @@ class StepStore:
     def quarantined(self) -> Iterator[dict[str, Any]]:
         for index, stats in sorted(self.done_batches().items()):
             yield from self.batch_quarantine(index, stats)
+
+
+@dataclass(frozen=True)
+class InputSlices:
+    """A batch's input as row ranges ``(shard, start, stop)`` of upstream shards, in order: read where the batch
+    runs, so that an executor's driver does not read and ship every record (the shards are on a path every worker
+    sees)."""
+
+    parts: tuple[tuple[str, int, int], ...]
+
+    def read(self) -> list[Record]:
+        records: list[Record] = []
+        for path, start, stop in self.parts:
+            records += pq.read_table(path).slice(start, stop - start).to_pylist()
+        return records
+
+
+def input_slices(inputs: list[StepStore], size: int) -> Iterator[InputSlices]:
+    """The batches the runner cuts from ``inputs`` (a union, in order, ``size`` records each), as shard slices."""
+    parts: list[tuple[str, int, int]] = []
+    filled = 0
+    for store in inputs:
+        for path, rows in store.shard_rows():
+            start = 0
+            while start < rows:
+                take = min(size - filled, rows - start)
+                parts.append((str(path.resolve()), start, start + take))
+                filled, start = filled + take, start + take
+                if filled == size:
+                    yield InputSlices(tuple(parts))
+                    parts, filled = [], 0
+    if parts:
+        yield InputSlices(tuple(parts))
 
 
 def quarantine_rows(result: BatchResult) -> list[dict[str, Any]]:

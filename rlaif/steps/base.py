@@ -116,6 +116,9 @@ class StepContext:
     batch_index: int = 0
     pipeline_seed: int = 0
     engines: Engines | None = None
+    # What ``Step.prepare`` returned for this batch where an executor ran it ahead, in another process; None: the
+    # step prepares the batch itself.
+    prepared: Any = None
 
     @property
     def seed(self) -> int:
@@ -161,6 +164,10 @@ class Step:
     # A stateful step's output for a batch depends on the batches before it (dedup's index of kept records), so
     # a run resumed after a kill redoes such a step from its first batch instead of continuing mid-way.
     stateful: ClassVar[bool] = False
+    # A stateful step whose per-record work needs no state (dedup's hashing and MinHash) sets this and implements
+    # ``prepare``: an executor may then run ``prepare`` for later batches in other processes while ``process`` runs
+    # the part that needs the state, in order, here.
+    prepares: ClassVar[bool] = False
 
     def __init__(self, name: str, params: StepParams, base_dir: Path) -> None:
         self.name = name
@@ -211,6 +218,12 @@ class Step:
 
     def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         raise NotImplementedError(f"{type(self).__name__} does not process records")
+
+    def prepare(self, records: list[Record]) -> Any:
+        """For a step that ``prepares``: the work on ``records`` that needs no state, as a picklable value that
+        ``process`` finds in ``ctx.prepared``. Called on an instance that was never set up, maybe in another
+        process, batches in any order; it must give the same value wherever it runs."""
+        raise NotImplementedError(f"{type(self).__name__} does not prepare batches")
 
 
 # -- per-record filters ------------------------------------------------------------------------------------------

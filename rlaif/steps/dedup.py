@@ -6,11 +6,13 @@ as measured by bench/filters.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +39,7 @@ def column_text(value: Any) -> str:
     raise TypeError(f"expected text or a list of messages, got {type(value).__name__}")
 
 
+@functools.lru_cache(maxsize=16)  # a grid search of ~10 ms: once per setting, not per step instance
 def optimal_bands(threshold: float, num_perm: int, false_positive_weight: float = 0.1) -> tuple[int, int]:
     """(bands, rows) minimizing the weighted areas of false positives below and false negatives above ``threshold``
     under the LSH S-curve (datasketch's criterion, integrated on a grid instead of scipy.quad: microseconds).
@@ -62,11 +65,14 @@ Match = tuple[int, float]  # (number of the kept doc: 0, 1, ... in the order kep
 
 
 class NearIndex(Protocol):
-    """Holds the sketches of kept docs, numbered 0, 1, ... in the order kept. ``match`` answers, for each doc of a
-    batch in order, which earlier kept doc (of this or an earlier batch) it near-duplicates, or None, in which case
-    the doc is kept and indexed under the next number."""
+    """Holds the sketches of kept docs, numbered 0, 1, ... in the order kept. ``sketch`` needs no state (it may run
+    in another process, on an index that never matched anything); ``match`` answers, for each of the sketched docs
+    that ``rows`` picks, in order, which earlier kept doc (of this or an earlier batch) it near-duplicates, or None,
+    in which case the doc is kept and indexed under the next number."""
 
-    def match(self, docs: list[list[str]]) -> list[Match | None]: ...
+    def sketch(self, docs: list[list[str]]) -> Any: ...
+
+    def match(self, sketch: Any, rows: list[int]) -> list[Match | None]: ...
 
     def close(self) -> None: ...
 
@@ -89,22 +95,32 @@ class NumpyIndex:
         self._band_mix = rng.integers(1, 1 << 63, size=self.rows, dtype=np.uint64) | np.uint64(1)
         self._band_salt = rng.integers(0, 1 << 63, size=self.bands, dtype=np.uint64)  # one key space for all bands
         self._hasher = WordHasher()
-        self._index = KeyIndex()  # band key -> number of the kept doc
+        self._index: KeyIndex | None = None  # band key -> number of the kept doc (opened by the first match)
         # The kept docs' signatures (num_perm x 4 bytes each) go to an unlinked temporary file: the page cache holds
         # them, not this process, and only candidates are read back.
-        self._spill = tempfile.TemporaryFile(prefix="rlaif-dedup-")  # noqa: SIM115 - lives as long as the index
+        self._spill: Any = None
         self._row_bytes = num_perm * 4
         self._kept = 0
 
-    def match(self, docs: list[list[str]]) -> list[Match | None]:
+    def sketch(self, docs: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """(signatures, band keys) of ``docs``: (docs, num_perm) uint32 and (docs, bands) uint64."""
         if not docs:
-            return []
+            return np.empty((0, self.num_perm), dtype=np.uint32), np.empty((0, self.bands), dtype=np.uint64)
         hashes, doc, _ = ngram_hashes(self._hasher, docs, self.ngram, whole_short=True)
         signatures = self.signatures(hashes >> np.uint64(32), doc, len(docs))
         bands = signatures[:, : self.bands * self.rows].reshape(len(docs), self.bands, self.rows)
-        keys = ((bands.astype(np.uint64) * self._band_mix).sum(axis=2) ^ self._band_salt).ravel()  # doc-major
+        return signatures, (bands.astype(np.uint64) * self._band_mix).sum(axis=2) ^ self._band_salt
+
+    def match(self, sketch: tuple[np.ndarray, np.ndarray], rows: list[int]) -> list[Match | None]:
+        if not rows:
+            return []
+        if self._index is None:
+            self._index = KeyIndex()
+            self._spill = tempfile.TemporaryFile(prefix="rlaif-dedup-")  # noqa: SIM115 - lives as long as the index
+        picked = np.asarray(rows, dtype=np.intp)
+        signatures, keys = sketch[0][picked], sketch[1][picked].ravel()  # keys doc-major
         earlier, within = self._earlier_candidates(keys), self._batch_candidates(keys)
-        best: list[tuple[int, int, int] | None] = [None] * len(docs)  # (agreeing permutations, earlier?, which)
+        best: list[tuple[int, int, int] | None] = [None] * len(rows)  # (agreeing permutations, earlier?, which)
         for i in sorted(earlier.keys() | within.keys()):
             # Candidates in a fixed order (earlier batches by number, then this batch's by position), so that a
             # tie goes to the first kept doc whatever order the index returned them in.
@@ -146,6 +162,7 @@ class NumpyIndex:
     def _earlier_candidates(self, keys: np.ndarray) -> dict[int, set[int]]:
         """Doc in batch -> kept docs of earlier batches sharing a band key with it."""
         found: dict[int, set[int]] = {}
+        assert self._index is not None
         at, kept = self._index.lookup(keys)
         for i, number in zip((at // self.bands).tolist(), kept.tolist(), strict=True):
             found.setdefault(i, set()).add(number)
@@ -169,6 +186,7 @@ class NumpyIndex:
     def _add(self, kept: np.ndarray, keys: np.ndarray, signatures: np.ndarray) -> None:
         if not len(kept):
             return
+        assert self._index is not None
         os.pwrite(self._spill.fileno(), np.ascontiguousarray(signatures[kept]), self._kept * self._row_bytes)
         numbers = np.repeat(np.arange(self._kept, self._kept + len(kept), dtype=np.uint32), self.bands)
         self._index.add(keys.reshape(-1, self.bands)[kept].ravel(), numbers)
@@ -179,8 +197,10 @@ class NumpyIndex:
         return np.frombuffer(data, dtype=np.uint32)
 
     def close(self) -> None:
-        self._index.close()
-        self._spill.close()
+        if self._index is not None:
+            self._index.close()
+            self._spill.close()
+        self._index = self._spill = None
 
 
 class DatasketchIndex:
@@ -194,11 +214,14 @@ class DatasketchIndex:
         self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=bands)
         self._kept: list[Any] = []
 
-    def match(self, docs: list[list[str]]) -> list[Match | None]:
+    def sketch(self, docs: list[list[str]]) -> list[Any]:
         n = self.ngram
         shingles = [[" ".join(d[i : i + n]).encode() for i in range(max(1, len(d) - n + 1))] for d in docs]
+        return list(self._minhash.bulk(shingles, num_perm=self.num_perm, seed=self.seed))
+
+    def match(self, sketches: list[Any], rows: list[int]) -> list[Match | None]:
         matches: list[Match | None] = []
-        for sketch in self._minhash.bulk(shingles, num_perm=self.num_perm, seed=self.seed):
+        for sketch in (sketches[row] for row in rows):
             scored = [(sketch.jaccard(self._kept[c]), -c) for c in self._lsh.query(sketch)]
             if scored and (best := max(scored))[0] >= self.threshold:  # a tie goes to the first kept
                 matches.append((-best[1], float(best[0])))
@@ -222,16 +245,25 @@ def read_texts(records: list[Record], columns: list[str], result: BatchResult) -
     """(position, its columns as text) for every readable record; the others are quarantined as "not text".
     Column by column, so that only values that are not plain strings pay for a Python call (filters read every
     record of a run: this was a tenth of decontamination's time)."""
+    readable, unreadable = text_columns(records, columns)
+    result.quarantined += [Quarantined(records[position], "not text", detail) for position, detail in unreadable]
+    return readable
+
+
+def text_columns(
+    records: list[Record], columns: list[str]
+) -> tuple[list[tuple[int, list[str]]], list[tuple[int, str]]]:
+    """``read_texts`` without the quarantine: (position, texts) of readable records, (position, why) of the rest."""
     values = [[record.get(column) for record in records] for column in columns]
-    unreadable = set()
+    unreadable: dict[int, str] = {}
     for position in sorted({i for column in values for i, value in enumerate(column) if type(value) is not str}):
         try:
             for column in values:
                 column[position] = column_text(column[position])
         except TypeError as exc:
-            result.quarantined.append(Quarantined(records[position], "not text", f"{columns}: {exc}"))
-            unreadable.add(position)
-    return [(i, list(texts)) for i, texts in enumerate(zip(*values, strict=True)) if i not in unreadable]
+            unreadable[position] = f"{columns}: {exc}"
+    readable = [(i, list(texts)) for i, texts in enumerate(zip(*values, strict=True)) if i not in unreadable]
+    return readable, list(unreadable.items())
 
 
 class DedupParams(StepParams):
@@ -252,6 +284,17 @@ class DedupParams(StepParams):
         if value == "datasketch" and importlib.util.find_spec("datasketch") is None:
             raise ValueError("backend datasketch needs the datasketch package (pip install datasketch)")
         return value
+
+
+@dataclass
+class DedupSketch:
+    """What ``Dedup.prepare`` makes of a batch, with no state: which records read as text, each one's exact-text key
+    (8-byte blake2b of its normalized words) and its near-duplicate sketch (None with ``near: false``)."""
+
+    readable: list[int]  # positions of the records whose column reads as text
+    unreadable: list[tuple[int, str]]  # (position, why): quarantined "not text"
+    keys: np.ndarray
+    near: Any
 
 
 class Dedup(Step):
@@ -279,12 +322,14 @@ class Dedup(Step):
     params: DedupParams
     default_batch_size = 2000  # larger blocks amortize the numpy work; memory stays small
     stateful = True
+    prepares = True  # words, hashes and MinHash signatures need no index: an executor may compute them elsewhere
 
     def __init__(self, name: str, params: StepParams, base_dir: Path) -> None:
         super().__init__(name, params, base_dir)
         self._exact: KeyIndex | None = None  # normalized-text hash -> number of the kept record it copies
         self._labels: LabelStore | None = None  # number of a kept record -> its label
         self._index: NearIndex | None = None
+        self._sketch_only: NearIndex | None = None  # sketches batches for prepare() on an instance never set up
         self._seen = 0
 
     def setup(self, ctx: StepContext) -> None:
@@ -298,9 +343,12 @@ class Dedup(Step):
             LabelStore(integers=not p.id_column),
         )
         if p.near:
-            backend = AUTO_BACKEND if p.backend == "auto" else p.backend
-            bands = optimal_bands(p.threshold, p.num_perm)
-            self._index = NEAR_BACKENDS[backend](p.threshold, p.num_perm, p.ngram, bands, p.seed)
+            self._index = self._near_index()
+
+    def _near_index(self) -> NearIndex:
+        p = self.params
+        backend = AUTO_BACKEND if p.backend == "auto" else p.backend
+        return NEAR_BACKENDS[backend](p.threshold, p.num_perm, p.ngram, optimal_bands(p.threshold, p.num_perm), p.seed)
 
     def teardown(self) -> None:
         # The indexes of a million records are tens of MB of memory and hundreds on disk: freed when the step ends.
@@ -309,16 +357,27 @@ class Dedup(Step):
                 state.close()
         self._exact, self._labels, self._index, self._seen = None, None, None, 0
 
+    def prepare(self, records: list[Record]) -> DedupSketch:
+        readable, unreadable = text_columns(records, [self.params.column])
+        words = [tokens(texts[0]) for _, texts in readable]
+        digests = b"".join(hashlib.blake2b(" ".join(doc).encode(), digest_size=8).digest() for doc in words)
+        keys = np.frombuffer(digests, dtype=np.uint64)
+        near = None
+        if self.params.near:
+            if self._index is None and self._sketch_only is None:
+                self._sketch_only = self._near_index()  # sketching opens no file: nothing to close
+            near = (self._index or self._sketch_only).sketch(words)  # type: ignore[union-attr]
+        return DedupSketch([position for position, _ in readable], unreadable, keys, near)
+
     def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
         if self._exact is None or self._labels is None:
             self._reset()
         exact, labels = self._exact, self._labels
         assert exact is not None and labels is not None
+        sketch: DedupSketch = ctx.prepared if ctx.prepared is not None else self.prepare(records)
         result = BatchResult()
-        readable = read_texts(records, [self.params.column], result)
-        words = [tokens(texts[0]) for _, texts in readable]
-        digests = b"".join(hashlib.blake2b(" ".join(doc).encode(), digest_size=8).digest() for doc in words)
-        keys = np.frombuffer(digests, dtype=np.uint64)
+        result.quarantined += [Quarantined(records[p], "not text", why) for p, why in sketch.unreadable]
+        keys = sketch.keys
         key_list = keys.tolist()  # Python ints, for the dicts below
         # Exact copies first (of an earlier batch's text, or of an earlier doc in this one); the rest go to the index.
         at, copied = exact.lookup(keys)
@@ -327,12 +386,12 @@ class Dedup(Step):
         fresh = [i for i, key in enumerate(key_list) if i not in copy_of and first_in_batch.setdefault(key, i) == i]
         matches: list[Match | None] = [None] * len(fresh)
         if self._index is not None:
-            matches = self._index.match([words[i] for i in fresh])
+            matches = self._index.match(sketch.near, fresh)
         near = dict(zip(fresh, matches, strict=True))  # fresh doc -> its near match, or None: kept
         # Kept records are numbered in the order kept, as the near index numbers them.
         kept = [i for i in fresh if near[i] is None]
         number = {i: len(labels) + rank for rank, i in enumerate(kept)}
-        positions = [readable[i][0] for i in kept]
+        positions = [sketch.readable[i] for i in kept]
         id_column = self.params.id_column
         labels.append([records[p].get(id_column) if id_column else self._seen + p for p in positions])
         target = {i: number[i] if near[i] is None else near[i][0] for i in fresh}  # type: ignore[index]
@@ -344,7 +403,7 @@ class Dedup(Step):
                 continue
             duplicate_of[i] = copy_of[i] if i in copy_of else target[first_in_batch[key]]
         label_of = dict(zip(duplicate_of, labels.get(list(duplicate_of.values())), strict=True))
-        for i, (position, _) in enumerate(readable):
+        for i, position in enumerate(sketch.readable):
             record, match = records[position], near.get(i)
             if match is not None:
                 dropped = {**record, "_duplicate_of": label_of[i], "_similarity": round(match[1], 4)}

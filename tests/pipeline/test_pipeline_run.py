@@ -215,6 +215,31 @@ def test_store_keeps_keys_missing_from_the_first_record(tmp_path):
     assert StepStore(tmp_path / "s", "other key").done_batches() == {}  # another key: nothing is reused
 
 
+def test_shard_slices_give_the_batches_the_runner_cuts_from_a_join(tmp_path):
+    """What a Ray task reads for itself (InputSlices) is exactly the batch the driver would have read: a union of
+    two upstream steps, shards of uneven sizes, a retry's shard after the first pass, batches across shards."""
+    from rlaif.pipeline.runner import _batches
+    from rlaif.pipeline.store import InputSlices, StepStore, input_slices
+    from rlaif.steps.base import BatchResult, Step, StepContext, StepParams
+
+    stores = [StepStore(tmp_path / "a", "key"), StepStore(tmp_path / "b", "key")]
+    number = iter(range(1000))
+    for store, sizes in zip(stores, ([3, 7, 1, 5], [4, 4, 9]), strict=True):
+        for index, size in enumerate(sizes):
+            rows = [{"n": next(number), "text": f"row {index}"} for _ in range(size)]
+            store.write_batch(index, BatchResult(records=rows), {"records_in": size})
+    retried = [{"n": next(number), "text": "recovered"}]
+    stores[0].write_retry(1, BatchResult(records=retried), [], {"records_in": 7, "retries": 1})
+    step = Step("join", StepParams(), tmp_path)
+    for size in (1, 4, 6, 100):
+        expected = list(_batches(step, StepContext(), stores, size, None))
+        sliced = list(input_slices(stores, size))
+        assert all(isinstance(batch, InputSlices) for batch in sliced)
+        assert [batch.read() for batch in sliced] == expected, size
+    # Step a's first pass, its retry's row, then step b.
+    assert [row["n"] for batch in expected for row in batch] == [*range(16), 33, *range(16, 33)]
+
+
 def test_stateful_step_restarts_from_its_first_batch_and_dropped_records_are_kept(tmp_path):
     path = write_pipeline(
         tmp_path,

@@ -117,6 +117,59 @@ def test_ray_gives_the_local_dataset_row_for_row_and_the_same_accounting(cluster
     assert all(s.get("cached") for s in again.stats.values())
 
 
+DEDUP = """\
+name: dedup
+steps:
+  - {name: src, type: load, path: data.jsonl, batch_size: 16}
+  - {name: dedup, type: dedup, from: src, column: text, id_column: id, threshold: 0.5, batch_size: 16}
+"""
+
+
+@pytest.mark.slow
+def test_dedup_prepares_its_batches_on_workers_and_decides_in_order(cluster, tmp_path, monkeypatch):
+    """Dedup's hashing and MinHash run as Ray tasks, batches ahead; its index, in the driver, takes them in order:
+    the same kept records, the same duplicates pointing at the same kept ids, the same quarantine as locally."""
+    import random
+
+    from rlaif.steps.dedup import Dedup
+
+    rng = random.Random(3)
+    vocab = [f"w{i}" for i in range(400)]
+    texts: list[str | None] = []
+    for i in range(120):
+        if i % 7 == 3 and texts:
+            texts.append((rng.choice([t for t in texts if t]) or "").upper() + "!")  # an exact copy
+        elif i % 7 == 5 and texts:
+            words = (rng.choice([t for t in texts if t]) or "").split()
+            words[rng.randrange(len(words))] = "changed"
+            texts.append(" ".join(words))  # a near copy
+        else:
+            texts.append(None if i == 50 else " ".join(rng.choices(vocab, k=30)))
+    lines = [json.dumps({"id": f"r{i}", "text": text}) + "\n" for i, text in enumerate(texts)]
+    (tmp_path / "data.jsonl").write_text("".join(lines))
+    path = tmp_path / "pipe.yaml"
+    path.write_text(DEDUP)
+    local = run_pipeline(load_pipeline(path), run_dir=tmp_path / "local")
+
+    def not_here(self, records):
+        raise AssertionError("dedup prepared a batch in the driver")
+
+    monkeypatch.setattr(Dedup, "prepare", not_here)  # this process only: Ray's workers run the real one
+    remote = run_pipeline(load_pipeline(path), run_dir=tmp_path / "ray", executor=RAY)
+    assert rows(remote.datasets["dedup"]) == rows(local.datasets["dedup"])
+    mine, theirs = local.stats["dedup"], remote.stats["dedup"]
+    assert {k: theirs[k] for k in ("records_out", "dropped", "quarantined")} == {
+        k: mine[k] for k in ("records_out", "dropped", "quarantined")
+    }
+    assert set(mine["dropped"]) == {"duplicate (exact)", "near-duplicate"} and mine["quarantined"] == {"not text": 1}
+
+    def dropped(run: str) -> list[dict]:
+        shards = sorted((tmp_path / run / "steps" / "dedup").glob("*.dropped.parquet"))
+        return [json.loads(r["record"]) for f in shards for r in pq.read_table(f).to_pylist()]
+
+    assert dropped("ray") == dropped("local") and all(d["_duplicate_of"].startswith("r") for d in dropped("ray"))
+
+
 SLOW = """\
 name: slow
 steps:
