@@ -2,7 +2,9 @@
 
 Where each step runs:
 
-- sources and ``stateful`` steps (dedup: its index spans batches) run in the driver, in order, like the local
+- a source reads in the driver; one that ``prepares`` (load from JSONL) only reads lines there, and Ray tasks
+  parse them and write the batches;
+- ``stateful`` steps (dedup: its index spans batches) run in the driver, in order, like the local
   executor; steps whose model the caller provided as a live backend too (it cannot travel). A stateful step that
   ``prepares`` (dedup: words, hashes, MinHash signatures) has that part of each batch run as Ray tasks, up to
   ``workers`` batches ahead, while the driver runs the part that needs the state on the batches in order;
@@ -41,6 +43,11 @@ from rlaif.pipeline.spec import ModelSpec, Pipeline
 from rlaif.steps.base import Record, Step
 
 log = logging.getLogger(__name__)
+TASKS_AHEAD = 3  # model-free tasks submitted per worker: one running, two queued behind it
+# A task takes consecutive batches of a cheap step until they hold about this much work (measured on the batches
+# done so far): Ray's own cost per task, 5-10 ms on a 2-core machine, outweighed a 1000-line batch of JSONL.
+TASK_SECONDS = 0.1
+MAX_BATCHES_PER_TASK = 32
 ENGINE_CALLS_PER_ACTOR = 2  # one running, one queued: the actor never waits for the driver to cut the next batch
 # A Ray worker process serves many tasks of a run: the step it set up (decontaminate's index, a tokenizer) is kept
 # for the next batch of the same step pass instead of being built per batch. Keyed by the pass's object id.
@@ -142,12 +149,12 @@ def _prepare(cache: dict[str, Any], ref: Any, runtime: EngineRuntime, keep: int)
     return cache[key]
 
 
-def _task(refs: list[Any], job: BatchJob, models: dict[str, ModelSpec], seed: int, cwd: str) -> BatchDone:
-    """A model-free step's batch as a Ray task (``refs``: the step pass, left unresolved so a process that has it
-    set up already skips deserializing it)."""
+def _task(refs: list[Any], jobs: list[BatchJob], models: dict[str, ModelSpec], seed: int, cwd: str) -> list[BatchDone]:
+    """Consecutive batches of a model-free step as one Ray task (``refs``: the step pass, left unresolved so a
+    process that has it set up already skips deserializing it). Each batch writes its own shards and marker."""
     _enter(cwd)
     run, report = _prepare(_PREPARED, refs[0], EngineRuntime(models, seed), keep=8)
-    return replace(run_job(run, job), setup=report)
+    return [replace(run_job(run, job), setup=report) for job in jobs]
 
 
 def _prepare_task(refs: list[Any], records: list[Record]) -> Any:
@@ -194,7 +201,8 @@ class RayExecutor:
         self.provided = set(provided or ())
         self._owns = connect(spec)
         ray = _ray()
-        self.workers = spec.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.workers = spec.workers or cpus
         self._cwd = os.getcwd()
         self._local = LocalExecutor()
         self._pools: dict[tuple[str, ...], list[Any]] = {}
@@ -204,19 +212,27 @@ class RayExecutor:
         self._refs: list[Any] = []
         self._report: dict[str, Any] = {}
         self._step_name, self._current_pool = "", []
-        self._task = ray.remote(_task).options(num_cpus=1, max_retries=spec.max_retries, retry_exceptions=False)
+        # Each task holds the cluster's CPUs / workers (at least 1), so Ray runs about ``workers`` at once however
+        # many are queued: the driver keeps more queued (TASKS_AHEAD per worker) so that a worker finishing a batch
+        # starts the next without waiting for the driver to notice (batches of a cheap filter take milliseconds).
+        per_task = max(1, cpus // self.workers)
+        self._task = ray.remote(_task).options(num_cpus=per_task, max_retries=spec.max_retries, retry_exceptions=False)
         self._prepare = ray.remote(_prepare_task).options(
-            num_cpus=1, max_retries=spec.max_retries, retry_exceptions=False
+            num_cpus=per_task, max_retries=spec.max_retries, retry_exceptions=False
         )
         self._queue: deque[tuple[BatchJob, Any]] = deque()  # prepared mode: (job, its prepare task or None), in order
+        self._bundle: list[BatchJob] = []  # tasks mode: the batches the next task takes
+        self._batch_seconds: list[float] = []  # tasks mode: the step's batches' measured work so far
 
     # -- the executor protocol -------------------------------------------------------------------------------
     def start(self, run: _StepRun) -> bool:
         step = run.spec.step
         models = step.model_names()
         self._report, self._step_name = {}, run.spec.name
+        self._bundle, self._batch_seconds = [], []
         self._release_pools_after(run.spec.name)
-        if step.is_source or step.stateful or any(m in self.provided for m in models):
+        parsed_remotely = step.is_source and step.prepares  # a JSONL source: lines read here, parsed in tasks
+        if (step.is_source and not parsed_remotely) or step.stateful or any(m in self.provided for m in models):
             self._mode, self.reads_inputs = "driver", False
             if step.stateful and step.prepares and not step.is_source:
                 self._mode = "prepared"
@@ -245,10 +261,9 @@ class RayExecutor:
             return self._apply_prepared(keep=self.workers)
         finished = []
         if self._mode == "tasks":
-            while len(self._inflight) >= self.workers:
-                finished += self._wait()
-            ref = self._task.remote(self._refs, job, self.models, self.seed, self._cwd)
-            self._inflight[ref] = (job.index, None)
+            self._bundle.append(job)
+            if len(self._bundle) >= self._bundle_size():
+                finished += self._send_bundle()
             return finished
         pool = self._current_pool
         while len(self._inflight) >= len(pool) * ENGINE_CALLS_PER_ACTOR:
@@ -263,7 +278,7 @@ class RayExecutor:
     def drain(self) -> list[BatchDone]:
         if self._mode == "prepared":
             return self._apply_prepared(keep=0)
-        finished = []
+        finished = self._send_bundle() if self._bundle else []
         while self._inflight:
             finished += self._wait()
         return finished
@@ -324,15 +339,34 @@ class RayExecutor:
             finished += self._local.submit(replace(job, prepared=prepared))
         return finished
 
+    def _bundle_size(self) -> int:
+        """Batches per task: one until some are done, then as many as TASK_SECONDS of their measured work."""
+        if not self._batch_seconds:
+            return 1
+        each = sum(self._batch_seconds) / len(self._batch_seconds)
+        return max(1, min(MAX_BATCHES_PER_TASK, int(TASK_SECONDS / max(each, 1e-6))))
+
+    def _send_bundle(self) -> list[BatchDone]:
+        finished = []
+        while len(self._inflight) >= self.workers * TASKS_AHEAD:
+            finished += self._wait()
+        jobs, self._bundle = self._bundle, []
+        ref = self._task.remote(self._refs, jobs, self.models, self.seed, self._cwd)
+        self._inflight[ref] = (jobs[0].index, None)
+        return finished
+
     def _wait(self) -> list[BatchDone]:
         ready, _ = _ray().wait(list(self._inflight), num_returns=1)
         finished = []
         for ref in ready:
-            index, _ = self._inflight.pop(ref)
-            out = self._get([ref], index)[0]
-            if out.setup and not self._report:
-                self._report = out.setup
-            finished.append(out)
+            index, actor = self._inflight.pop(ref)
+            got = self._get([ref], index)[0]
+            for out in got if actor is None else [got]:  # a task returns its bundle's batches
+                if out.setup and not self._report:
+                    self._report = out.setup
+                if out.first:
+                    self._batch_seconds.append(out.stats["wall_s"])
+                finished.append(out)
         return finished
 
     def _get(self, refs: list[Any], index: int) -> list[Any]:
@@ -360,6 +394,7 @@ class RayExecutor:
                 ray.cancel(ref, force=actor is None)
         self._inflight.clear()
         self._queue.clear()
+        self._bundle = []
 
 
 def _check_capacity(ray: Any, spec: ExecutorSpec) -> None:

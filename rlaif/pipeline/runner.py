@@ -135,13 +135,17 @@ class _StepRun:
         started = time.perf_counter()
         seen, retried = set(), 0
         with self.reporter.step(spec.name, total) as advance:
-            # An executor whose workers read their own input (Ray tasks) gets each batch as shard slices.
-            slices = getattr(self.executor, "reads_inputs", False) and not step.is_source
-            batches = (
-                input_slices(inputs, spec.batch_size)
-                if slices
-                else _batches(step, self.runtime.context(spec.name), inputs, spec.batch_size, limit)
-            )
+            # An executor whose workers read their own input (Ray tasks) gets each batch as shard slices, or, from a
+            # source that prepares, as raw chunks the workers parse.
+            remote = getattr(self.executor, "reads_inputs", False)
+            ctx = self.runtime.context(spec.name)
+            batches: Iterable[list[Record] | BatchResult | InputSlices | SourceChunk]
+            if remote and not step.is_source:
+                batches = input_slices(inputs, spec.batch_size)
+            elif remote and step.prepares and limit is None:
+                batches = (SourceChunk(chunk) for chunk in step.read_chunks(ctx))
+            else:
+                batches = _batches(step, ctx, inputs, spec.batch_size, limit)
             for index, batch in enumerate(batches if self.stop is None else ()):
                 seen.add(index)
                 if index in done and isinstance(batch, InputSlices):
@@ -245,6 +249,13 @@ class _StepRun:
         return len(chosen)
 
 
+@dataclass(frozen=True)
+class SourceChunk:
+    """A source's batch before its ``prepare`` (raw JSONL lines): parsed where the batch runs."""
+
+    raw: Any
+
+
 @dataclass
 class BatchJob:
     """One unit of a step's work: batch ``index``'s first pass (``batch``: its input records, or a source's
@@ -252,7 +263,7 @@ class BatchJob:
     a retry of its quarantined records."""
 
     index: int
-    batch: list[Record] | BatchResult | InputSlices | None = None
+    batch: list[Record] | BatchResult | InputSlices | SourceChunk | None = None
     digest: str | None = None
     stats: dict[str, Any] | None = None
     prepared: Any = None  # what the step's ``prepare`` made of ``batch`` elsewhere (a Ray worker), if it did
@@ -279,9 +290,14 @@ def run_job(run: _StepRun, job: BatchJob) -> BatchDone:
         retried = run._retry(job.index, done)
         return BatchDone(job.index, done[job.index], retried, first=False)
     assert job.batch is not None
-    batch = job.batch.read() if isinstance(job.batch, InputSlices) else job.batch
+    batch = job.batch
+    if isinstance(batch, InputSlices):
+        batch = batch.read()
+    elif isinstance(batch, SourceChunk):
+        batch = run.spec.step.prepare(batch.raw)
     digest = job.digest
-    if digest is None and not isinstance(batch, BatchResult):
+    # A stateful step redoes every batch on a re-run (its state spans them): no digest is ever compared.
+    if digest is None and not isinstance(batch, BatchResult) and not run.spec.step.stateful:
         digest = _digest(batch)
     return BatchDone(job.index, run._first_pass(job.index, batch, digest, job.prepared))
 

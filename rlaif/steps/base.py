@@ -222,8 +222,13 @@ class Step:
     def prepare(self, records: list[Record]) -> Any:
         """For a step that ``prepares``: the work on ``records`` that needs no state, as a picklable value that
         ``process`` finds in ``ctx.prepared``. Called on an instance that was never set up, maybe in another
-        process, batches in any order; it must give the same value wherever it runs."""
+        process, batches in any order; it must give the same value wherever it runs. A source that ``prepares``
+        turns each chunk of its ``read_chunks`` into a ``BatchResult`` here (``read`` is the two in a row)."""
         raise NotImplementedError(f"{type(self).__name__} does not prepare batches")
+
+    def read_chunks(self, ctx: StepContext) -> Iterator[Any]:
+        """For a source that ``prepares``: its batches before ``prepare`` (raw lines), cheap to read and ship."""
+        raise NotImplementedError(f"{type(self).__name__} does not read chunks")
 
 
 # -- per-record filters ------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from rlaif.steps.base import BatchResult, Quarantined, Record, Step, StepContext, StepParams
 
 FORMATS = ("jsonl", "json", "parquet", "csv")
+BATCH = 1000  # records (or lines) per source batch
 SUFFIX_FORMAT = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -45,6 +46,8 @@ class Load(Step):
 
     Params = LoadParams
     is_source = True
+    # JSONL is read as raw lines here and parsed by ``prepare``: an executor may parse batches in other processes.
+    prepares = True
     params: LoadParams
 
     def files(self) -> list[Path]:
@@ -62,19 +65,36 @@ class Load(Step):
         return set(self._rename(first))
 
     def read(self, ctx: StepContext) -> Iterator[BatchResult]:
+        return (self.prepare(chunk) for chunk in self.read_chunks(ctx))
+
+    def read_chunks(self, ctx: StepContext) -> Iterator[list[tuple[str, int, str]] | BatchResult]:
+        """The batches before parsing: local JSONL without ``limit`` as lists of (file name, line number, line),
+        1000 non-blank lines each, across files; any other input as parsed batches of 1000."""
+        files = [] if self.params.dataset is not None else self.files()
+        if files and self.params.limit is None and all(self._format(path) == "jsonl" for path in files):
+            lines = _jsonl_lines(files)
+            while chunk := list(itertools.islice(lines, BATCH)):
+                yield chunk
+            return
         stream: Iterator[Record | Quarantined]
-        if self.params.dataset is not None:
-            stream = self._hub_records()
-        else:
-            stream = self._records(self.files(), self.params.limit)
-        while batch := list(itertools.islice(stream, 1000)):
-            result = BatchResult()
-            for item in batch:
-                if isinstance(item, Quarantined):
-                    result.quarantined.append(item)
-                else:
-                    result.records.append(self._rename(item))
-            yield result
+        stream = self._hub_records() if self.params.dataset is not None else self._records(files, self.params.limit)
+        while batch := list(itertools.islice(stream, BATCH)):
+            yield self._batch(batch)
+
+    def prepare(self, chunk: list[tuple[str, int, str]] | BatchResult) -> BatchResult:
+        """A chunk of ``read_chunks`` as a batch: JSONL lines parsed (bad ones quarantined with file:line)."""
+        if isinstance(chunk, BatchResult):
+            return chunk
+        return self._batch([_parse_jsonl(name, number, line) for name, number, line in chunk])
+
+    def _batch(self, items: list[Record | Quarantined]) -> BatchResult:
+        result = BatchResult()
+        for item in items:
+            if isinstance(item, Quarantined):
+                result.quarantined.append(item)
+            else:
+                result.records.append(self._rename(item))
+        return result
 
     def _rename(self, record: Record) -> Record:
         return {self.params.columns.get(k, k): v for k, v in record.items()}
@@ -83,10 +103,13 @@ class Load(Step):
         stream = itertools.chain.from_iterable(self._read_file(p) for p in paths)
         return itertools.islice(stream, limit)
 
+    def _format(self, path: Path) -> str | None:
+        return self.params.format or SUFFIX_FORMAT.get(path.suffix.lower())
+
     def _read_file(self, path: Path) -> Iterator[Record | Quarantined]:
-        fmt = self.params.format or SUFFIX_FORMAT.get(path.suffix.lower())
+        fmt = self._format(path)
         if fmt == "jsonl":
-            yield from _read_jsonl(path)
+            yield from (_parse_jsonl(*line) for line in _jsonl_lines([path]))
         elif fmt == "json":
             yield from _read_json(path)
         elif fmt == "parquet":
@@ -104,23 +127,27 @@ class Load(Step):
         return itertools.islice(iter(data), self.params.limit)
 
 
-def _read_jsonl(path: Path) -> Iterator[Record | Quarantined]:
-    with path.open() as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                where = f"{path.name}:{number}"
-                yield Quarantined({"_source": where}, "invalid JSON", f"{where}: {exc}", raw_output=line[:2000])
-                continue
-            if not isinstance(value, dict):
-                where = f"{path.name}:{number}"
-                detail = f"{where}: expected a JSON object, got {type(value).__name__}"
-                yield Quarantined({"_source": where}, "not a JSON object", detail, raw_output=line[:2000])
-                continue
-            yield value
+def _jsonl_lines(paths: list[Path]) -> Iterator[tuple[str, int, str]]:
+    """(file name, line number, line) of every non-blank line of the files, in order."""
+    for path in paths:
+        name = path.name
+        with path.open() as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield name, number, line
+
+
+def _parse_jsonl(name: str, number: int, line: str) -> Record | Quarantined:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as exc:
+        where = f"{name}:{number}"
+        return Quarantined({"_source": where}, "invalid JSON", f"{where}: {exc}", raw_output=line[:2000])
+    if not isinstance(value, dict):
+        where = f"{name}:{number}"
+        detail = f"{where}: expected a JSON object, got {type(value).__name__}"
+        return Quarantined({"_source": where}, "not a JSON object", detail, raw_output=line[:2000])
+    return value
 
 
 def _read_json(path: Path) -> Iterator[Record]:

@@ -128,10 +128,12 @@ steps:
 @pytest.mark.slow
 def test_dedup_prepares_its_batches_on_workers_and_decides_in_order(cluster, tmp_path, monkeypatch):
     """Dedup's hashing and MinHash run as Ray tasks, batches ahead; its index, in the driver, takes them in order:
-    the same kept records, the same duplicates pointing at the same kept ids, the same quarantine as locally."""
+    the same kept records, the same duplicates pointing at the same kept ids, the same quarantine as locally. The
+    JSONL source's lines are parsed in tasks too, a bad line quarantined with its place."""
     import random
 
     from rlaif.steps.dedup import Dedup
+    from rlaif.steps.sources import Load
 
     rng = random.Random(3)
     vocab = [f"w{i}" for i in range(400)]
@@ -146,16 +148,21 @@ def test_dedup_prepares_its_batches_on_workers_and_decides_in_order(cluster, tmp
         else:
             texts.append(None if i == 50 else " ".join(rng.choices(vocab, k=30)))
     lines = [json.dumps({"id": f"r{i}", "text": text}) + "\n" for i, text in enumerate(texts)]
+    lines.insert(40, "{not json\n")  # line 41: the source quarantines it, wherever it parses
     (tmp_path / "data.jsonl").write_text("".join(lines))
     path = tmp_path / "pipe.yaml"
     path.write_text(DEDUP)
     local = run_pipeline(load_pipeline(path), run_dir=tmp_path / "local")
 
-    def not_here(self, records):
-        raise AssertionError("dedup prepared a batch in the driver")
+    def not_here(self, batch):
+        raise AssertionError(f"{type(self).__name__} prepared a batch in the driver")
 
-    monkeypatch.setattr(Dedup, "prepare", not_here)  # this process only: Ray's workers run the real one
+    # This process only: Ray's workers run the real ones (the source's lines are parsed there too).
+    monkeypatch.setattr(Dedup, "prepare", not_here)
+    monkeypatch.setattr(Load, "prepare", not_here)
     remote = run_pipeline(load_pipeline(path), run_dir=tmp_path / "ray", executor=RAY)
+    assert remote.stats["src"]["quarantined"] == local.stats["src"]["quarantined"] == {"invalid JSON": 1}
+    assert remote.stats["src"]["records_out"] == 120
     assert rows(remote.datasets["dedup"]) == rows(local.datasets["dedup"])
     mine, theirs = local.stats["dedup"], remote.stats["dedup"]
     assert {k: theirs[k] for k in ("records_out", "dropped", "quarantined")} == {
