@@ -6,8 +6,9 @@ Where each step runs:
   parse them and write the batches;
 - ``stateful`` steps (dedup: its index spans batches) run in the driver, in order, like the local
   executor; steps whose model the caller provided as a live backend too (it cannot travel). A stateful step that
-  ``prepares`` (dedup: words, hashes, MinHash signatures) has that part of each batch run as Ray tasks, up to
-  ``workers`` batches ahead, while the driver runs the part that needs the state on the batches in order;
+  ``prepares`` (dedup: words, hashes, MinHash signatures) has that part of each batch run as Ray tasks, which read
+  only the columns it needs, up to ``workers + 1`` batches ahead, while the driver runs the part that needs the
+  state on the batches in order;
 - steps that use a model (generate, judge, score...) run on a pool of engine actors, ``replicas`` per distinct set of
   engines, each actor owning its engines (built lazily by its own ``EngineRuntime``) with ``num_gpus``/``num_cpus``;
 - every other step runs its batches as Ray tasks, at most ``workers`` at once.
@@ -40,7 +41,8 @@ from rlaif.pipeline.progress import Reporter
 from rlaif.pipeline.runner import BatchDone, BatchJob, LocalExecutor, _StepRun, run_job
 from rlaif.pipeline.runtime import EngineRuntime
 from rlaif.pipeline.spec import ModelSpec, Pipeline
-from rlaif.steps.base import Record, Step
+from rlaif.pipeline.store import InputSlices
+from rlaif.steps.base import Step
 
 log = logging.getLogger(__name__)
 TASKS_AHEAD = 3  # model-free tasks submitted per worker: one running, two queued behind it
@@ -157,13 +159,15 @@ def _task(refs: list[Any], jobs: list[BatchJob], models: dict[str, ModelSpec], s
     return [replace(run_job(run, job), setup=report) for job in jobs]
 
 
-def _prepare_task(refs: list[Any], records: list[Record]) -> Any:
-    """A stateful step's ``prepare`` of one batch (``refs``: the step, unresolved, kept per process like a pass)."""
+def _prepare_task(refs: list[Any], batch: InputSlices) -> Any:
+    """A stateful step's ``prepare`` of one batch, read here: only the columns the step reads (``refs``: the step,
+    unresolved, kept per process like a pass)."""
     key = refs[0].hex()
     if key not in _STEPS:
         _STEPS.clear()  # one step prepares at a time
         _STEPS[key] = _ray().get(refs[0])
-    return _STEPS[key].prepare(records)
+    step = _STEPS[key]
+    return step.prepare(batch.read(columns=step.required_columns()))
 
 
 class _EngineWorker:
@@ -235,7 +239,7 @@ class RayExecutor:
         if (step.is_source and not parsed_remotely) or step.stateful or any(m in self.provided for m in models):
             self._mode, self.reads_inputs = "driver", False
             if step.stateful and step.prepares and not step.is_source:
-                self._mode = "prepared"
+                self._mode, self.reads_inputs = "prepared", True  # tasks read their slices' columns, the driver all
                 self._refs = [_ray().put(step)]  # not set up yet: prepare needs no state
             return self._local.start(run)
         store = copy.copy(run.store)
@@ -255,10 +259,11 @@ class RayExecutor:
             return list(self._local.submit(job))
         if self._mode == "prepared":
             task = None
-            if job.stats is None and isinstance(job.batch, list):
+            if job.stats is None and isinstance(job.batch, InputSlices):
                 task = self._prepare.remote(self._refs, job.batch)
             self._queue.append((job, task))
-            return self._apply_prepared(keep=self.workers)
+            # One more than the workers: a prepared batch is always waiting when the driver turns to the next.
+            return self._apply_prepared(keep=self.workers + 1)
         finished = []
         if self._mode == "tasks":
             self._bundle.append(job)

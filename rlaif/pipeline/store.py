@@ -172,10 +172,13 @@ class InputSlices:
 
     parts: tuple[tuple[str, int, int], ...]
 
-    def read(self) -> list[Record]:
+    def read(self, columns: set[str] | None = None) -> list[Record]:
+        """The records, or only their ``columns`` (those a shard lacks are absent, as from a full read)."""
         records: list[Record] = []
         for path, start, stop in self.parts:
-            records += pq.read_table(path).slice(start, stop - start).to_pylist()
+            file = pq.ParquetFile(path)
+            names = None if columns is None else [c for c in file.schema_arrow.names if c in columns]
+            records += file.read(columns=names).slice(start, stop - start).to_pylist()
         return records
 
 

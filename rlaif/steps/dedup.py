@@ -7,7 +7,6 @@ as measured by bench/filters.py).
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import os
 import tempfile
@@ -22,7 +21,7 @@ from pydantic import Field, field_validator
 from rlaif.steps import key_index
 from rlaif.steps.base import BatchResult, ParamColumn, Quarantined, Record, Step, StepContext, StepParams
 from rlaif.steps.key_index import KeyIndex, LabelStore
-from rlaif.steps.ngrams import WordHasher, ngram_hashes, tokens
+from rlaif.steps.ngrams import flat_ngram_hashes, sequence_hashes, text_word_hashes, tokens
 
 _CHUNK = 4096  # n-grams per (permutations x n-grams) block: fastest measured (fits in cache)
 
@@ -94,7 +93,6 @@ class NumpyIndex:
         self._b = rng.integers(0, 1 << 63, size=(num_perm, 1), dtype=np.uint64) * np.uint64(2)
         self._band_mix = rng.integers(1, 1 << 63, size=self.rows, dtype=np.uint64) | np.uint64(1)
         self._band_salt = rng.integers(0, 1 << 63, size=self.bands, dtype=np.uint64)  # one key space for all bands
-        self._hasher = WordHasher()
         self._index: KeyIndex | None = None  # band key -> number of the kept doc (opened by the first match)
         # The kept docs' signatures (num_perm x 4 bytes each) go to an unlinked temporary file: the page cache holds
         # them, not this process, and only candidates are read back.
@@ -104,14 +102,21 @@ class NumpyIndex:
 
     def sketch(self, docs: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
         """(signatures, band keys) of ``docs``: (docs, num_perm) uint32 and (docs, bands) uint64."""
-        if not docs:
-            return np.empty((0, self.num_perm), dtype=np.uint32), np.empty((0, self.bands), dtype=np.uint64)
-        hashes, doc, _ = ngram_hashes(self._hasher, docs, self.ngram, whole_short=True)
-        signatures = self.signatures(hashes >> np.uint64(32), doc, len(docs))
-        bands = signatures[:, : self.bands * self.rows].reshape(len(docs), self.bands, self.rows)
-        return signatures, (bands.astype(np.uint64) * self._band_mix).sum(axis=2) ^ self._band_salt
+        return self.sketch_words(*text_word_hashes([" ".join(doc) for doc in docs]))
 
-    def match(self, sketch: tuple[np.ndarray, np.ndarray], rows: list[int]) -> list[Match | None]:
+    def sketch_words(self, flat: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``sketch`` of docs given as word hashes, concatenated, and word counts (``text_word_hashes``), with the
+        stable argsort of the band keys (doc-major): sorting needs no state, so it is done here, not in ``match``."""
+        if not len(lengths):
+            empty = np.empty(0, dtype=np.intp)
+            return np.empty((0, self.num_perm), dtype=np.uint32), np.empty((0, self.bands), dtype=np.uint64), empty
+        hashes, doc, _ = flat_ngram_hashes(flat, lengths, self.ngram, whole_short=True)
+        signatures = self.signatures(hashes >> np.uint64(32), doc, len(lengths))
+        bands = signatures[:, : self.bands * self.rows].reshape(len(lengths), self.bands, self.rows)
+        keys = (bands.astype(np.uint64) * self._band_mix).sum(axis=2) ^ self._band_salt
+        return signatures, keys, np.argsort(keys.ravel(), kind="stable")
+
+    def match(self, sketch: tuple[np.ndarray, ...], rows: list[int]) -> list[Match | None]:
         if not rows:
             return []
         if self._index is None:
@@ -119,7 +124,12 @@ class NumpyIndex:
             self._spill = tempfile.TemporaryFile(prefix="rlaif-dedup-")  # noqa: SIM115 - lives as long as the index
         picked = np.asarray(rows, dtype=np.intp)
         signatures, keys = sketch[0][picked], sketch[1][picked].ravel()  # keys doc-major
-        earlier, within = self._earlier_candidates(keys), self._batch_candidates(keys)
+        # The picked docs' keys in key order: the batch's stable order, filtered, renumbered (= their stable argsort).
+        position = np.full(len(sketch[1]), -1, dtype=np.intp)
+        position[picked] = np.arange(len(picked))
+        doc = position[sketch[2] // self.bands]
+        entries = doc[doc >= 0] * self.bands + sketch[2][doc >= 0] % self.bands
+        earlier, within = self._earlier_candidates(keys, entries), self._batch_candidates(keys, entries)
         best: list[tuple[int, int, int] | None] = [None] * len(rows)  # (agreeing permutations, earlier?, which)
         for i in sorted(earlier.keys() | within.keys()):
             # Candidates in a fixed order (earlier batches by number, then this batch's by position), so that a
@@ -135,7 +145,7 @@ class NumpyIndex:
                 best[i] = top
         kept = [i for i, found in enumerate(best) if found is None]
         number = {i: self._kept + rank for rank, i in enumerate(kept)}  # this batch's kept docs, numbered in order
-        self._add(np.asarray(kept, dtype=np.int64), keys, signatures)
+        self._add(np.asarray(kept, dtype=np.int64), keys, entries, signatures)
         return [
             None if found is None else (found[2] if found[1] else number[found[2]], found[0] / self.num_perm)
             for found in best
@@ -159,18 +169,18 @@ class NumpyIndex:
             first = last
         return out
 
-    def _earlier_candidates(self, keys: np.ndarray) -> dict[int, set[int]]:
-        """Doc in batch -> kept docs of earlier batches sharing a band key with it."""
+    def _earlier_candidates(self, keys: np.ndarray, entries: np.ndarray) -> dict[int, set[int]]:
+        """Doc in batch -> kept docs of earlier batches sharing a band key with it (looked up in key order)."""
         found: dict[int, set[int]] = {}
         assert self._index is not None
-        at, kept = self._index.lookup(keys)
-        for i, number in zip((at // self.bands).tolist(), kept.tolist(), strict=True):
+        at, kept = self._index.lookup(keys[entries])
+        for i, number in zip((entries[at] // self.bands).tolist(), kept.tolist(), strict=True):
             found.setdefault(i, set()).add(number)
         return found
 
-    def _batch_candidates(self, keys: np.ndarray) -> dict[int, list[int]]:
-        """Doc in batch -> earlier docs of the same batch sharing a band key with it."""
-        order = np.argsort(keys, kind="stable")  # stable on doc-major keys: equal keys stay in doc order
+    def _batch_candidates(self, keys: np.ndarray, order: np.ndarray) -> dict[int, list[int]]:
+        """Doc in batch -> earlier docs of the same batch sharing a band key with it. ``order``: the stable argsort
+        of the doc-major ``keys``, so equal keys stay in doc order."""
         ordered = keys[order]
         group = np.concatenate([[0], np.cumsum(ordered[1:] != ordered[:-1])])
         shared = np.flatnonzero(np.bincount(group)[group] > 1)
@@ -183,13 +193,16 @@ class NumpyIndex:
                 found.setdefault(docs[k], []).extend(docs[:k])
         return found
 
-    def _add(self, kept: np.ndarray, keys: np.ndarray, signatures: np.ndarray) -> None:
+    def _add(self, kept: np.ndarray, keys: np.ndarray, entries: np.ndarray, signatures: np.ndarray) -> None:
+        """Index the kept docs' band keys (``entries``: all keys' sorted order, so theirs need no sort here)."""
         if not len(kept):
             return
         assert self._index is not None
         os.pwrite(self._spill.fileno(), np.ascontiguousarray(signatures[kept]), self._kept * self._row_bytes)
-        numbers = np.repeat(np.arange(self._kept, self._kept + len(kept), dtype=np.uint32), self.bands)
-        self._index.add(keys.reshape(-1, self.bands)[kept].ravel(), numbers)
+        number = np.full(len(keys) // self.bands, -1, dtype=np.int64)
+        number[kept] = np.arange(self._kept, self._kept + len(kept))
+        chosen = entries[number[entries // self.bands] >= 0]
+        self._index.add(keys[chosen], number[chosen // self.bands].astype(np.uint32), presorted=True)
         self._kept += len(kept)
 
     def _signature(self, doc: int) -> np.ndarray:
@@ -289,7 +302,7 @@ class DedupParams(StepParams):
 @dataclass
 class DedupSketch:
     """What ``Dedup.prepare`` makes of a batch, with no state: which records read as text, each one's exact-text key
-    (8-byte blake2b of its normalized words) and its near-duplicate sketch (None with ``near: false``)."""
+    (a 64-bit hash of its normalized word sequence) and its near-duplicate sketch (None with ``near: false``)."""
 
     readable: list[int]  # positions of the records whose column reads as text
     unreadable: list[tuple[int, str]]  # (position, why): quarantined "not text"
@@ -359,14 +372,21 @@ class Dedup(Step):
 
     def prepare(self, records: list[Record]) -> DedupSketch:
         readable, unreadable = text_columns(records, [self.params.column])
-        words = [tokens(texts[0]) for _, texts in readable]
-        digests = b"".join(hashlib.blake2b(" ".join(doc).encode(), digest_size=8).digest() for doc in words)
-        keys = np.frombuffer(digests, dtype=np.uint64)
-        near = None
+        index = None
         if self.params.near:
             if self._index is None and self._sketch_only is None:
                 self._sketch_only = self._near_index()  # sketching opens no file: nothing to close
-            near = (self._index or self._sketch_only).sketch(words)  # type: ignore[union-attr]
+            index = self._index or self._sketch_only
+        if index is None or isinstance(index, NumpyIndex):
+            # Words found and hashed in numpy over the whole batch (no Python string per word): exact keys hash each
+            # doc's word sequence, MinHash takes the same word hashes.
+            flat, lengths = text_word_hashes([texts[0] for _, texts in readable])
+            keys = sequence_hashes(flat, lengths)
+            near = None if index is None else index.sketch_words(flat, lengths)
+        else:  # datasketch hashes n-gram strings
+            words = [tokens(texts[0]) for _, texts in readable]
+            keys = sequence_hashes(*text_word_hashes([" ".join(doc) for doc in words]))
+            near = index.sketch(words)
         return DedupSketch([position for position, _ in readable], unreadable, keys, near)
 
     def process(self, records: list[Record], ctx: StepContext) -> BatchResult:

@@ -162,11 +162,12 @@ class KeyIndex:
     def __len__(self) -> int:
         return sum(len(keys) for keys, _ in self._memory) + sum(len(run) for run in self._disk)
 
-    def add(self, keys: np.ndarray, values: np.ndarray) -> None:
+    def add(self, keys: np.ndarray, values: np.ndarray, presorted: bool = False) -> None:
+        """Add entries; ``presorted``: ``keys`` are in ascending order already (the caller sorted them elsewhere)."""
         if not len(keys):
             return
         # Not stable: among equal keys a lookup returns values in no particular order (dedup sorts candidates).
-        order = np.argsort(keys)
+        order = slice(None) if presorted else np.argsort(keys)
         self._memory.append((keys[order], values[order].astype(np.uint32)))
         while len(self._memory) > 1 and len(self._memory[-2][0]) <= len(self._memory[-1][0]):
             self._memory.append(merge_runs(self._memory.pop(-2), self._memory.pop()))

@@ -203,3 +203,17 @@ def text_word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         longer = longer[size[longer] > offset]
     first_word = np.searchsorted(starts, np.cumsum(sizes + 1) - sizes)  # of each text (the first starts at 1)
     return hashes, np.diff(first_word, append=len(starts))
+
+
+def sequence_hashes(flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each doc's whole word sequence, docs given as ``text_word_hashes`` gives them: equal
+    sequences (equal ``tokens()``) hash equal. The sum of word hash x BASE^position (mod 2^64, from one cumulative
+    sum over the batch), then splitmix with the word count: no Python loop per doc."""
+    lengths = lengths.astype(np.int64)
+    if not len(lengths):
+        return np.zeros(0, dtype=np.uint64)
+    ends = np.cumsum(lengths)
+    position = np.arange(len(flat)) - np.repeat(ends - lengths, lengths)
+    powers = np.cumprod(np.full(max(1, int(lengths.max())), _BASE, dtype=np.uint64))  # BASE^1 ... (wraps: mod 2^64)
+    sums = np.concatenate([np.zeros(1, dtype=np.uint64), np.cumsum(flat * powers[position], dtype=np.uint64)])
+    return _mix((sums[ends] - sums[ends - lengths]) ^ _mix(lengths.astype(np.uint64)))

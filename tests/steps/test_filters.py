@@ -19,7 +19,14 @@ from rlaif.steps.decontaminate import Decontaminate
 from rlaif.steps.dedup import Dedup, optimal_bands
 from rlaif.steps.expression import ExpressionError, parse
 from rlaif.steps.filters import JudgeFilter, Length
-from rlaif.steps.ngrams import WordHasher, ngram_hashes, normalize_text, text_word_hashes, tokens
+from rlaif.steps.ngrams import (
+    WordHasher,
+    ngram_hashes,
+    normalize_text,
+    sequence_hashes,
+    text_word_hashes,
+    tokens,
+)
 
 CTX = StepContext("test")  # the filters use no model: a context without engines
 
@@ -518,6 +525,23 @@ def test_ngram_hashes_gives_prefix_windows_from_the_same_pass():
     spans = [d[i : i + 2] for d in docs for i in range(len(d) - 1)]
     assert (with_prefix[3] == ngram_hashes(hasher, spans, 3, whole_short=True)[0]).all()
     assert with_prefix[4].tolist() == [0, 0, 0, 0, 2] and with_prefix[5].tolist() == [0, 1, 2, 3, 0]
+
+
+def test_sequence_hashes_group_texts_exactly_as_their_normalized_words():
+    """Dedup's exact-text key: texts with equal tokens() hash equal in any batch, any others differently."""
+    rng = random.Random(5)
+    pieces = ["Hello", "hello", "WORLD", "it's", "naïve", "x", "42", "—", "...", " ", "  ", "\t", "Straße", "b"]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) for _ in range(2000)]
+    texts += ["", "   ", "...", "a b", "b a", "a  b!", "ab"]
+    keys = sequence_hashes(*text_word_hashes(texts)).tolist()
+    by_text: dict[str, int] = {}
+    for text, key in zip(texts, keys, strict=True):
+        assert by_text.setdefault(normalize_text(text), key) == key, text
+    assert len(set(by_text.values())) == len(by_text) > 100
+    assert by_text["a b"] != by_text["b a"] and by_text["a b"] != by_text["ab"]  # order and word breaks count
+    # One text per batch: the same keys (nothing depends on the other texts of a batch).
+    alone = [sequence_hashes(*text_word_hashes([text]))[0] for text in by_text]
+    assert [int(k) for k in alone] == list(by_text.values())
 
 
 def test_text_word_hashes_hash_the_words_tokens_gives():
