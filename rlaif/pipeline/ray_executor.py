@@ -42,7 +42,6 @@ from rlaif.pipeline.runner import BatchDone, BatchJob, LocalExecutor, _StepRun, 
 from rlaif.pipeline.runtime import EngineRuntime
 from rlaif.pipeline.spec import ModelSpec, Pipeline
 from rlaif.pipeline.store import InputSlices
-from rlaif.steps.base import Step
 
 log = logging.getLogger(__name__)
 TASKS_AHEAD = 3  # model-free tasks submitted per worker: one running, two queued behind it
@@ -54,7 +53,6 @@ ENGINE_CALLS_PER_ACTOR = 2  # one running, one queued: the actor never waits for
 # A Ray worker process serves many tasks of a run: the step it set up (decontaminate's index, a tokenizer) is kept
 # for the next batch of the same step pass instead of being built per batch. Keyed by the pass's object id.
 _PREPARED: dict[str, tuple[_StepRun, dict[str, Any]]] = {}
-_STEPS: dict[str, Step] = {}  # the same for the steps whose batches a worker prepares (keyed by object id)
 
 
 def _ray() -> Any:
@@ -159,15 +157,11 @@ def _task(refs: list[Any], jobs: list[BatchJob], models: dict[str, ModelSpec], s
     return [replace(run_job(run, job), setup=report) for job in jobs]
 
 
-def _prepare_task(refs: list[Any], batch: InputSlices) -> Any:
-    """A stateful step's ``prepare`` of one batch, read here: only the columns the step reads (``refs``: the step,
-    unresolved, kept per process like a pass)."""
-    key = refs[0].hex()
-    if key not in _STEPS:
-        _STEPS.clear()  # one step prepares at a time
-        _STEPS[key] = _ray().get(refs[0])
-    step = _STEPS[key]
-    return step.prepare(batch.read(columns=step.required_columns()))
+def _prepare_task(refs: list[Any], batch: InputSlices, models: dict[str, ModelSpec], seed: int, cwd: str) -> Any:
+    """A stateful step's ``prepare`` of one batch, read here: only the columns the step reads."""
+    _enter(cwd)
+    run, _ = _prepare(_PREPARED, refs[0], EngineRuntime(models, seed), keep=8)
+    return run.spec.step.prepare(batch.read(columns=run.spec.step.required_columns()))
 
 
 class _EngineWorker:
@@ -236,16 +230,17 @@ class RayExecutor:
         self._bundle, self._batch_seconds = [], []
         self._release_pools_after(run.spec.name)
         parsed_remotely = step.is_source and step.prepares  # a JSONL source: lines read here, parsed in tasks
-        if (step.is_source and not parsed_remotely) or step.stateful or any(m in self.provided for m in models):
+        split = step.stateful and step.prepares and not step.is_source  # prepare and finish in tasks, decide here
+        if (step.is_source and not parsed_remotely) or (step.stateful and not split) or self.provided & set(models):
             self._mode, self.reads_inputs = "driver", False
-            if step.stateful and step.prepares and not step.is_source:
-                self._mode, self.reads_inputs = "prepared", True  # tasks read their slices' columns, the driver all
-                self._refs = [_ray().put(step)]  # not set up yet: prepare needs no state
             return self._local.start(run)
         store = copy.copy(run.store)
         store.root = Path(store.root).resolve()  # the same files from any working directory
         shipped = replace(run, store=store, runtime=None, reporter=None, executor=None)
-        self._refs = [_ray().put(shipped)]
+        self._refs = [_ray().put(shipped)]  # before the driver sets the step up: a stateful step travels stateless
+        if split:
+            self._mode, self.reads_inputs = "prepared", True
+            return self._local.start(run)  # decide runs here, on the step set up here
         self._mode = "actors" if models else "tasks"
         self.reads_inputs = self._mode == "tasks"
         if models:  # set up on every actor now: a failed judge check stops the step before any batch, as locally
@@ -260,7 +255,7 @@ class RayExecutor:
         if self._mode == "prepared":
             task = None
             if job.stats is None and isinstance(job.batch, InputSlices):
-                task = self._prepare.remote(self._refs, job.batch)
+                task = self._prepare.remote(self._refs, job.batch, self.models, self.seed, self._cwd)
             self._queue.append((job, task))
             # One more than the workers: a prepared batch is always waiting when the driver turns to the next.
             return self._apply_prepared(keep=self.workers + 1)
@@ -281,9 +276,9 @@ class RayExecutor:
         return finished
 
     def drain(self) -> list[BatchDone]:
-        if self._mode == "prepared":
-            return self._apply_prepared(keep=0)
-        finished = self._send_bundle() if self._bundle else []
+        finished = self._apply_prepared(keep=0) if self._mode == "prepared" else []
+        if self._bundle:
+            finished += self._send_bundle()
         while self._inflight:
             finished += self._wait()
         return finished
@@ -332,16 +327,22 @@ class RayExecutor:
         return self._current_pool
 
     def _apply_prepared(self, keep: int) -> list[BatchDone]:
-        """Run here, in batch order, the queued batches whose ``prepare`` is back; wait for the oldest while more
-        than ``keep`` are queued (so that at most ``keep`` prepare tasks run beside this process's work)."""
-        finished = []
+        """Decide here, in batch order, the queued batches whose ``prepare`` is back, and send each to a task that
+        finishes it (reads its records, writes its shards and marker); wait for the oldest while more than ``keep``
+        are queued (so that at most ``keep`` prepare tasks run beside this process's work)."""
+        finished: list[BatchDone] = []
         while self._queue:
             job, task = self._queue[0]
             if task is not None and len(self._queue) <= keep and not _ray().wait([task], timeout=0)[0]:
                 break
             self._queue.popleft()
-            prepared = None if task is None else self._get([task], job.index)[0]
-            finished += self._local.submit(replace(job, prepared=prepared))
+            if task is None:  # not a first pass over shard slices: all of it here
+                finished += self._local.submit(job)
+                continue
+            run, prepared = self._local.run, self._get([task], job.index)[0]
+            decided = run.spec.step.decide(prepared, run.runtime.context(run.spec.name, job.index))
+            self._bundle = [replace(job, decided=decided)]
+            finished += self._send_bundle()
         return finished
 
     def _bundle_size(self) -> int:

@@ -205,12 +205,17 @@ class _StepRun:
         return retried
 
     def _first_pass(
-        self, index: int, batch: list[Record] | BatchResult, digest: str | None, prepared: Any = None
+        self, index: int, batch: list[Record] | BatchResult, digest: str | None, decided: Any = None
     ) -> dict[str, Any]:
-        step, ctx = self.spec.step, replace(self.runtime.context(self.spec.name, index), prepared=prepared)
+        step, ctx = self.spec.step, self.runtime.context(self.spec.name, index)
         batch_started = time.perf_counter()
         before = self.runtime.meter.snapshot()
-        outcome = batch if isinstance(batch, BatchResult) else _process(step, batch, ctx)
+        if isinstance(batch, BatchResult):
+            outcome = batch
+        elif decided is not None:  # the step's state decided elsewhere (an executor's driver): only the records' part
+            outcome = step.finish(batch, decided)
+        else:
+            outcome = _process(step, batch, ctx)
         _classify(outcome, step.is_source)
         records_in = _count(outcome) if isinstance(batch, BatchResult) else len(batch)
         stats = _batch_stats(records_in, outcome, time.perf_counter() - batch_started)
@@ -266,7 +271,7 @@ class BatchJob:
     batch: list[Record] | BatchResult | InputSlices | SourceChunk | None = None
     digest: str | None = None
     stats: dict[str, Any] | None = None
-    prepared: Any = None  # what the step's ``prepare`` made of ``batch`` elsewhere (a Ray worker), if it did
+    decided: Any = None  # what the step's ``decide`` made of the batch elsewhere (Ray's driver): ``finish`` it
 
 
 @dataclass
@@ -299,7 +304,7 @@ def run_job(run: _StepRun, job: BatchJob) -> BatchDone:
     # A stateful step redoes every batch on a re-run (its state spans them): no digest is ever compared.
     if digest is None and not isinstance(batch, BatchResult) and not run.spec.step.stateful:
         digest = _digest(batch)
-    return BatchDone(job.index, run._first_pass(job.index, batch, digest, job.prepared))
+    return BatchDone(job.index, run._first_pass(job.index, batch, digest, job.decided))
 
 
 class Executor(Protocol):
@@ -324,13 +329,17 @@ class LocalExecutor:
     def __init__(self) -> None:
         self._run: _StepRun | None = None
 
+    @property
+    def run(self) -> _StepRun:
+        assert self._run is not None, "start() first"
+        return self._run
+
     def start(self, run: _StepRun) -> bool:
         self._run = run
         return True
 
     def submit(self, job: BatchJob) -> Iterable[BatchDone]:
-        assert self._run is not None, "start() first"
-        return [run_job(self._run, job)]
+        return [run_job(self.run, job)]
 
     def drain(self) -> Iterable[BatchDone]:
         return []
@@ -419,7 +428,7 @@ def _process(step: Step, batch: list[Record], ctx: StepContext) -> BatchResult:
         return step.process(batch, ctx)
     except Exception as exc:  # noqa: BLE001 - any failure of user or model code must become a quarantine reason
         log.warning("step %s failed on a batch of %d (%s); retrying record by record", step.name, len(batch), exc)
-    merged, ctx = BatchResult(), replace(ctx, prepared=None)  # what was prepared was for the whole batch
+    merged = BatchResult()
     for record in batch:
         try:
             one = step.process([record], ctx)

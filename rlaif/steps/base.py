@@ -116,9 +116,6 @@ class StepContext:
     batch_index: int = 0
     pipeline_seed: int = 0
     engines: Engines | None = None
-    # What ``Step.prepare`` returned for this batch where an executor ran it ahead, in another process; None: the
-    # step prepares the batch itself.
-    prepared: Any = None
 
     @property
     def seed(self) -> int:
@@ -164,9 +161,10 @@ class Step:
     # A stateful step's output for a batch depends on the batches before it (dedup's index of kept records), so
     # a run resumed after a kill redoes such a step from its first batch instead of continuing mid-way.
     stateful: ClassVar[bool] = False
-    # A stateful step whose per-record work needs no state (dedup's hashing and MinHash) sets this and implements
-    # ``prepare``: an executor may then run ``prepare`` for later batches in other processes while ``process`` runs
-    # the part that needs the state, in order, here.
+    # A stateful step whose per-record work needs no state (dedup's hashing and MinHash; writing its outputs) sets
+    # this and splits a batch's work in three: ``prepare`` (no state), ``decide`` (the state, batches in order),
+    # ``finish`` (no state). An executor may run the first and last in other processes; ``process`` runs all three.
+    # A source that sets it reads raw chunks (``read_chunks``) that ``prepare`` parses.
     prepares: ClassVar[bool] = False
 
     def __init__(self, name: str, params: StepParams, base_dir: Path) -> None:
@@ -220,11 +218,21 @@ class Step:
         raise NotImplementedError(f"{type(self).__name__} does not process records")
 
     def prepare(self, records: list[Record]) -> Any:
-        """For a step that ``prepares``: the work on ``records`` that needs no state, as a picklable value that
-        ``process`` finds in ``ctx.prepared``. Called on an instance that was never set up, maybe in another
-        process, batches in any order; it must give the same value wherever it runs. A source that ``prepares``
-        turns each chunk of its ``read_chunks`` into a ``BatchResult`` here (``read`` is the two in a row)."""
+        """For a step that ``prepares``: the work on ``records`` that needs no state, as a picklable value for
+        ``decide``. Maybe in another process, batches in any order; it must give the same value wherever it runs
+        (the step may not be set up there). A source that ``prepares`` turns each chunk of its ``read_chunks`` into
+        a ``BatchResult`` here (``read`` is the two in a row)."""
         raise NotImplementedError(f"{type(self).__name__} does not prepare batches")
+
+    def decide(self, prepared: Any, ctx: StepContext) -> Any:
+        """For a stateful step that ``prepares``: the part that needs the state, from ``prepare``'s value alone (no
+        records), in batch order, on the instance that was set up; a picklable value for ``finish``."""
+        raise NotImplementedError(f"{type(self).__name__} does not decide batches")
+
+    def finish(self, records: list[Record], decided: Any) -> BatchResult:
+        """For a stateful step that ``prepares``: the batch's result from its records and ``decide``'s value, with no
+        state (maybe in another process)."""
+        raise NotImplementedError(f"{type(self).__name__} does not finish batches")
 
     def read_chunks(self, ctx: StepContext) -> Iterator[Any]:
         """For a source that ``prepares``: its batches before ``prepare`` (raw lines), cheap to read and ship."""

@@ -304,10 +304,22 @@ class DedupSketch:
     """What ``Dedup.prepare`` makes of a batch, with no state: which records read as text, each one's exact-text key
     (a 64-bit hash of its normalized word sequence) and its near-duplicate sketch (None with ``near: false``)."""
 
+    size: int  # records in the batch
     readable: list[int]  # positions of the records whose column reads as text
     unreadable: list[tuple[int, str]]  # (position, why): quarantined "not text"
     keys: np.ndarray
     near: Any
+    ids: list[Any] | None  # the readable records' id_column values (None: no id_column)
+
+
+@dataclass
+class DedupDecision:
+    """What ``Dedup.decide`` settled for a batch with its index: which readable records (by their place in
+    ``readable``) are dropped, as (reason, ``_duplicate_of``, ``_similarity``); the others are kept."""
+
+    readable: list[int]
+    unreadable: list[tuple[int, str]]
+    dropped: dict[int, tuple[str, Any, float]]
 
 
 class Dedup(Step):
@@ -346,7 +358,7 @@ class Dedup(Step):
         self._seen = 0
 
     def setup(self, ctx: StepContext) -> None:
-        self._reset()
+        self.teardown()  # the indexes are made by the first decide: a copy that only prepares or finishes has none
 
     def _reset(self) -> None:
         self.teardown()
@@ -387,16 +399,15 @@ class Dedup(Step):
             words = [tokens(texts[0]) for _, texts in readable]
             keys = sequence_hashes(*text_word_hashes([" ".join(doc) for doc in words]))
             near = index.sketch(words)
-        return DedupSketch([position for position, _ in readable], unreadable, keys, near)
+        id_column = self.params.id_column
+        ids = [records[position].get(id_column) for position, _ in readable] if id_column else None
+        return DedupSketch(len(records), [position for position, _ in readable], unreadable, keys, near, ids)
 
-    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
+    def decide(self, prepared: DedupSketch, ctx: StepContext) -> DedupDecision:
         if self._exact is None or self._labels is None:
             self._reset()
-        exact, labels = self._exact, self._labels
+        exact, labels, sketch = self._exact, self._labels, prepared
         assert exact is not None and labels is not None
-        sketch: DedupSketch = ctx.prepared if ctx.prepared is not None else self.prepare(records)
-        result = BatchResult()
-        result.quarantined += [Quarantined(records[p], "not text", why) for p, why in sketch.unreadable]
         keys = sketch.keys
         key_list = keys.tolist()  # Python ints, for the dicts below
         # Exact copies first (of an earlier batch's text, or of an earlier doc in this one); the rest go to the index.
@@ -411,9 +422,8 @@ class Dedup(Step):
         # Kept records are numbered in the order kept, as the near index numbers them.
         kept = [i for i in fresh if near[i] is None]
         number = {i: len(labels) + rank for rank, i in enumerate(kept)}
-        positions = [sketch.readable[i] for i in kept]
-        id_column = self.params.id_column
-        labels.append([records[p].get(id_column) if id_column else self._seen + p for p in positions])
+        ids = sketch.ids
+        labels.append([ids[i] if ids is not None else self._seen + sketch.readable[i] for i in kept])
         target = {i: number[i] if near[i] is None else near[i][0] for i in fresh}  # type: ignore[index]
         # An exact copy points at the kept record, never at a dropped one: a near-duplicate's text at its match.
         exact.add(keys[fresh], np.array([target[i] for i in fresh], dtype=np.uint32))
@@ -423,15 +433,27 @@ class Dedup(Step):
                 continue
             duplicate_of[i] = copy_of[i] if i in copy_of else target[first_in_batch[key]]
         label_of = dict(zip(duplicate_of, labels.get(list(duplicate_of.values())), strict=True))
-        for i, position in enumerate(sketch.readable):
-            record, match = records[position], near.get(i)
+        dropped: dict[int, tuple[str, Any, float]] = {}
+        for i in duplicate_of:
+            match = near.get(i)
             if match is not None:
-                dropped = {**record, "_duplicate_of": label_of[i], "_similarity": round(match[1], 4)}
-                result.dropped.append((dropped, "near-duplicate"))
-            elif i in near:
-                result.records.append(record)
+                dropped[i] = ("near-duplicate", label_of[i], round(match[1], 4))
             else:
-                dropped = {**record, "_duplicate_of": label_of[i], "_similarity": 1.0}
-                result.dropped.append((dropped, "duplicate (exact)"))
-        self._seen += len(records)
+                dropped[i] = ("duplicate (exact)", label_of[i], 1.0)
+        self._seen += sketch.size
+        return DedupDecision(sketch.readable, sketch.unreadable, dropped)
+
+    def finish(self, records: list[Record], decided: DedupDecision) -> BatchResult:
+        result = BatchResult()
+        result.quarantined += [Quarantined(records[p], "not text", why) for p, why in decided.unreadable]
+        for i, position in enumerate(decided.readable):
+            record = records[position]
+            if i in decided.dropped:
+                reason, label, similarity = decided.dropped[i]
+                result.dropped.append(({**record, "_duplicate_of": label, "_similarity": similarity}, reason))
+            else:
+                result.records.append(record)
         return result
+
+    def process(self, records: list[Record], ctx: StepContext) -> BatchResult:
+        return self.finish(records, self.decide(self.prepare(records), ctx))

@@ -127,9 +127,9 @@ steps:
 
 @pytest.mark.slow
 def test_dedup_prepares_its_batches_on_workers_and_decides_in_order(cluster, tmp_path, monkeypatch):
-    """Dedup's hashing and MinHash run as Ray tasks, batches ahead; its index, in the driver, takes them in order:
-    the same kept records, the same duplicates pointing at the same kept ids, the same quarantine as locally. The
-    JSONL source's lines are parsed in tasks too, a bad line quarantined with its place."""
+    """Dedup's hashing and MinHash run as Ray tasks, batches ahead; its index, in the driver, decides them in order;
+    tasks write the outcome: the same kept records, the same duplicates pointing at the same kept ids, the same
+    quarantine as locally. The JSONL source's lines are parsed in tasks too, a bad line quarantined with its place."""
     import random
 
     from rlaif.steps.dedup import Dedup
@@ -154,11 +154,12 @@ def test_dedup_prepares_its_batches_on_workers_and_decides_in_order(cluster, tmp
     path.write_text(DEDUP)
     local = run_pipeline(load_pipeline(path), run_dir=tmp_path / "local")
 
-    def not_here(self, batch):
-        raise AssertionError(f"{type(self).__name__} prepared a batch in the driver")
+    def not_here(self, *batch):
+        raise AssertionError(f"{type(self).__name__} prepared or finished a batch in the driver")
 
     # This process only: Ray's workers run the real ones (the source's lines are parsed there too).
     monkeypatch.setattr(Dedup, "prepare", not_here)
+    monkeypatch.setattr(Dedup, "finish", not_here)
     monkeypatch.setattr(Load, "prepare", not_here)
     remote = run_pipeline(load_pipeline(path), run_dir=tmp_path / "ray", executor=RAY)
     assert remote.stats["src"]["quarantined"] == local.stats["src"]["quarantined"] == {"invalid JSON": 1}
