@@ -8,13 +8,14 @@ contaminated. Three runs, each on a fresh run directory, interleaved within each
 reversed every other round) so that load from other processes hits them alike:
 
 - local: the local executor (every batch in this process);
-- ray x2: the Ray executor, at most 2 model-free batches in flight (``workers: 2``);
-- ray x1: the Ray executor, 1 batch in flight (``workers: 1``).
+- ray x2: the Ray executor with 2 workers (at most 2 Ray tasks running at once, ``workers: 2``);
+- ray x1: the Ray executor with 1 worker (``workers: 1``).
 
 The Ray cluster is local (``ray.init(num_cpus=--cpus)``), started once before timing; one untimed warm-up run of each
-Ray setting first (its worker processes import rlaif once). Under Ray, load and dedup (stateful) run in the driver;
-expression, length and decontaminate run as Ray tasks. Printed: records/s per run (median, min-max over rounds) and
-the per-round ratios ray/local (median, min-max). The three datasets are checked equal row for row.
+Ray setting first (its worker processes import rlaif once). Under Ray, load reads lines in the driver and Ray tasks
+parse them; dedup (stateful) prepares and finishes its batches as Ray tasks and applies its index in the driver, in
+batch order; expression, length and decontaminate run as Ray tasks. Printed: records/s per run (median, min-max over
+rounds) and the per-round ratios ray/local (median, min-max). The three datasets are checked equal row for row.
 On a shared machine compare ratios, not absolute numbers.
 """
 

@@ -6,9 +6,10 @@ Where each step runs:
   parse them and write the batches;
 - ``stateful`` steps (dedup: its index spans batches) run in the driver, in order, like the local
   executor; steps whose model the caller provided as a live backend too (it cannot travel). A stateful step that
-  ``prepares`` (dedup: words, hashes, MinHash signatures) has that part of each batch run as Ray tasks, which read
-  only the columns it needs, up to ``workers + 1`` batches ahead, while the driver runs the part that needs the
-  state on the batches in order;
+  ``prepares`` splits each batch in three: ``prepare`` (dedup: words, hashes, MinHash signatures, sorted band keys)
+  as Ray tasks that read only the columns it needs, up to ``workers + 1`` batches ahead; ``decide`` (the part that
+  needs the state) in the driver, on the batches in order; ``finish`` (the batch's result, shards and marker) as a
+  Ray task again;
 - steps that use a model (generate, judge, score...) run on a pool of engine actors, ``replicas`` per distinct set of
   engines, each actor owning its engines (built lazily by its own ``EngineRuntime``) with ``num_gpus``/``num_cpus``;
 - every other step runs its batches as Ray tasks, at most ``workers`` at once.
