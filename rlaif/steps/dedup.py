@@ -389,16 +389,17 @@ class Dedup(Step):
             if self._index is None and self._sketch_only is None:
                 self._sketch_only = self._near_index()  # sketching opens no file: nothing to close
             index = self._index or self._sketch_only
-        if index is None or isinstance(index, NumpyIndex):
-            # Words found and hashed in numpy over the whole batch (no Python string per word): exact keys hash each
-            # doc's word sequence, MinHash takes the same word hashes.
-            flat, lengths = text_word_hashes([texts[0] for _, texts in readable])
-            keys = sequence_hashes(flat, lengths)
-            near = None if index is None else index.sketch_words(flat, lengths)
-        else:  # datasketch hashes n-gram strings
-            words = [tokens(texts[0]) for _, texts in readable]
-            keys = sequence_hashes(*text_word_hashes([" ".join(doc) for doc in words]))
-            near = index.sketch(words)
+        # Words found and hashed in numpy over the whole batch (no Python string per word): exact keys hash each doc's
+        # word sequence, our MinHash takes the same word hashes; datasketch hashes n-gram strings of the words.
+        texts = [texts[0] for _, texts in readable]
+        flat, lengths = text_word_hashes(texts)
+        keys = sequence_hashes(flat, lengths)
+        if index is None:
+            near = None
+        elif isinstance(index, NumpyIndex):
+            near = index.sketch_words(flat, lengths)
+        else:
+            near = index.sketch([tokens(text) for text in texts])
         id_column = self.params.id_column
         ids = [records[position].get(id_column) for position, _ in readable] if id_column else None
         return DedupSketch(len(records), [position for position, _ in readable], unreadable, keys, near, ids)
