@@ -150,19 +150,23 @@ def _prepare(cache: dict[str, Any], ref: Any, runtime: EngineRuntime, keep: int)
     return cache[key]
 
 
-def _task(refs: list[Any], jobs: list[BatchJob], models: dict[str, ModelSpec], seed: int, cwd: str) -> list[BatchDone]:
-    """Consecutive batches of a model-free step as one Ray task (``refs``: the step pass, left unresolved so a
-    process that has it set up already skips deserializing it). Each batch writes its own shards and marker."""
+def _task_pass(refs: list[Any], models: dict[str, ModelSpec], seed: int, cwd: str) -> tuple[_StepRun, dict[str, Any]]:
+    """What a Ray task runs on: this worker process's copy of the step pass (``refs``: left unresolved so that a
+    process that has it set up already skips deserializing it) and its setup report."""
     _enter(cwd)
-    run, report = _prepare(_PREPARED, refs[0], EngineRuntime(models, seed), keep=8)
+    return _prepare(_PREPARED, refs[0], EngineRuntime(models, seed), keep=8)
+
+
+def _task(refs: list[Any], jobs: list[BatchJob], models: dict[str, ModelSpec], seed: int, cwd: str) -> list[BatchDone]:
+    """Consecutive batches of a model-free step as one Ray task. Each batch writes its own shards and marker."""
+    run, report = _task_pass(refs, models, seed, cwd)
     return [replace(run_job(run, job), setup=report) for job in jobs]
 
 
 def _prepare_task(refs: list[Any], batch: InputSlices, models: dict[str, ModelSpec], seed: int, cwd: str) -> Any:
     """A stateful step's ``prepare`` of one batch, read here: only the columns the step reads."""
-    _enter(cwd)
-    run, _ = _prepare(_PREPARED, refs[0], EngineRuntime(models, seed), keep=8)
-    return run.spec.step.prepare(batch.read(columns=run.spec.step.required_columns()))
+    step = _task_pass(refs, models, seed, cwd)[0].spec.step
+    return step.prepare(batch.read(columns=step.required_columns()))
 
 
 class _EngineWorker:
