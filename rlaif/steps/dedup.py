@@ -354,7 +354,9 @@ class Dedup(Step):
         self._exact: KeyIndex | None = None  # normalized-text hash -> number of the kept record it copies
         self._labels: LabelStore | None = None  # number of a kept record -> its label
         self._index: NearIndex | None = None
-        self._sketch_only: NearIndex | None = None  # sketches batches for prepare() on an instance never set up
+        # Sketches batches for prepare(), on any instance (set up or not): sketching needs no state, so this index
+        # never matches anything and opens no file.
+        self._sketcher: NearIndex | None = None
         self._seen = 0
 
     def setup(self, ctx: StepContext) -> None:
@@ -386,9 +388,9 @@ class Dedup(Step):
         readable, unreadable = text_columns(records, [self.params.column])
         index = None
         if self.params.near:
-            if self._index is None and self._sketch_only is None:
-                self._sketch_only = self._near_index()  # sketching opens no file: nothing to close
-            index = self._index or self._sketch_only
+            if self._sketcher is None:
+                self._sketcher = self._near_index()
+            index = self._sketcher
         # Words found and hashed in numpy over the whole batch (no Python string per word): exact keys hash each doc's
         # word sequence, our MinHash takes the same word hashes; datasketch hashes n-gram strings of the words.
         texts = [texts[0] for _, texts in readable]
