@@ -145,7 +145,7 @@ def _prepare(cache: dict[str, Any], ref: Any, runtime: EngineRuntime, keep: int)
             cache.pop(next(iter(cache)))
         shipped = _ray().get(ref)
         run = replace(shipped, runtime=runtime, reporter=Reporter(enabled=False), executor=LocalExecutor())
-        run.spec.step.setup(runtime.context(run.spec.name))
+        run.spec.step.setup(run.context())
         cache[key] = (run, run.spec.step.setup_report())
     return cache[key]
 
@@ -345,7 +345,7 @@ class RayExecutor:
                 finished += self._local.submit(job)
                 continue
             run, prepared = self._local.run, self._get([task], job.index)[0]
-            decided = run.spec.step.decide(prepared, run.runtime.context(run.spec.name, job.index))
+            decided = run.spec.step.decide(prepared, run.context(job.index))
             self._bundle = [replace(job, decided=decided)]
             finished += self._send_bundle()
         return finished

@@ -109,9 +109,15 @@ class _StepRun:
     budget: BudgetTracker = field(default_factory=BudgetTracker)
     stop: BudgetStop | None = None  # a budget this step reached: no batch starts after it
     executor: Executor = field(default_factory=lambda: LocalExecutor())  # where batches run (run_job)
+    total: int | None = None  # records the step reads in all (its upstreams' output), set by run; None for a source
+
+    def context(self, index: int = 0) -> StepContext:
+        """The context of this step's hooks for batch ``index``."""
+        return self.runtime.context(self.spec.name, index, self.total)
 
     def run(self, inputs: list[StepStore], total: int | None, limit: int | None, upstream: dict[str, str]) -> dict:
         spec, store, step = self.spec, self.store, self.spec.step
+        self.total = total
         done = store.done_batches()
         previous = store.previous_stats() or {}
         if done and (step.stateful or previous.get("failed")):
@@ -127,7 +133,7 @@ class _StepRun:
         if self.stop is None:
             before = self.runtime.meter.snapshot()
             if self.executor.start(self):  # the batches run in this process: set the step up here
-                step.setup(self.runtime.context(spec.name))
+                step.setup(self.context())
             report = self.executor.setup_report(self)  # measured in setup (a judge check): for the stats and card
             setup_usage = self.runtime.meter.since(before)
             self.budget.add_setup(setup_usage)
@@ -138,7 +144,7 @@ class _StepRun:
             # An executor whose workers read their own input (Ray tasks) gets each batch as shard slices, or, from a
             # source that prepares, as raw chunks the workers parse.
             remote = getattr(self.executor, "reads_inputs", False)
-            ctx = self.runtime.context(spec.name)
+            ctx = self.context()
             batches: Iterable[list[Record] | BatchResult | InputSlices | SourceChunk]
             if remote and not step.is_source:
                 batches = input_slices(inputs, spec.batch_size)
@@ -207,7 +213,7 @@ class _StepRun:
     def _first_pass(
         self, index: int, batch: list[Record] | BatchResult, digest: str | None, decided: Any = None
     ) -> dict[str, Any]:
-        step, ctx = self.spec.step, self.runtime.context(self.spec.name, index)
+        step, ctx = self.spec.step, self.context(index)
         batch_started = time.perf_counter()
         before = self.runtime.meter.snapshot()
         if isinstance(batch, BatchResult):
@@ -241,7 +247,7 @@ class _StepRun:
         started = time.perf_counter()
         records = [json.loads(row["record"]) for row in chosen]
         before = self.runtime.meter.snapshot()
-        outcome = _process(self.spec.step, records, self.runtime.context(self.spec.name, index))
+        outcome = _process(self.spec.step, records, self.context(index))
         _classify(outcome, False)
         again = _batch_stats(len(records), outcome, time.perf_counter() - started)
         again["models"] = self.runtime.meter.since(before)

@@ -40,9 +40,10 @@ class EngineRuntime:
         self.meter = Meter()  # tokens per model name, for the run's stats and budgets (rlaif.pipeline.budget)
         self._metered = MeteredEngines(self, self.meter)  # what step contexts get: every generate call counted
 
-    def context(self, step_name: str, batch_index: int = 0) -> StepContext:
-        """What a step's hook gets for one batch: these engines, the step's name, the batch index and its seed."""
-        return StepContext(step_name, batch_index, self.pipeline_seed, self._metered)
+    def context(self, step_name: str, batch_index: int = 0, records_total: int | None = None) -> StepContext:
+        """What a step's hook gets for one batch: these engines, the step's name, the batch index and its seed, and
+        how many records the step reads in all when known."""
+        return StepContext(step_name, batch_index, self.pipeline_seed, self._metered, records_total)
 
     def backend(self, model_name: str) -> Backend:
         return self._pool.engine(model_name, self.models[model_name])

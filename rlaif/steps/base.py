@@ -116,6 +116,9 @@ class StepContext:
     batch_index: int = 0
     pipeline_seed: int = 0
     engines: Engines | None = None
+    # How many records the step reads in all, when the runner knows (its upstreams' output; None for a source): a
+    # stateful step may size its state for them up front (dedup's Bloom filters) instead of growing it.
+    records_total: int | None = None
 
     @property
     def seed(self) -> int:

@@ -86,8 +86,11 @@ class NumpyIndex:
     (Dietzfelbinger: 2-independent, like (a*x+b) mod p, but the mod is free in uint64 and, since the shift is
     monotone, it is applied after the min). bench/filters.py times it against mod 2^61-1."""
 
-    def __init__(self, threshold: float, num_perm: int, ngram: int, bands: tuple[int, int], seed: int) -> None:
+    def __init__(
+        self, threshold: float, num_perm: int, ngram: int, bands: tuple[int, int], seed: int, expected_docs: int = 0
+    ) -> None:
         self.threshold, self.num_perm, self.ngram, (self.bands, self.rows) = threshold, num_perm, ngram, bands
+        self._expected_keys = expected_docs * self.bands  # at most: only kept docs' band keys are indexed
         rng = np.random.default_rng(seed)
         self._a = rng.integers(1, 1 << 63, size=(num_perm, 1), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
         self._b = rng.integers(0, 1 << 63, size=(num_perm, 1), dtype=np.uint64) * np.uint64(2)
@@ -120,7 +123,7 @@ class NumpyIndex:
         if not rows:
             return []
         if self._index is None:
-            self._index = KeyIndex()
+            self._index = KeyIndex(expected_keys=self._expected_keys)
             self._spill = tempfile.TemporaryFile(prefix="rlaif-dedup-")  # noqa: SIM115 - lives as long as the index
         picked = np.asarray(rows, dtype=np.intp)
         signatures, keys = sketch[0][picked], sketch[1][picked].ravel()  # keys doc-major
@@ -219,7 +222,9 @@ class NumpyIndex:
 class DatasketchIndex:
     """datasketch's MinHash (sha1 of each n-gram string) and MinHashLSH, with the same bands, verified the same way."""
 
-    def __init__(self, threshold: float, num_perm: int, ngram: int, bands: tuple[int, int], seed: int) -> None:
+    def __init__(
+        self, threshold: float, num_perm: int, ngram: int, bands: tuple[int, int], seed: int, expected_docs: int = 0
+    ) -> None:  # expected_docs: unused, datasketch's index sizes itself
         from datasketch import MinHash, MinHashLSH  # optional dependency: only this backend needs it
 
         self.threshold, self.num_perm, self.ngram, self.seed = threshold, num_perm, ngram, seed
@@ -362,20 +367,22 @@ class Dedup(Step):
     def setup(self, ctx: StepContext) -> None:
         self.teardown()  # the indexes are made by the first decide: a copy that only prepares or finishes has none
 
-    def _reset(self) -> None:
+    def _reset(self, expected: int) -> None:
+        """Fresh indexes, sized for ``expected`` records (0: unknown, grown as they fill)."""
         self.teardown()
         p = self.params
         self._exact, self._labels = (
-            KeyIndex(memory_keys=key_index.MEMORY_KEYS // 4),
+            KeyIndex(memory_keys=key_index.MEMORY_KEYS // 4, expected_keys=expected),
             LabelStore(integers=not p.id_column),
         )
         if p.near:
-            self._index = self._near_index()
+            self._index = self._near_index(expected)
 
-    def _near_index(self) -> NearIndex:
+    def _near_index(self, expected: int = 0) -> NearIndex:
         p = self.params
         backend = AUTO_BACKEND if p.backend == "auto" else p.backend
-        return NEAR_BACKENDS[backend](p.threshold, p.num_perm, p.ngram, optimal_bands(p.threshold, p.num_perm), p.seed)
+        bands = optimal_bands(p.threshold, p.num_perm)
+        return NEAR_BACKENDS[backend](p.threshold, p.num_perm, p.ngram, bands, p.seed, expected_docs=expected)
 
     def teardown(self) -> None:
         # The indexes of a million records are tens of MB of memory and hundreds on disk: freed when the step ends.
@@ -408,7 +415,7 @@ class Dedup(Step):
 
     def decide(self, prepared: DedupSketch, ctx: StepContext) -> DedupDecision:
         if self._exact is None or self._labels is None:
-            self._reset()
+            self._reset(ctx.records_total or 0)
         exact, labels, sketch = self._exact, self._labels, prepared
         assert exact is not None and labels is not None
         keys = sketch.keys

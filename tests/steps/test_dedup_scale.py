@@ -13,7 +13,7 @@ import pytest
 
 import rlaif.steps.key_index as key_index
 from rlaif.steps.base import StepContext
-from rlaif.steps.dedup import Dedup, DedupParams
+from rlaif.steps.dedup import Dedup, DedupParams, optimal_bands
 from rlaif.steps.key_index import BloomFilter, KeyIndex, LabelStore, merge_runs
 
 
@@ -38,15 +38,17 @@ def test_bloom_filter_never_misses_a_key_and_passes_few_others() -> None:
     assert 0 < bloom.maybe(others + np.uint64(1)).mean() < 0.03  # 10 bits a key, 3 hashes: ~1.7% at capacity
 
 
-@pytest.mark.parametrize("chunk", [7, 1 << 18])
-def test_key_index_answers_like_a_dict_with_entries_in_memory_and_on_disk(monkeypatch, chunk) -> None:
+@pytest.mark.parametrize(("chunk", "expected_keys"), [(7, None), (1 << 18, None), (7, 5000)])
+def test_key_index_answers_like_a_dict_with_entries_in_memory_and_on_disk(monkeypatch, chunk, expected_keys) -> None:
     """Small memory budget and merge chunks, so entries go through memory runs, disk runs and chunked merges of
-    disk runs; keys repeated up to 150 times (past a disk lookup's 2-block window) and keys never added."""
+    disk runs; keys repeated up to 150 times (past a disk lookup's 2-block window) and keys never added. Its Bloom
+    filter grows (rebuilt from the runs) unless sized for the keys expected."""
     monkeypatch.setattr(key_index, "_MERGE_CHUNK", chunk)
     rng = np.random.default_rng(2)
-    index, expected = KeyIndex(memory_keys=300), {}
+    index, expected = KeyIndex(memory_keys=300, expected_keys=expected_keys), {}
+    first_filter = index._filter
     common = rng.integers(0, 1 << 63, 20, dtype=np.uint64)
-    for batch in range(40):
+    for batch in range(50):  # 5,000 keys: past the smallest filter's 4,096
         keys = np.concatenate([rng.integers(0, 1 << 63, 60, dtype=np.uint64), rng.choice(common, 40)])
         values = np.arange(batch * 100, batch * 100 + 100, dtype=np.uint32)
         wanted = np.concatenate([keys[:30], rng.choice(common, 10), rng.integers(0, 1 << 63, 30, dtype=np.uint64)])
@@ -56,8 +58,9 @@ def test_key_index_answers_like_a_dict_with_entries_in_memory_and_on_disk(monkey
         index.add(keys, values)
         for key, value in zip(keys.tolist(), values.tolist(), strict=True):
             expected.setdefault(key, []).append(value)
-    assert len(index._disk) >= 1 and len(index) == 4000
+    assert len(index._disk) >= 1 and len(index) == 5000
     assert max(len(v) for v in expected.values()) > 2 * key_index.FENCE
+    assert (index._filter is first_filter) == (expected_keys is not None)  # sized: never rebuilt
     index.close()
 
 
@@ -89,12 +92,13 @@ def corpus(count: int, seed: int = 0) -> list[dict]:
     return [{"prompt": text, "id": f"r{i}"} for i, text in enumerate(texts)]
 
 
-def run_dedup(records: list[dict], batch: int, **params) -> tuple[list, int]:
+def run_dedup(records: list[dict], batch: int, total: int | None = None, **params) -> tuple[list, int]:
+    """(dropped, how many kept); ``total``: the record count the runner would tell the step (its contexts')."""
     step = Dedup("dedup", DedupParams(column="prompt", **params), Path("."))
-    step.setup(StepContext())
+    step.setup(StepContext(records_total=total))
     dropped, kept = [], 0
     for first in range(0, len(records), batch):
-        result = step.process(records[first : first + batch], StepContext())
+        result = step.process(records[first : first + batch], StepContext(records_total=total))
         dropped += result.dropped
         kept += len(result.records)
     step.teardown()
@@ -114,6 +118,29 @@ def test_an_index_on_disk_finds_the_same_duplicates(monkeypatch, id_column) -> N
     dropped_ids = {record["id"] for record, _ in in_memory[0]}
     targets = [record["_duplicate_of"] for record, _ in in_memory[0]]
     assert not dropped_ids & {target if id_column else f"r{target}" for target in targets}
+
+
+def test_dedup_sizes_its_bloom_filters_for_the_records_it_is_told_of(monkeypatch) -> None:
+    """Told how many records come (the runner's ``records_total``), each index's filter is made once, big enough;
+    not told, the filters grow. The same duplicates either way."""
+    monkeypatch.setattr(key_index, "MEMORY_KEYS", 4000)  # the filters start small: unsized, they must grow
+    made: list[int] = []
+
+    class CountedFilter(BloomFilter):
+        def __init__(self, capacity: int) -> None:
+            super().__init__(capacity)
+            made.append(self.capacity)
+
+    monkeypatch.setattr(key_index, "BloomFilter", CountedFilter)
+    records = corpus(6000)
+    grown = run_dedup(records, 500)
+    grew = len(made)
+    made.clear()
+    assert run_dedup(records, 500, total=len(records)) == grown
+    assert grew > 2 and len(made) == 2  # the exact index's and the near index's, never rebuilt
+    defaults = DedupParams(column="prompt")
+    bands, _ = optimal_bands(defaults.threshold, defaults.num_perm)
+    assert sorted(made) == [6000, 6000 * bands]
 
 
 def dedup_memory(count: int) -> tuple[int, int, int]:
