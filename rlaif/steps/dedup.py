@@ -343,8 +343,11 @@ class Dedup(Step):
     (band keys and exact-text keys -> kept record, rlaif/steps/key_index.py) keep their newest entries in memory
     (up to 12 MB each) and the rest in sorted files, with ~2 bytes per key in memory (Bloom filter and fences): ~45
     bytes per kept record at the defaults beyond the first ~50k, plus 8 bytes for its label (any label that is not
-    a position: pickled to a file). The MinHash signatures (num_perm*4 bytes per kept record) are in a temporary
-    file too, read back only for candidates. Disk: ~750 bytes per kept record, freed when the step ends.
+    a position: pickled to a file). Run by the engine, the step knows how many records it reads
+    (``StepContext.records_total``) and sizes its Bloom filters for all of them up front, 10 bits per key (~26 bytes
+    per record read at the default 20 bands, whether kept or not), instead of growing them 1.5x at a time. The
+    MinHash signatures (num_perm*4 bytes per kept record) are in a temporary file too, read back only for
+    candidates. Disk: ~750 bytes per kept record, freed when the step ends.
     """
 
     Params = DedupParams

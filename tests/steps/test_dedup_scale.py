@@ -14,15 +14,16 @@ import pytest
 import rlaif.steps.key_index as key_index
 from rlaif.steps.base import StepContext
 from rlaif.steps.dedup import Dedup, DedupParams, optimal_bands
-from rlaif.steps.key_index import BloomFilter, KeyIndex, LabelStore, merge_runs
+from rlaif.steps.key_index import BloomFilter, KeyIndex, LabelStore, merge_runs, sort_merge
 
 
-def test_merge_runs_equals_a_stable_sort_of_both_runs() -> None:
+@pytest.mark.parametrize("merge", [merge_runs, sort_merge])
+def test_merge_runs_equals_a_stable_sort_of_both_runs(merge) -> None:
     rng = np.random.default_rng(0)
     for older, newer in [(0, 5), (5, 0), (100, 37), (1000, 1000), (3, 2000)]:
         k1, k2 = (np.sort(rng.integers(0, 40, n).astype(np.uint64)) for n in (older, newer))  # many equal keys
         d1, d2 = (rng.integers(0, 1 << 31, n).astype(np.uint32) for n in (older, newer))
-        keys, values = merge_runs((k1, d1), (k2, d2))
+        keys, values = merge((k1, d1), (k2, d2))
         order = np.argsort(np.concatenate([k1, k2]), kind="stable")
         assert np.array_equal(keys, np.concatenate([k1, k2])[order])
         assert np.array_equal(values, np.concatenate([d1, d2])[order])
@@ -143,17 +144,19 @@ def test_dedup_sizes_its_bloom_filters_for_the_records_it_is_told_of(monkeypatch
     assert sorted(made) == [6000, 6000 * bands]
 
 
-def dedup_memory(count: int) -> tuple[int, int, int]:
-    """(bytes the step holds after ``count`` records, the peak above the start, records kept)."""
+def dedup_memory(count: int, told: bool = False) -> tuple[int, int, int]:
+    """(bytes the step holds after ``count`` records, the peak above the start, records kept); ``told``: its contexts
+    say how many records come (as the engine's do), so its filters are sized for them from the first batch."""
     records = corpus(count)
     step = Dedup("dedup", DedupParams(column="prompt"), Path("."))
-    step.setup(StepContext())
+    ctx = StepContext(records_total=count if told else None)
+    step.setup(ctx)
     kept = 0
     tracemalloc.start()
     try:
         start = tracemalloc.get_traced_memory()[0]
         for first in range(0, count, 2000):
-            kept += len(step.process(records[first : first + 2000], StepContext()).records)
+            kept += len(step.process(records[first : first + 2000], ctx).records)
         held, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -161,10 +164,11 @@ def dedup_memory(count: int) -> tuple[int, int, int]:
     return held - start, peak - start, kept
 
 
-def test_dedup_holds_a_few_dozen_bytes_per_record_kept_once_its_index_is_on_disk(monkeypatch) -> None:
+@pytest.mark.parametrize("told", [False, True])
+def test_dedup_holds_a_few_dozen_bytes_per_record_kept_once_its_index_is_on_disk(monkeypatch, told) -> None:
     monkeypatch.setattr(key_index, "MEMORY_KEYS", 20_000)  # ~1,000 kept records' band keys in memory
-    small_held, _, small_kept = dedup_memory(8000)
-    held, peak, kept = dedup_memory(24000)
+    small_held, _, small_kept = dedup_memory(8000, told)
+    held, peak, kept = dedup_memory(24000, told)
     assert 0.8 * 24000 < kept < 24000  # the planted copies are dropped
     # What one more kept record costs once its keys are on disk (fixed costs, such as the word-hash cache and the
     # in-memory runs, cancel out): Bloom filter and fence bits for its 20 band keys and its exact key, and its
