@@ -15,7 +15,8 @@ The Ray cluster is local (``ray.init(num_cpus=--cpus)``), started once before ti
 Ray setting first (its worker processes import rlaif once). Under Ray, load reads lines in the driver and Ray tasks
 parse them; dedup (stateful) prepares and finishes its batches as Ray tasks and applies its index in the driver, in
 batch order; expression, length and decontaminate run as Ray tasks. Printed: records/s per run (median, min-max over
-rounds) and the per-round ratios ray/local (median, min-max). The three datasets are checked equal row for row.
+rounds) and the per-round ratios ray/local (median, min-max, then each round's). The three datasets are checked equal
+row for row.
 On a shared machine compare ratios, not absolute numbers.
 """
 
@@ -135,6 +136,9 @@ def main() -> None:
         spread = f"{min(rates):,.0f}-{max(rates):,.0f}"
         ratio = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
         print(f"{label:<8} {statistics.median(rates):>17,.0f} {spread:>19} {ratio:>36}")
+    for label in ("ray x2", "ray x1"):
+        ratios = [local / s for local, s in zip(seconds["local"], seconds[label], strict=True)]
+        print(f"{label} / local per round: {', '.join(f'{r:.3f}' for r in ratios)}")
 
 
 if __name__ == "__main__":
