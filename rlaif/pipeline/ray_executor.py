@@ -7,7 +7,7 @@ Where each step runs:
 - ``stateful`` steps (dedup: its index spans batches) run in the driver, in order, like the local
   executor; steps whose model the caller provided as a live backend too (it cannot travel). A stateful step that
   ``prepares`` splits each batch in three: ``prepare`` (dedup: words, hashes, MinHash signatures, sorted band keys)
-  as Ray tasks that read only the columns it needs, up to ``workers + 1`` batches ahead; ``decide`` (the part that
+  as Ray tasks that read only the columns it needs, up to ``PREPARED_AHEAD`` per worker; ``decide`` (the part that
   needs the state) in the driver, on the batches in order; ``finish`` (the batch's result, shards and marker) as a
   Ray task again;
 - steps that use a model (generate, judge, score...) run on a pool of engine actors, ``replicas`` per distinct set of
@@ -50,6 +50,10 @@ TASKS_AHEAD = 3  # model-free tasks submitted per worker: one running, two queue
 # done so far): Ray's own cost per task, 5-10 ms on a 2-core machine, outweighed a 1000-line batch of JSONL.
 TASK_SECONDS = 0.1
 MAX_BATCHES_PER_TASK = 32
+# Prepare tasks of a split stateful step (dedup) in flight per worker. With one more than the workers in all, the
+# workers sat idle (the machine at one busy core) whenever a decide in the driver took long (an index merge to disk),
+# about 1 s of a 1M-record dedup; a prepared dedup batch of 5000 records is ~4 MB of the object store.
+PREPARED_AHEAD = 3
 ENGINE_CALLS_PER_ACTOR = 2  # one running, one queued: the actor never waits for the driver to cut the next batch
 # A Ray worker process serves many tasks of a run: the step it set up (decontaminate's index, a tokenizer) is kept
 # for the next batch of the same step pass instead of being built per batch. Keyed by the pass's object id.
@@ -262,8 +266,8 @@ class RayExecutor:
             if job.stats is None and isinstance(job.batch, InputSlices):
                 task = self._prepare.remote(self._refs, job.batch, self.models, self.seed, self._cwd)
             self._queue.append((job, task))
-            # One more than the workers: a prepared batch is always waiting when the driver turns to the next.
-            return self._apply_prepared(keep=self.workers + 1)
+            # Prepared batches are waiting when the driver turns to the next, even after a long decide.
+            return self._apply_prepared(keep=self.workers * PREPARED_AHEAD)
         finished = []
         if self._mode == "tasks":
             self._bundle.append(job)
