@@ -21,6 +21,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +38,7 @@ from rlaif.pipeline.dataset_card import DatasetCardInfo, hub_dataset_info, rende
 _SPLIT_RE = re.compile(r"^\w+(\.\w+)*$")
 # Small row groups keep the Hub's dataset viewer and streaming reads cheap even when rows are long conversations.
 _ROW_GROUP_ROWS = 10_000
+_WRITER_THREADS = 4  # shards written at once, at most (and at most one per core)
 
 
 def write_dataset(
@@ -98,6 +100,7 @@ class _Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.files: list[Path] = []
+        self.batches: list[tuple[int, int, int]] = []  # (file, record batch in it, rows) of every batch, in order
         self.schema: pa.Schema | None = None  # the unified schema of every batch seen so far
         self.rows = 0
         self._stack = ExitStack()
@@ -125,28 +128,44 @@ class _Spool:
                 self._writer = self._stack.enter_context(ipc.new_file(sink, table.schema))
                 self._writer_schema = table.schema
                 self.files.append(path)
-            self._writer.write_table(table)
+                in_file = 0  # record batches written to this file
+            for record_batch in table.to_batches():
+                self._writer.write_batch(record_batch)
+                self.batches.append((len(self.files) - 1, in_file, record_batch.num_rows))
+                in_file += 1
             self.rows += table.num_rows
         self._stack.close()
 
-    def tables(self) -> Iterator[pa.Table]:
-        """The spooled rows as tables of one row group each (the last of a file may be shorter). Read, not
+    def tables(self, start: int = 0, stop: int | None = None) -> Iterator[pa.Table]:
+        """The spooled rows ``start:stop`` as tables of one row group each (the last may be shorter). Read, not
         memory-mapped, batch by batch: a mapped file's pages stayed resident as its rows were written out (saving 800k
-        rows of ~260 bytes peaked at 361 MB that way, 203 MB this way)."""
-        for path in self.files:
-            with pa.OSFile(str(path)) as source:
-                reader = ipc.open_file(source)
-                pending: list[pa.RecordBatch] = []
-                rows = 0
-                for i in range(reader.num_record_batches):
-                    pending.append(reader.get_batch(i))
-                    rows += pending[-1].num_rows
-                    while rows >= _ROW_GROUP_ROWS:
-                        table = pa.Table.from_batches(pending)
-                        yield table.slice(0, _ROW_GROUP_ROWS)
-                        pending, rows = table.slice(_ROW_GROUP_ROWS).to_batches(), rows - _ROW_GROUP_ROWS
-                if rows:
-                    yield pa.Table.from_batches(pending)
+        rows of ~260 bytes peaked at 361 MB that way, 203 MB this way). Only the batches holding those rows are read
+        (``self.batches`` says where each lies), so that shards can be written side by side."""
+        stop = self.rows if stop is None else stop
+        pending: list[pa.RecordBatch] = []
+        rows, end, opened = 0, 0, None
+        with ExitStack() as stack:
+            for file, number, count in self.batches:
+                begin, end = end, end + count  # this batch holds rows begin:end
+                if begin >= stop:
+                    break
+                if end <= start:
+                    continue
+                if opened is None or opened[0] != file:  # another file, another schema: a table of its own
+                    if rows:
+                        yield pa.Table.from_batches(pending)
+                        pending, rows = [], 0
+                    stack.close()
+                    opened = (file, ipc.open_file(stack.enter_context(pa.OSFile(str(self.files[file])))))
+                first = max(start, begin)
+                pending.append(opened[1].get_batch(number).slice(first - begin, min(stop, end) - first))
+                rows += pending[-1].num_rows
+                while rows >= _ROW_GROUP_ROWS:
+                    table = pa.Table.from_batches(pending)
+                    yield table.slice(0, _ROW_GROUP_ROWS)
+                    pending, rows = table.slice(_ROW_GROUP_ROWS).to_batches(), rows - _ROW_GROUP_ROWS
+            if rows:
+                yield pa.Table.from_batches(pending)
 
 
 def _unify(schema: pa.Schema, new: pa.Schema, split: str, index: int) -> pa.Schema:
@@ -174,30 +193,34 @@ def _cast(column: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
 
 
 def _write_split(spool: _Spool, root: Path, split: str, max_rows: int, jsonl: bool) -> int:
-    """Write the spooled split as shards (and JSONL); return its size in Arrow bytes."""
+    """Write the spooled split as shards (and JSONL); return its size in Arrow bytes.
+
+    Shards are written side by side, one per thread (Parquet's encoding and compression release the GIL): saving
+    803k rows as 9 shards took 1.3 s in one thread, most of it in the writer, while the other core sat idle. Each
+    thread streams its shard's rows a row group at a time, so memory grows by a row group per thread, not a shard."""
     assert spool.schema is not None
+    schema = spool.schema
     # The spool already counted the rows, so the shard count is known and shards get their final names directly.
     n_shards = math.ceil(spool.rows / max_rows)
     (root / "data").mkdir(exist_ok=True)
-    shard, in_shard, writer, nbytes = 0, 0, None, 0
-    with ExitStack() as stack:
-        lines = stack.enter_context(open(root / f"{split}.jsonl", "w", encoding="utf-8")) if jsonl else None
-        for table in spool.tables():
-            while table.num_rows:
-                if writer is None:
-                    path = root / "data" / f"{split}-{shard:05d}-of-{n_shards:05d}.parquet"
-                    writer = stack.enter_context(pq.ParquetWriter(str(path), spool.schema))
-                take = min(max_rows - in_shard, table.num_rows)
-                part = _conform(table.slice(0, take), spool.schema)
+
+    def write_shard(shard: int) -> int:
+        path = root / "data" / f"{split}-{shard:05d}-of-{n_shards:05d}.parquet"
+        nbytes = 0
+        with pq.ParquetWriter(str(path), schema) as writer:
+            for table in spool.tables(shard * max_rows, min(spool.rows, (shard + 1) * max_rows)):
+                part = _conform(table, schema)
                 writer.write_table(part, row_group_size=_ROW_GROUP_ROWS)
                 nbytes += part.nbytes
-                if lines is not None:
-                    _write_jsonl(lines, part)
-                table, in_shard = table.slice(take), in_shard + take
-                if in_shard == max_rows:
-                    writer.close()
-                    shard, in_shard, writer = shard + 1, 0, None
-    return nbytes
+        return nbytes
+
+    with ThreadPoolExecutor(max_workers=max(1, min(n_shards, os.cpu_count() or 1, _WRITER_THREADS))) as pool:
+        written = [pool.submit(write_shard, shard) for shard in range(n_shards)]
+        if jsonl:  # in order, in this thread, while the shards are written
+            with open(root / f"{split}.jsonl", "w", encoding="utf-8") as lines:
+                for table in spool.tables():
+                    _write_jsonl(lines, _conform(table, schema))
+        return sum(future.result() for future in written)
 
 
 def _unify_splits(schemas: list[pa.Schema]) -> pa.Schema | None:
