@@ -137,10 +137,10 @@ class _Spool:
         self._stack.close()
 
     def tables(self, start: int = 0, stop: int | None = None) -> Iterator[pa.Table]:
-        """The spooled rows ``start:stop`` as tables of one row group each (the last may be shorter). Read, not
-        memory-mapped, batch by batch: a mapped file's pages stayed resident as its rows were written out (saving 800k
-        rows of ~260 bytes peaked at 361 MB that way, 203 MB this way). Only the batches holding those rows are read
-        (``self.batches`` says where each lies), so that shards can be written side by side."""
+        """The spooled rows ``start:stop`` as tables of one row group each (the last of a file may be shorter).
+        Read, not memory-mapped, batch by batch: a mapped file's pages stayed resident as its rows were written out
+        (saving 800k rows of ~260 bytes peaked at 361 MB that way, 203 MB this way). Only the batches holding those
+        rows are read (``self.batches`` says where each lies), so that shards can be written side by side."""
         stop = self.rows if stop is None else stop
         pending: list[pa.RecordBatch] = []
         rows, end, opened = 0, 0, None
