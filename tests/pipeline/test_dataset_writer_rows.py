@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -74,3 +75,25 @@ def test_shards_written_side_by_side_equal_one_writer(tmp_path: Path, monkeypatc
     assert ids == list(range(7000))
     assert (four / "train.jsonl").read_text() == (one / "train.jsonl").read_text()
     assert [json.loads(line)["id"] for line in (four / "train.jsonl").read_text().splitlines()] == list(range(7000))
+
+
+def test_a_shard_that_fails_in_its_thread_fails_the_save_and_keeps_the_old_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = DatasetCardInfo(pipeline_name="t", pipeline_yaml="")
+    out = tmp_path / "dataset"
+    write_dataset({"train": iter([[{"id": 0, "text": "old"}]])}, out, info)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    conform = dataset_writer._conform
+
+    def failing_conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+        if 1234 in table.column("id").to_pylist():  # a row of the second shard
+            raise OSError("disk full")
+        return conform(table, schema)
+
+    monkeypatch.setattr(dataset_writer, "_conform", failing_conform)
+    batches = [[{"id": i, "text": f"row {i}"} for i in range(start, start + 500)] for start in range(0, 3000, 500)]
+    with pytest.raises(OSError, match="disk full"):
+        write_dataset({"train": iter(batches)}, out, info, max_rows_per_shard=1000)
+    assert [p.name for p in tmp_path.iterdir()] == ["dataset"]  # no .partial folder left
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
